@@ -1,0 +1,1 @@
+"""Small pure-TF building blocks: normalization, conv+norm, RoIAlign, NMS, box ops."""

@@ -1,0 +1,79 @@
+"""One normalization factory for every block (detectron2 `get_norm`).
+
+`norm` is one of "GN", "SyncBN", "BN", "FrozenBN" or None. The builder passes a single value to
+the stem, the bottlenecks, the shortcuts, the FPN and the heads.
+"""
+
+from typing import Optional
+
+import tensorflow as tf
+import tf_keras
+
+NORMS = ("GN", "SyncBN", "BN", "FrozenBN", None)
+
+# Detectron's constants: GN with 32 groups and eps 1e-5; BN momentum 0.9 (torch 0.1), eps 1e-5.
+GN_EPSILON = 1e-5
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+
+
+@tf_keras.utils.register_keras_serializable(package="rethink_tf")
+class FrozenBatchNorm(tf_keras.layers.Layer):
+  """BatchNorm with fixed affine transform: y = (x - mean) / sqrt(var + eps) * gamma + beta.
+
+  All four vectors are non-trainable and the layer always uses them (also in training), the way
+  Detectron's AffineChannel / detectron2's FrozenBatchNorm2d behave for ImageNet fine-tuning.
+  Input and output: [..., C] float.
+  """
+
+  def __init__(self, epsilon: float = BN_EPSILON, **kwargs):
+    super().__init__(**kwargs)
+    self.epsilon = epsilon
+
+  def build(self, input_shape):
+    c = int(input_shape[-1])
+    self.gamma = self.add_weight("gamma", [c], initializer="ones", trainable=False)
+    self.beta = self.add_weight("beta", [c], initializer="zeros", trainable=False)
+    self.moving_mean = self.add_weight("moving_mean", [c], initializer="zeros", trainable=False)
+    self.moving_variance = self.add_weight("moving_variance", [c], initializer="ones",
+                                           trainable=False)
+    super().build(input_shape)
+
+  def call(self, x):
+    scale = self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
+    bias = self.beta - self.moving_mean * scale
+    return x * tf.cast(scale, x.dtype) + tf.cast(bias, x.dtype)
+
+  def get_config(self):
+    return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def get_norm(norm: Optional[str], channels: int, name: str = None,
+             num_groups: int = 32) -> Optional[tf_keras.layers.Layer]:
+  """Returns the normalization layer for `norm` over `channels` channels, or None.
+
+  Args:
+    norm: "GN", "SyncBN", "BN", "FrozenBN" or None (or "" / "none").
+    channels: number of channels of the normalized tensor (last axis, NHWC).
+    name: layer name.
+    num_groups: GN groups (32 in the paper). Tiny test models with fewer channels bind a
+      smaller value through gin; the channel count must be divisible by it.
+  """
+  if norm in (None, "", "none", "None"):
+    return None
+  if norm == "GN":
+    if channels % num_groups:
+      raise ValueError(f"GroupNorm '{name}': {channels} channels are not divisible by "
+                       f"{num_groups} groups; bind a width that is a multiple of the groups or "
+                       f"a smaller `gn_num_groups`.")
+    # Groups are consecutive channels, as torch.nn.GroupNorm forms them.
+    return tf_keras.layers.GroupNormalization(groups=num_groups, epsilon=GN_EPSILON, name=name)
+  if norm == "SyncBN":
+    return tf_keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                              synchronized=True, name=name)
+  if norm == "BN":
+    return tf_keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+  if norm == "FrozenBN":
+    return FrozenBatchNorm(name=name)
+  raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")
+

@@ -1,0 +1,80 @@
+"""FPN anchors and RPN training targets (Detectron/detectron2 rules).
+
+Anchors come from Model Garden's `Anchor` (one scale per level, 3 aspect ratios, size
+`anchor_size * stride`, i.e. 32..512 px on P2..P6 with anchor_size 8). The per-image labeler
+runs inside tf.data, with stateless randomness so a seeded pipeline is reproducible.
+"""
+
+from typing import Dict, Sequence, Tuple
+
+import tensorflow as tf
+from official.vision.ops import anchor as mg_anchor
+
+from rethink_tf.layers import box_ops
+
+RPN_BOX_WEIGHTS = None  # Detectron RPN uses unit weights for (dy, dx, dh, dw).
+
+
+def multilevel_anchors(image_size: Sequence[int], min_level: int = 2, max_level: int = 6,
+                       aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                       anchor_size: float = 8.0) -> Dict[int, tf.Tensor]:
+  """Anchors per level, dict level -> [H_l * W_l * A, 4] float32 [y1, x1, y2, x2] pixels.
+
+  The order within a level is (row, column, anchor), the order of the RPN head's outputs.
+  """
+  gen = mg_anchor.Anchor(min_level, max_level, 1, list(aspect_ratios), anchor_size,
+                         list(image_size))
+  return {int(k): tf.reshape(v, [-1, 4]) for k, v in gen.multilevel_boxes.items()}
+
+
+def rpn_targets(anchors, gt_boxes, gt_valid, crowd_boxes, crowd_valid, seed,
+                batch_size_per_image: int = 256, positive_fraction: float = 0.5,
+                positive_iou: float = 0.7, negative_iou: float = 0.3,
+                crowd_ioa: float = 0.7) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Labels and regression targets for one image.
+
+  Args:
+    anchors: [A, 4] float32 anchors (all levels concatenated).
+    gt_boxes: [M, 4] float32 padded ground truth; gt_valid: [M] bool.
+    crowd_boxes: [C, 4] crowd regions (ignored, never matched); crowd_valid: [C] bool.
+    seed: [2] int stateless seed for sampling.
+  Returns:
+    labels: [A] int32, 1 positive / 0 negative / -1 ignored (not sampled or near crowd).
+    box_targets: [A, 4] float32 encoded deltas w.r.t. the anchor (0 where not positive).
+  """
+  iou = box_ops.pairwise_iou(anchors[None], gt_boxes[None])[0]         # [A, M]
+  iou = tf.where(gt_valid[None, :], iou, -1.0)
+  max_iou = tf.reduce_max(iou, axis=1)
+  matched = tf.argmax(iou, axis=1, output_type=tf.int32)
+  # Low-quality matches: every GT keeps the anchors with its highest IoU (ties included).
+  best_per_gt = tf.reduce_max(iou, axis=0)                                # [M]
+  is_best = tf.logical_and(tf.equal(iou, best_per_gt[None, :]),
+                           tf.logical_and(gt_valid[None, :], best_per_gt[None, :] > 0.0))
+  positive = tf.logical_or(max_iou >= positive_iou, tf.reduce_any(is_best, axis=1))
+  negative = tf.logical_and(max_iou < negative_iou, max_iou >= 0.0)
+  negative = tf.logical_or(negative, tf.logical_and(max_iou < 0.0, tf.logical_not(positive)))
+  negative = tf.logical_and(negative, tf.logical_not(positive))
+  ioa = box_ops.intersection_over_first(anchors[None], crowd_boxes[None])[0]   # [A, C]
+  near_crowd = tf.reduce_any(tf.logical_and(ioa > crowd_ioa, crowd_valid[None, :]), axis=1)
+  negative = tf.logical_and(negative, tf.logical_not(near_crowd))
+
+  num_pos_max = int(batch_size_per_image * positive_fraction)
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  pos_sel = _sample(positive, num_pos_max, seeds[0])
+  num_pos = tf.reduce_sum(tf.cast(pos_sel, tf.int32))
+  neg_sel = _sample(negative, batch_size_per_image - num_pos, seeds[1],
+                    static_max=batch_size_per_image)
+  labels = tf.where(pos_sel, 1, tf.where(neg_sel, 0, -1))
+  targets = box_ops.encode_boxes(tf.gather(gt_boxes, matched), anchors, RPN_BOX_WEIGHTS)
+  targets = tf.where(pos_sel[:, None], targets, 0.0)
+  return tf.cast(labels, tf.int32), targets
+
+
+def _sample(candidates, count, seed, static_max=None):
+  """Uniformly picks up to `count` True entries of [A] bool `candidates` -> [A] bool."""
+  k = static_max if static_max is not None else count
+  noise = tf.random.stateless_uniform(tf.shape(candidates), seed)
+  priority = tf.where(candidates, noise, -1.0)
+  values, idx = tf.math.top_k(priority, k=k)
+  keep = tf.logical_and(values >= 0.0, tf.range(k) < count)
+  return tf.scatter_nd(idx[:, None], keep, tf.shape(candidates))

@@ -1,0 +1,44 @@
+"""The one gin-facing model builder: one `norm` value reaches every block."""
+
+from typing import Optional, Sequence
+
+import gin
+
+from rethink_tf.modeling.fpn import FPN
+from rethink_tf.modeling.mask_rcnn import MaskRCNN
+from rethink_tf.modeling.resnet import ResNet
+from rethink_tf.modeling.roi_heads import BoxHead, BoxPredictor, MaskHead
+from rethink_tf.modeling.rpn import RPNHead
+
+
+@gin.configurable
+def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
+                norm: Optional[str] = "GN", gn_num_groups: int = 32, depth: int = 50,
+                groups: int = 1, width_per_group: int = 64, width_multiplier: float = 1.0,
+                block_counts: Optional[Sequence[int]] = None, freeze_at: int = 0,
+                fpn_channels: int = 256, fpn_norm: Optional[str] = "same",
+                box_head_type: str = "4conv1fc", head_conv_dim: int = 256,
+                head_fc_dim: int = 1024, box_head_num_conv: int = 4,
+                mask_head_num_conv: int = 4, **model_kwargs) -> MaskRCNN:
+  """Builds Mask R-CNN FPN. `num_classes` counts background (81 for COCO).
+
+  `fpn_norm="same"` uses `norm` in the FPN too (the paper's GN models); pass None for
+  Detectron's BN baselines whose FPN has no norm. The RPN never has a norm.
+  Remaining keyword arguments go to `MaskRCNN` (anchors, proposal counts, RoI sampling).
+  """
+  if fpn_norm == "same":
+    fpn_norm = norm
+  kw = dict(gn_num_groups=gn_num_groups)
+  backbone = ResNet(depth=depth, groups=groups, width_per_group=width_per_group, norm=norm,
+                    freeze_at=freeze_at, width_multiplier=width_multiplier,
+                    block_counts=block_counts, name="backbone", **kw)
+  fpn = FPN(fpn_channels, norm=fpn_norm, name="fpn", **kw)
+  rpn = RPNHead(fpn_channels, num_anchors=len(model_kwargs.get("aspect_ratios", (0.5, 1, 2))),
+                name="rpn")
+  box_head = BoxHead(box_head_type, head_conv_dim, head_fc_dim, norm=norm,
+                     num_conv=box_head_num_conv, name="box_head", **kw)
+  box_predictor = BoxPredictor(num_classes, name="box_predictor")
+  mask_head = MaskHead(num_classes, head_conv_dim, mask_head_num_conv, norm=norm,
+                       name="mask_head", **kw)
+  return MaskRCNN(backbone, fpn, rpn, box_head, box_predictor, mask_head,
+                  num_classes=num_classes, image_size=image_size, **model_kwargs)

@@ -1,0 +1,76 @@
+"""Initialization modes and their guard rails.
+
+The init mode is an explicit, validated choice. Scratch training with frozen BN statistics
+or frozen early stages is refused: the paper's first Detectron scratch runs froze conv1+res2
+at random values and lost 3 AP (36.2 vs 39.5). An empty checkpoint path never silently
+means "scratch".
+"""
+
+import enum
+from typing import Optional
+
+import gin
+import tensorflow as tf
+
+
+class InitMode(enum.Enum):
+  SCRATCH = "scratch"
+  PRETRAINED = "pretrained"
+
+
+class InitError(ValueError):
+  """A configuration that contradicts the chosen init mode."""
+
+
+@gin.configurable
+def init_config(mode: str = "scratch", checkpoint: Optional[str] = None):
+  """Returns (InitMode, backbone checkpoint path). Bound by gin_configs/init/*.gin."""
+  try:
+    return InitMode(mode), checkpoint
+  except ValueError:
+    raise InitError(f"init mode {mode!r} is not one of {[m.value for m in InitMode]}") from None
+
+
+def validate(mode: InitMode, norm: Optional[str], freeze_at: int, checkpoint: Optional[str]):
+  """Raises InitError for incompatible choices; called before any training starts."""
+  if mode is InitMode.SCRATCH:
+    if norm == "FrozenBN":
+      raise InitError(
+          "init mode 'scratch' with norm 'FrozenBN': frozen BN statistics of a randomly "
+          "initialized network are meaningless. Use norm 'GN' or 'SyncBN' for training from "
+          "scratch (the paper's recipe), or init mode 'pretrained'.")
+    if freeze_at > 0:
+      raise InitError(
+          f"init mode 'scratch' with freeze_at={freeze_at}: this would freeze randomly "
+          "initialized layers (the paper's early scratch runs lost 3 AP this way). Bind "
+          "build_model.freeze_at = 0.")
+    if checkpoint:
+      raise InitError(f"init mode 'scratch' was given a checkpoint ({checkpoint}); use "
+                      "init mode 'pretrained' to restore it.")
+  elif mode is InitMode.PRETRAINED:
+    if not checkpoint:
+      raise InitError("init mode 'pretrained' needs a backbone checkpoint: bind "
+                      "init_config.checkpoint = '/path/to/ckpt' (an empty path never means "
+                      "scratch).")
+
+
+def restore_backbone(backbone, checkpoint: str):
+  """Restores backbone weights from a TF checkpoint written by `save_backbone`.
+
+  The backbone must be built. Every backbone variable must be matched; otherwise the error
+  lists the unmatched names.
+  """
+  if not backbone.built:
+    raise InitError("restore_backbone needs a built backbone (call the model once first)")
+  ckpt = tf.train.Checkpoint(backbone=backbone)
+  status = ckpt.restore(checkpoint)
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    raise InitError(f"backbone checkpoint {checkpoint} does not match the model: {e}") from e
+  return status
+
+
+def save_backbone(backbone, prefix: str) -> str:
+  """Writes the backbone's variables as a TF checkpoint restorable by `restore_backbone`."""
+  return tf.train.Checkpoint(backbone=backbone).write(prefix)

@@ -1,0 +1,109 @@
+"""RoI heads: box head (4conv1fc with norm, or 2fc), box predictor, mask head (4conv + deconv)."""
+
+from typing import Optional
+
+import tensorflow as tf
+import tf_keras
+
+from rethink_tf.layers.conv_norm import ConvNorm, c2_xavier_fill, msra_fan_out
+
+
+def _merge_rois(x):
+  """[B, N, h, w, C] -> [B*N, h, w, C]."""
+  s = tf.shape(x)
+  return tf.reshape(x, tf.concat([[s[0] * s[1]], s[2:]], 0))
+
+
+@tf_keras.utils.register_keras_serializable(package="rethink_tf")
+class BoxHead(tf_keras.layers.Layer):
+  """Box head. "4conv1fc": 4 x (3x3 conv + norm + ReLU) then fc + ReLU (Detectron GN head);
+  "2fc": two fc + ReLU (no norm). Input [B, N, 7, 7, C] -> [B, N, fc_dim].
+  """
+
+  def __init__(self, head_type: str = "4conv1fc", conv_dim: int = 256, fc_dim: int = 1024,
+               norm: Optional[str] = "GN", gn_num_groups: int = 32, num_conv: int = 4,
+               **kwargs):
+    super().__init__(**kwargs)
+    if head_type not in ("4conv1fc", "2fc"):
+      raise ValueError(f"box head_type {head_type!r} must be '4conv1fc' or '2fc'")
+    self._cfg = dict(head_type=head_type, conv_dim=conv_dim, fc_dim=fc_dim, norm=norm,
+                     gn_num_groups=gn_num_groups, num_conv=num_conv)
+    self.convs = []
+    if head_type == "4conv1fc":
+      self.convs = [ConvNorm(conv_dim, 3, norm=norm, gn_num_groups=gn_num_groups,
+                             name=f"conv{i + 1}") for i in range(num_conv)]
+    num_fc = 1 if head_type == "4conv1fc" else 2
+    self.fcs = [tf_keras.layers.Dense(fc_dim, activation="relu",
+                                      kernel_initializer=c2_xavier_fill(), name=f"fc{i + 1}")
+                for i in range(num_fc)]
+
+  def call(self, rois, training=None):
+    b, n = tf.shape(rois)[0], tf.shape(rois)[1]
+    x = _merge_rois(rois)
+    for conv in self.convs:
+      x = conv(x, training=training)
+    x = tf.reshape(x, [b * n, x.shape[1] * x.shape[2] * x.shape[3]])
+    for fc in self.fcs:
+      x = fc(x)
+    return tf.reshape(x, [b, n, x.shape[-1]])
+
+  def get_config(self):
+    return {**super().get_config(), **self._cfg}
+
+
+@tf_keras.utils.register_keras_serializable(package="rethink_tf")
+class BoxPredictor(tf_keras.layers.Layer):
+  """Classification over K = num_classes (+ background at index 0) and class-specific boxes.
+
+  Input [B, N, D] -> (logits [B, N, K], deltas [B, N, K, 4]); Detectron's layout (4K outputs).
+  """
+
+  def __init__(self, num_classes: int, **kwargs):
+    super().__init__(**kwargs)
+    self.num_classes = num_classes
+    self.cls_score = tf_keras.layers.Dense(
+        num_classes, kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.01),
+        name="cls_score")
+    self.bbox_pred = tf_keras.layers.Dense(
+        4 * num_classes, kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.001),
+        name="bbox_pred")
+
+  def call(self, x):
+    b, n = tf.shape(x)[0], tf.shape(x)[1]
+    return self.cls_score(x), tf.reshape(self.bbox_pred(x), [b, n, self.num_classes, 4])
+
+  def get_config(self):
+    return {**super().get_config(), "num_classes": self.num_classes}
+
+
+@tf_keras.utils.register_keras_serializable(package="rethink_tf")
+class MaskHead(tf_keras.layers.Layer):
+  """4 x (3x3 conv + norm + ReLU), 2x2 stride-2 deconv + ReLU, 1x1 conv to K class masks.
+
+  Input [B, N, 14, 14, C] -> mask logits [B, N, 28, 28, K] (K includes background, Detectron).
+  """
+
+  def __init__(self, num_classes: int, conv_dim: int = 256, num_conv: int = 4,
+               norm: Optional[str] = "GN", gn_num_groups: int = 32, **kwargs):
+    super().__init__(**kwargs)
+    self._cfg = dict(num_classes=num_classes, conv_dim=conv_dim, num_conv=num_conv, norm=norm,
+                     gn_num_groups=gn_num_groups)
+    self.convs = [ConvNorm(conv_dim, 3, norm=norm, gn_num_groups=gn_num_groups,
+                           name=f"conv{i + 1}") for i in range(num_conv)]
+    self.deconv = tf_keras.layers.Conv2DTranspose(conv_dim, 2, strides=2, activation="relu",
+                                                  kernel_initializer=msra_fan_out(),
+                                                  name="deconv")
+    self.predictor = tf_keras.layers.Conv2D(
+        num_classes, 1, kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.001),
+        name="mask_predictor")
+
+  def call(self, rois, training=None):
+    b, n = tf.shape(rois)[0], tf.shape(rois)[1]
+    x = _merge_rois(rois)
+    for conv in self.convs:
+      x = conv(x, training=training)
+    x = self.predictor(self.deconv(x))
+    return tf.reshape(x, [b, n, x.shape[1], x.shape[2], x.shape[3]])
+
+  def get_config(self):
+    return {**super().get_config(), **self._cfg}

@@ -1,0 +1,83 @@
+"""Fast R-CNN training targets: match proposals to GT, sample a fixed number of RoIs per image,
+encode class-specific box targets and crop mask targets. All static-shape.
+"""
+
+import tensorflow as tf
+
+from rethink_tf.layers import box_ops
+from rethink_tf.layers.roi_align import roi_align_flat
+
+ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # Detectron BBOX_REG_WEIGHTS
+
+
+def sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, crowd_boxes,
+                crowd_valid, num_samples: int = 512, positive_fraction: float = 0.25,
+                fg_iou: float = 0.5, crowd_ioa: float = 0.7):
+  """Samples RoIs: GT boxes join the proposals; fg IoU >= fg_iou, bg IoU < fg_iou.
+
+  Args:
+    proposals: [B, P, 4]; proposal_valid: [B, P] bool.
+    gt_boxes: [B, M, 4]; gt_classes: [B, M] int (1..K-1); gt_valid: [B, M] bool.
+    crowd_boxes: [B, C, 4]; crowd_valid [B, C]: RoIs inside crowd regions are not sampled.
+  Returns dict:
+    rois [B, S, 4]; classes [B, S] int32 (0 = background); box_targets [B, S, 4];
+    weights [B, S] float (1 for sampled slots); is_fg [B, S] bool; gt_index [B, S] int32.
+    Foreground RoIs come first, so the first `num_samples * positive_fraction` slots hold
+    every foreground RoI (used for the mask head).
+  """
+  boxes = tf.concat([proposals, gt_boxes], axis=1)
+  valid = tf.concat([proposal_valid, gt_valid], axis=1)
+  iou = box_ops.pairwise_iou(boxes, gt_boxes)
+  iou = tf.where(gt_valid[:, None, :], iou, -1.0)
+  max_iou = tf.reduce_max(iou, axis=2)
+  matched = tf.argmax(iou, axis=2, output_type=tf.int32)
+  ioa = box_ops.intersection_over_first(boxes, crowd_boxes)
+  near_crowd = tf.reduce_any(tf.logical_and(ioa > crowd_ioa, crowd_valid[:, None, :]), axis=2)
+  fg = tf.logical_and(valid, max_iou >= fg_iou)
+  bg = tf.logical_and(tf.logical_and(valid, max_iou < fg_iou), tf.logical_not(near_crowd))
+
+  num_fg_max = int(num_samples * positive_fraction)
+  noise = tf.random.uniform(tf.shape(max_iou))
+  # Rank foreground by noise to keep at most num_fg_max of them.
+  fg_prio = tf.where(fg, noise, -1.0)
+  fg_vals, fg_idx = tf.math.top_k(fg_prio, k=num_fg_max)
+  fg_keep = tf.cast(fg_vals >= 0.0, tf.float32)
+  fg_selected = tf.reduce_max(tf.one_hot(fg_idx, tf.shape(fg)[1]) * fg_keep[..., None], axis=1) > 0
+  prio = tf.where(fg_selected, 3.0 + noise, tf.where(bg, 1.0 + noise, -1.0))
+  vals, idx = tf.math.top_k(prio, k=num_samples)
+  is_fg = vals >= 3.0
+  weights = tf.cast(vals >= 1.0, tf.float32)
+  rois = tf.gather(boxes, idx, batch_dims=1)
+  gt_index = tf.gather(matched, idx, batch_dims=1)
+  classes = tf.where(is_fg, tf.gather(gt_classes, gt_index, batch_dims=1), 0)
+  matched_boxes = tf.gather(gt_boxes, gt_index, batch_dims=1)
+  targets = box_ops.encode_boxes(matched_boxes, rois, ROI_BOX_WEIGHTS)
+  targets = tf.where(is_fg[..., None], targets, 0.0)
+  return dict(rois=tf.stop_gradient(rois), classes=tf.cast(classes, tf.int32),
+              box_targets=tf.stop_gradient(targets), weights=weights, is_fg=is_fg,
+              gt_index=gt_index)
+
+
+def mask_targets(rois, gt_index, gt_boxes, gt_masks, output_size: int = 28):
+  """Crops box-relative GT masks to the RoIs.
+
+  Args:
+    rois: [B, R, 4] foreground RoIs; gt_index: [B, R] matched GT index.
+    gt_boxes: [B, M, 4]; gt_masks: [B, M, S, S] float GT masks relative to their own box.
+  Returns:
+    [B, R, output_size, output_size] float {0, 1} targets.
+  """
+  b, r = tf.shape(rois)[0], tf.shape(rois)[1]
+  size = gt_masks.shape[2]
+  g = tf.gather(gt_boxes, gt_index, batch_dims=1)
+  gh = tf.maximum(g[..., 2] - g[..., 0], 1e-6) / size
+  gw = tf.maximum(g[..., 3] - g[..., 1], 1e-6) / size
+  # The RoI in the GT mask's own pixel grid; RoIAlign (not crop_and_resize, which XLA lacks
+  # and which samples at corners) resamples it with pixel-centre alignment.
+  rel = tf.stack([(rois[..., 0] - g[..., 0]) / gh, (rois[..., 1] - g[..., 1]) / gw,
+                  (rois[..., 2] - g[..., 0]) / gh, (rois[..., 3] - g[..., 1]) / gw], axis=-1)
+  flat = tf.reshape(tf.cast(gt_masks, tf.float32), [b, -1, 1])
+  full = lambda v: tf.fill([b, r], v)
+  crops = roi_align_flat(flat, gt_index * size * size, full(size), full(size), full(1.0), rel,
+                         output_size, sampling_ratio=2, aligned=True)
+  return tf.stop_gradient(tf.cast(crops[..., 0] >= 0.5, tf.float32))

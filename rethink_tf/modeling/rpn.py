@@ -1,0 +1,79 @@
+"""Region Proposal Network: shared head over P2-P6 and static-shape proposal generation."""
+
+from typing import Dict
+
+import tensorflow as tf
+import tf_keras
+
+from rethink_tf.layers import box_ops
+from rethink_tf.layers.nms import batched_nms_padded
+
+
+@tf_keras.utils.register_keras_serializable(package="rethink_tf")
+class RPNHead(tf_keras.layers.Layer):
+  """3x3 conv + ReLU, then 1x1 objectness (A) and 1x1 deltas (4A); no norm (as the paper).
+
+  Input: dict level -> [B, H_l, W_l, C]. Output: (scores dict level -> [B, H_l*W_l*A] logits,
+  deltas dict level -> [B, H_l*W_l*A, 4]).
+  """
+
+  def __init__(self, channels: int = 256, num_anchors: int = 3, **kwargs):
+    super().__init__(**kwargs)
+    self.channels, self.num_anchors = channels, num_anchors
+    init = lambda: tf_keras.initializers.RandomNormal(stddev=0.01)  # fresh per layer
+    self.conv = tf_keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
+                                       kernel_initializer=init(), name="conv")
+    self.objectness = tf_keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init(),
+                                             name="objectness")
+    self.deltas = tf_keras.layers.Conv2D(4 * num_anchors, 1, kernel_initializer=init(),
+                                         name="deltas")
+
+  def call(self, feats: Dict[int, tf.Tensor]):
+    scores, deltas = {}, {}
+    for level, x in feats.items():
+      b = tf.shape(x)[0]
+      h = self.conv(x)
+      scores[level] = tf.reshape(self.objectness(h), [b, -1])
+      deltas[level] = tf.reshape(self.deltas(h), [b, -1, 4])
+    return scores, deltas
+
+  def get_config(self):
+    return {**super().get_config(), "channels": self.channels, "num_anchors": self.num_anchors}
+
+
+def generate_proposals(scores: Dict[int, tf.Tensor], deltas: Dict[int, tf.Tensor],
+                       anchors: Dict[int, tf.Tensor], image_size, pre_nms_topk: int,
+                       post_nms_topk: int, nms_threshold: float = 0.7):
+  """Top-k per level, decode, clip, per-level NMS, then the best `post_nms_topk` overall.
+
+  This is detectron2's FPN rule (Detectron1 differs only in keeping post-NMS top-k per level).
+
+  Args:
+    scores: level -> [B, A_l] logits; deltas: level -> [B, A_l, 4]; anchors: level -> [A_l, 4].
+    image_size: [B, 2] float (h, w) of the resized image inside the padded canvas.
+  Returns:
+    proposals [B, post_nms_topk, 4] (gradient stopped), valid [B, post_nms_topk] bool.
+  """
+  all_boxes, all_scores, all_levels = [], [], []
+  for i, level in enumerate(sorted(scores)):
+    s = tf.stop_gradient(scores[level])
+    k = min(pre_nms_topk, s.shape[1])
+    top_s, top_i = tf.math.top_k(s, k=k)
+    d = tf.gather(tf.stop_gradient(deltas[level]), top_i, batch_dims=1)
+    a = tf.gather(anchors[level], top_i)
+    boxes = box_ops.decode_boxes(d, a)
+    boxes = box_ops.clip_boxes(boxes, image_size[:, None, :])
+    all_boxes.append(boxes)
+    all_scores.append(top_s)
+    all_levels.append(tf.fill(tf.shape(top_s), i))
+  boxes = tf.concat(all_boxes, 1)
+  scores_cat = tf.concat(all_scores, 1)
+  levels = tf.concat(all_levels, 1)
+  # Empty boxes (e.g. clipped away) are never proposed.
+  nonempty = tf.logical_and(boxes[..., 2] > boxes[..., 0], boxes[..., 3] > boxes[..., 1])
+  scores_cat = tf.where(nonempty, scores_cat, -1e9)
+  idx, valid = batched_nms_padded(boxes, scores_cat, levels, post_nms_topk, nms_threshold)
+  props = tf.gather(boxes, idx, batch_dims=1)
+  valid = tf.logical_and(valid, tf.gather(nonempty, idx, batch_dims=1))
+  props = tf.where(valid[..., None], props, 0.0)
+  return tf.stop_gradient(props), valid

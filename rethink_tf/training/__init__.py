@@ -1,0 +1,1 @@
+"""Schedules, optimizer, losses, the training loop and distribution strategies."""
