@@ -25,22 +25,22 @@ class FPN(tf_keras.layers.Layer):
     self.backbone_levels = list(range(min_level, min(max_level, 5) + 1))
     kw = dict(norm=norm, gn_num_groups=gn_num_groups, activation=None,
               kernel_init="xavier")
-    self.lateral = {l: ConvNorm(out_channels, 1, **kw, name=f"lateral_p{l}")
-                    for l in self.backbone_levels}
-    self.output_convs = {l: ConvNorm(out_channels, 3, **kw, name=f"output_p{l}")
-                         for l in self.backbone_levels}
-    # Keras tracks layers held in lists, not in int-keyed dicts.
-    self._tracked = list(self.lateral.values()) + list(self.output_convs.values())
+    # Lists, indexed like backbone_levels: checkpoints cannot hold int-keyed dicts of layers.
+    self.lateral = [ConvNorm(out_channels, 1, **kw, name=f"lateral_p{l}")
+                    for l in self.backbone_levels]
+    self.output_convs = [ConvNorm(out_channels, 3, **kw, name=f"output_p{l}")
+                         for l in self.backbone_levels]
 
   def call(self, feats: Dict[int, tf.Tensor], training=None) -> Dict[int, tf.Tensor]:
     out = {}
     top = None
-    for l in reversed(self.backbone_levels):
-      lat = self.lateral[l](feats[l], training=training)
+    for i in reversed(range(len(self.backbone_levels))):
+      l = self.backbone_levels[i]
+      lat = self.lateral[i](feats[l], training=training)
       if top is not None:
         lat += tf.repeat(tf.repeat(top, 2, axis=1), 2, axis=2)
       top = lat
-      out[l] = self.output_convs[l](lat, training=training)
+      out[l] = self.output_convs[i](lat, training=training)
     for l in range(6, self.max_level + 1):
       out[l] = out[l - 1][:, ::2, ::2, :]
     return out

@@ -38,8 +38,10 @@ class MaskRCNN(tf_keras.Model):
     self.num_classes = num_classes
     self.image_size = tuple(int(s) for s in image_size)
     self.roi_levels = list(range(min_level, min(max_level, 5) + 1))
-    self.anchors = anchor_lib.multilevel_anchors(self.image_size, min_level, max_level,
-                                                 aspect_ratios, anchor_size)
+    # The input pipeline labels anchors with the same arguments (one source of truth).
+    self.anchor_kwargs = dict(min_level=min_level, max_level=max_level,
+                              aspect_ratios=tuple(aspect_ratios), anchor_size=anchor_size)
+    self.anchors = anchor_lib.multilevel_anchors(self.image_size, **self.anchor_kwargs)
     self.rpn_topk = {True: (rpn_pre_nms_topk_train, rpn_post_nms_topk_train),
                      False: (rpn_pre_nms_topk_test, rpn_post_nms_topk_test)}
     self.rpn_nms_threshold = rpn_nms_threshold

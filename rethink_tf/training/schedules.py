@@ -40,7 +40,7 @@ class Schedule:
 @gin.configurable
 def nx_schedule(num_x: float = 1.0, global_batch_size: int = 16, base_lr_per_16: float = 0.02,
                 warmup_factor: float = 1.0 / 3, decay_factor: float = 0.1,
-                iteration_scale: float = 1.0, base_lr=None) -> Schedule:
+                iteration_scale: float = 1.0, base_lr=None, warmup_steps=None) -> Schedule:
   """Derives total steps, decay boundaries, warmup and LR for an `Nx` schedule.
 
   Args:
@@ -49,6 +49,8 @@ def nx_schedule(num_x: float = 1.0, global_batch_size: int = 16, base_lr_per_16:
     base_lr_per_16: LR at batch 16 (linear scaling rule for other batches).
     iteration_scale: multiplies every iteration count (1.0 for the paper; small for demos).
     base_lr: explicit LR, overriding the linear scaling rule (e.g. the paper's 35k recipe).
+    warmup_steps: explicit warmup length in steps, overriding the rescaled 500 iterations
+      (short demo schedules would otherwise warm up for a step or two).
   """
   scale = REFERENCE_BATCH / global_batch_size * iteration_scale
   total = int(round(num_x * ITERS_1X * scale))
@@ -56,7 +58,7 @@ def nx_schedule(num_x: float = 1.0, global_batch_size: int = 16, base_lr_per_16:
   if boundaries[0] <= 0:
     raise ValueError(f"schedule {num_x}x is shorter than its own LR decays "
                      f"({LAST_DECAYS} iterations at batch 16)")
-  warmup = max(1, int(round(WARMUP_ITERS * scale)))
+  warmup = warmup_steps or max(1, int(round(WARMUP_ITERS * scale)))
   lr = base_lr if base_lr is not None else base_lr_per_16 * global_batch_size / REFERENCE_BATCH
   return Schedule(total, boundaries, lr, warmup, warmup_factor, decay_factor)
 

@@ -1,0 +1,1 @@
+"""Data: the embedded synthetic dataset, COCO -> TFRecord conversion, the tf.data pipeline."""

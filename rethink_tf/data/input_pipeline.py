@@ -1,0 +1,208 @@
+"""tf.data input pipeline: decode, resize, flip, scale jitter, normalize, pad to static shapes,
+RPN targets. Output shapes depend only on the configuration, never on the data.
+
+Per-example randomness is stateless and keyed by (seed, example index), so a seeded pipeline
+yields the same batches on every run, however many parallel calls decode it.
+"""
+
+from typing import Dict, Optional, Sequence
+
+import gin
+import tensorflow as tf
+from official.vision.dataloaders import tf_example_decoder
+
+from rethink_tf.layers.roi_align import roi_align_flat
+from rethink_tf.modeling import anchors as anchor_lib
+
+# torchvision/detectron2 ImageNet statistics (RGB, 0-255); detectron2's scratch configs use them.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@gin.configurable
+class InputConfig:
+  """Everything that shapes a batch; bound in gin_configs/data/*.gin and base/*.gin."""
+
+  def __init__(self, train_pattern: str = "", val_pattern: str = "", val_annotations: str = "",
+               category_ids: Sequence[int] = (), short_side: int = 800,
+               max_long_side: int = 1333, padded_size: Sequence[int] = (1344, 1344),
+               scale_jitter: Optional[Sequence[int]] = None, flip: bool = True,
+               max_instances: int = 100, max_crowd: int = 16, mask_crop_size: int = 56,
+               pixel_mean: Sequence[float] = PIXEL_MEAN, pixel_std: Sequence[float] = PIXEL_STD,
+               shuffle_buffer: int = 1000, cache: bool = False, synthetic=None):
+    self.train_pattern, self.val_pattern = train_pattern, val_pattern
+    self.val_annotations = val_annotations
+    self.category_ids = [int(c) for c in category_ids]
+    self.short_side, self.max_long_side = short_side, max_long_side
+    self.padded_size = tuple(int(s) for s in padded_size)
+    self.scale_jitter = tuple(scale_jitter) if scale_jitter else None
+    self.flip = flip
+    self.max_instances, self.max_crowd = max_instances, max_crowd
+    self.mask_crop_size = mask_crop_size
+    self.pixel_mean, self.pixel_std = tuple(pixel_mean), tuple(pixel_std)
+    self.shuffle_buffer, self.cache = shuffle_buffer, cache
+    self.synthetic = synthetic
+    if synthetic is not None and not self.category_ids:
+      self.category_ids = synthetic.category_ids
+    if any(s % 32 for s in self.padded_size):
+      raise ValueError(f"padded_size {self.padded_size} must be multiples of 32 (FPN P5)")
+
+  def prepare(self):
+    """Materializes the embedded dataset when one is configured (generated once, cached)."""
+    if self.synthetic is not None:
+      paths = self.synthetic.prepare()
+      self.train_pattern = self.train_pattern or paths["train_pattern"]
+      self.val_pattern = self.val_pattern or paths["val_pattern"]
+      self.val_annotations = self.val_annotations or paths["val_annotations"]
+    return self
+
+  @property
+  def num_classes(self) -> int:
+    """Contiguous classes including background (0)."""
+    return len(self.category_ids) + 1
+
+
+def _pad_to(x, n, axis0_value=0):
+  """Pads or truncates the first axis of x to n."""
+  x = x[:n]
+  pad = n - tf.shape(x)[0]
+  paddings = [[0, pad]] + [[0, 0]] * (len(x.shape) - 1)
+  return tf.pad(x, paddings, constant_values=axis0_value)
+
+
+class Parser:
+  """Turns one decoded example into fixed-shape training or evaluation features."""
+
+  def __init__(self, cfg: InputConfig, anchor_kwargs: Dict, rpn_kwargs: Optional[Dict] = None):
+    self.cfg = cfg
+    levels = anchor_lib.multilevel_anchors(cfg.padded_size, **anchor_kwargs)
+    self.anchors = tf.concat([levels[l] for l in sorted(levels)], 0)
+    self.rpn_kwargs = rpn_kwargs or {}
+    keys = tf.constant(cfg.category_ids, tf.int64)
+    vals = tf.range(1, len(cfg.category_ids) + 1, dtype=tf.int32)
+    self.class_table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, vals), default_value=-1)
+
+  def _resize(self, image, seed, training):
+    """Resizes to short side `short_side` (or a jittered one), long side <= max_long_side."""
+    cfg = self.cfg
+    h = tf.cast(tf.shape(image)[0], tf.float32)
+    w = tf.cast(tf.shape(image)[1], tf.float32)
+    short = tf.constant(float(cfg.short_side))
+    if training and cfg.scale_jitter:
+      lo, hi = cfg.scale_jitter
+      short = tf.cast(tf.random.stateless_uniform([], seed, lo, hi + 1, tf.int32), tf.float32)
+    scale = tf.minimum(short / tf.minimum(h, w), cfg.max_long_side / tf.maximum(h, w))
+    scale = tf.minimum(scale, tf.minimum(cfg.padded_size[0] / h, cfg.padded_size[1] / w))
+    new_h = tf.minimum(tf.round(h * scale), cfg.padded_size[0])
+    new_w = tf.minimum(tf.round(w * scale), cfg.padded_size[1])
+    image = tf.image.resize(tf.cast(image, tf.float32), tf.cast([new_h, new_w], tf.int32))
+    return image, scale, tf.stack([new_h, new_w])
+
+  def _normalize_and_pad(self, image):
+    cfg = self.cfg
+    image = (image - tf.constant(cfg.pixel_mean)) / tf.constant(cfg.pixel_std)
+    return tf.image.pad_to_bounding_box(image, 0, 0, *cfg.padded_size)
+
+  def parse_train(self, index, data, seed: int):
+    cfg = self.cfg
+    seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    image, _, size = self._resize(data["image"], seeds[0], True)
+    boxes = data["groundtruth_boxes"] * tf.concat([size, size], 0)[None, :]
+    classes = self.class_table.lookup(tf.cast(data["groundtruth_classes"], tf.int64))
+    is_crowd = data["groundtruth_is_crowd"]
+    masks = data["groundtruth_instance_masks"]
+    crops = box_relative_masks(masks, data["groundtruth_boxes"], cfg.mask_crop_size)
+    if cfg.flip:
+      do_flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
+      image = tf.cond(do_flip, lambda: tf.image.flip_left_right(image), lambda: image)
+      flipped = tf.stack([boxes[:, 0], size[1] - boxes[:, 3], boxes[:, 2], size[1] - boxes[:, 1]],
+                         axis=1)
+      boxes = tf.where(do_flip, flipped, boxes)
+      crops = tf.where(do_flip, tf.reverse(crops, axis=[2]), crops)
+    keep = tf.logical_and(boxes[:, 2] - boxes[:, 0] >= 1.0, boxes[:, 3] - boxes[:, 1] >= 1.0)
+    valid_class = classes > 0
+    inst = tf.logical_and(tf.logical_and(keep, valid_class), tf.logical_not(is_crowd))
+    crowd = tf.logical_and(keep, is_crowd)
+    gt_boxes = _pad_to(tf.boolean_mask(boxes, inst), cfg.max_instances)
+    gt_classes = _pad_to(tf.boolean_mask(classes, inst), cfg.max_instances)
+    gt_masks = _pad_to(tf.boolean_mask(crops, inst), cfg.max_instances)
+    crowd_boxes = _pad_to(tf.boolean_mask(boxes, crowd), cfg.max_crowd)
+    labels, targets = anchor_lib.rpn_targets(
+        self.anchors, gt_boxes, gt_classes > 0, crowd_boxes,
+        tf.reduce_any(crowd_boxes > 0, axis=-1), seeds[2], **self.rpn_kwargs)
+    image = self._normalize_and_pad(image)
+    return dict(images=image, image_size=size,
+                gt_boxes=tf.ensure_shape(gt_boxes, [cfg.max_instances, 4]),
+                gt_classes=tf.ensure_shape(gt_classes, [cfg.max_instances]),
+                gt_masks=tf.ensure_shape(gt_masks, [cfg.max_instances] + [cfg.mask_crop_size] * 2),
+                crowd_boxes=tf.ensure_shape(crowd_boxes, [cfg.max_crowd, 4]),
+                rpn_labels=labels, rpn_box_targets=targets)
+
+  def parse_eval(self, data):
+    image, scale, size = self._resize(data["image"], None, False)
+    return dict(images=self._normalize_and_pad(image), image_size=size, scale=scale,
+                source_id=tf.strings.to_number(data["source_id"], tf.int64),
+                orig_size=tf.stack([data["height"], data["width"]]))
+
+
+def box_relative_masks(masks, boxes_normalized, size: int):
+  """Crops each instance mask to its own box at the original resolution.
+
+  Args:
+    masks: [N, H, W] float {0, 1}; boxes_normalized: [N, 4] yxyx in [0, 1].
+  Returns:
+    [N, size, size] float in [0, 1] (RoIAlign with pixel-centre alignment, so small objects
+    are not shifted the half pixel that `crop_and_resize`'s corner sampling costs).
+  """
+  n, h, w = tf.shape(masks)[0], tf.shape(masks)[1], tf.shape(masks)[2]
+  hw = tf.cast(tf.stack([h, w, h, w]), tf.float32)
+  boxes = (boxes_normalized * hw)[None]
+  flat = tf.reshape(masks, [1, -1, 1])
+  ones = tf.ones([1, n], tf.int32)
+  crops = roi_align_flat(flat, tf.range(n)[None] * h * w, ones * h, ones * w,
+                         tf.ones([1, n]), boxes, size, sampling_ratio=2, aligned=True)
+  return crops[0, ..., 0]
+
+
+def _decoder(include_mask):
+  return tf_example_decoder.TfExampleDecoder(include_mask=include_mask)
+
+
+def make_dataset(cfg: InputConfig, training: bool, batch_size: int, anchor_kwargs: Dict,
+                 rpn_kwargs: Optional[Dict] = None, seed: Optional[int] = None,
+                 input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+  """Batched, prefetched dataset of fixed-shape feature dicts.
+
+  Args:
+    batch_size: batch per replica (the global batch divided by the number of replicas).
+    anchor_kwargs: `anchors.multilevel_anchors` arguments (levels, aspect ratios, size).
+    seed: makes shuffling and augmentation reproducible; None draws a random one.
+    input_context: shards files (or records) between input pipelines of a multi-worker job.
+  """
+  pattern = cfg.train_pattern if training else cfg.val_pattern
+  files = sorted(tf.io.gfile.glob(pattern)) if pattern else []
+  if not files:
+    raise FileNotFoundError(f"no TFRecord files match {'train' if training else 'val'} pattern "
+                            f"{pattern!r} (bind InputConfig.{'train' if training else 'val'}"
+                            "_pattern)")
+  ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 4) if training else None)
+  if input_context and input_context.num_input_pipelines > 1:
+    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  parser = Parser(cfg, anchor_kwargs, rpn_kwargs)
+  decoder = _decoder(include_mask=training)
+  if training:
+    seed = int(seed if seed is not None else tf.random.uniform([], 0, 2**31 - 1, tf.int64))
+    if cfg.cache:
+      ds = ds.cache()
+    ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.enumerate()
+    ds = ds.map(lambda i, s: parser.parse_train(i, decoder.decode(s), seed),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+  else:
+    ds = ds.map(lambda s: parser.parse_eval(decoder.decode(s)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=False)
+  return ds.prefetch(tf.data.AUTOTUNE)

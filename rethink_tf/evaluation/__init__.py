@@ -1,0 +1,1 @@
+"""Host-side COCO evaluation with pycocotools."""

@@ -1,0 +1,97 @@
+r"""COCO box and mask AP with pycocotools, on the host.
+
+  python -m rethink_tf.evaluation.coco_evaluator --annotations=GT.json \
+      --detections=RES.json --iou_type=bbox|segm
+
+prints the 12 COCO stats as JSON. The numbers are pycocotools' own (`COCOeval.summarize`).
+"""
+
+import contextlib
+import io
+import json
+from typing import Dict, List, Sequence, Union
+
+import numpy as np
+from absl import app, flags
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from rethink_tf.layers.box_ops import yxyx_to_coco_xywh
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
+              "ARl")
+
+
+def load_coco(annotations: Union[str, dict]) -> COCO:
+  """A pycocotools COCO from a path or a dict, without its progress prints."""
+  with contextlib.redirect_stdout(io.StringIO()):
+    if isinstance(annotations, str):
+      return COCO(annotations)
+    coco = COCO()
+    coco.dataset = annotations
+    coco.createIndex()
+    return coco
+
+
+def evaluate(gt: COCO, detections: Union[str, List[dict]], iou_type: str,
+             verbose: bool = False) -> Dict[str, float]:
+  """Runs COCOeval; returns {stat name: value} for the 12 standard stats.
+
+  With no detections every stat is 0 (pycocotools refuses an empty result list).
+  """
+  if iou_type not in ("bbox", "segm"):
+    raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+  if isinstance(detections, str):
+    with open(detections) as f:
+      detections = json.load(f)
+  if not detections:
+    return {k: 0.0 for k in STAT_NAMES}
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    dt = gt.loadRes(detections)
+    ev = COCOeval(gt, dt, iou_type)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+  if verbose:
+    print(out.getvalue())
+  return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+
+
+def detections_to_coco(image_id: int, boxes_yxyx: np.ndarray, scores: np.ndarray,
+                       category_ids: np.ndarray, masks: np.ndarray = None) -> List[dict]:
+  """COCO result dicts for one image.
+
+  Args:
+    boxes_yxyx: [D, 4] in original-image pixels; scores [D]; category_ids [D] COCO ids.
+    masks: optional [D, H, W] uint8 binary masks at original resolution.
+  """
+  xywh = yxyx_to_coco_xywh(boxes_yxyx)
+  results = []
+  for i in range(len(scores)):
+    r = {"image_id": int(image_id), "category_id": int(category_ids[i]),
+         "bbox": [round(float(v), 3) for v in xywh[i]], "score": float(scores[i])}
+    if masks is not None:
+      rle = mask_utils.encode(np.asfortranarray(masks[i].astype(np.uint8)))
+      rle["counts"] = rle["counts"].decode("ascii")
+      r["segmentation"] = rle
+    results.append(r)
+  return results
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  stats = evaluate(load_coco(FLAGS.annotations), FLAGS.detections, FLAGS.iou_type)
+  print(json.dumps(stats))
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("annotations", None, "Ground-truth COCO JSON.")
+  flags.DEFINE_string("detections", None, "COCO results JSON.")
+  flags.DEFINE_enum("iou_type", "bbox", ["bbox", "segm"], "Evaluate boxes or masks.")
+  flags.mark_flags_as_required(["annotations", "detections"])
+  app.run(main)

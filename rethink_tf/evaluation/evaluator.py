@@ -1,0 +1,62 @@
+"""Runs the detector over the validation split and scores it with pycocotools (host side)."""
+
+from typing import Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+from official.vision.ops import mask_ops
+
+from rethink_tf.data.input_pipeline import InputConfig, make_dataset
+from rethink_tf.evaluation import coco_evaluator
+
+
+def to_original_image(det: Dict[str, np.ndarray], i: int, scale: float, orig_hw, category_ids,
+                      with_masks: bool = True):
+  """Detections of image i in original-image pixels, COCO category ids and pasted masks.
+
+  Returns (boxes_yxyx [D, 4], scores [D], category ids [D], masks [D, H, W] uint8 or None).
+  """
+  n = int(det["num_detections"][i])
+  h, w = int(orig_hw[0]), int(orig_hw[1])
+  boxes = det["boxes"][i, :n] / scale
+  boxes = np.clip(boxes, 0, [h, w, h, w])
+  scores = det["scores"][i, :n]
+  cats = np.asarray(category_ids)[det["classes"][i, :n] - 1]
+  masks = None
+  if with_masks:
+    if n:
+      xywh = np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1],
+                       boxes[:, 2] - boxes[:, 0]], axis=1)
+      masks = mask_ops.paste_instance_masks(det["masks"][i, :n], xywh, h, w)
+    else:
+      masks = np.zeros((0, h, w), np.uint8)
+  return boxes, scores, cats, masks
+
+
+def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
+                         max_images: Optional[int] = None) -> List[dict]:
+  """COCO-format results (boxes and RLE masks) for every validation image."""
+  ds = make_dataset(cfg, False, batch_size, model.anchor_kwargs)
+  detect = tf.function(model.detect)
+  results, seen = [], 0
+  for batch in ds:
+    det = {k: v.numpy() for k, v in detect(batch["images"], batch["image_size"]).items()}
+    for i in range(det["scores"].shape[0]):
+      boxes, scores, cats, masks = to_original_image(
+          det, i, float(batch["scale"][i]), batch["orig_size"][i].numpy(), cfg.category_ids)
+      results += coco_evaluator.detections_to_coco(int(batch["source_id"][i]), boxes, scores,
+                                                   cats, masks)
+      seen += 1
+    if max_images and seen >= max_images:
+      break
+  return results
+
+
+def run_evaluation(model, cfg: InputConfig, batch_size: int = 8) -> Dict[str, Dict[str, float]]:
+  """{"bbox": {12 stats}, "segm": {12 stats}} on the validation split."""
+  if not cfg.val_annotations:
+    raise ValueError("evaluation needs InputConfig.val_annotations (the COCO JSON of the "
+                     "validation split)")
+  gt = coco_evaluator.load_coco(cfg.val_annotations)
+  results = predict_coco_results(model, cfg, batch_size)
+  return {iou: coco_evaluator.evaluate(gt, results, iou) for iou in ("bbox", "segm")}

@@ -1,0 +1,48 @@
+r"""Trains Mask R-CNN FPN as bound by gin files.
+
+  python -m rethink_tf.train --gin_file=gin_configs/demo/shapes_scratch.gin --model_dir=/tmp/run
+  python -m rethink_tf.train --gin_file=gin_configs/paper/r50_fpn_gn_scratch_3x.gin \
+      --model_dir=gs://bucket/run --strategy=tpu --tpu=my-tpu
+
+Resumes from the latest checkpoint in --model_dir. Evaluates every
+`TrainConfig.eval_every_steps` and at the end of the schedule, appending to
+`model_dir/eval_metrics.jsonl`.
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+from rethink_tf import config  # noqa: E402
+from rethink_tf.flags import define_common_flags  # noqa: E402
+from rethink_tf.training import distribute  # noqa: E402
+from rethink_tf.training.trainer import Trainer  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep TF's INFO out
+  if not FLAGS.model_dir:
+    sys.exit("--model_dir is required")
+  if FLAGS.cpu_devices:
+    distribute.split_cpu(FLAGS.cpu_devices)
+  config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+  t0 = time.time()
+  strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
+  metrics = Trainer(FLAGS.model_dir, strategy).train()
+  if metrics:
+    print(f"final: box AP {metrics['bbox']['AP']:.3f}, mask AP {metrics['segm']['AP']:.3f} "
+          f"after {(time.time() - t0) / 60:.1f} min", flush=True)
+    print(json.dumps({"bbox": metrics["bbox"], "segm": metrics["segm"]}))
+
+
+if __name__ == "__main__":
+  define_common_flags()
+  app.run(main)

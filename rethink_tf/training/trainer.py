@@ -1,0 +1,240 @@
+"""The training loop: checkpoints, resume, summaries, progress and periodic COCO evaluation.
+
+The loop is separate from the model and from the strategy: the entry point creates the
+strategy, the model is built inside `strategy.scope()`, the step is written for one replica,
+and pycocotools runs on the host.
+"""
+
+import json
+import os
+import time
+from typing import Dict, Optional
+
+import gin
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from rethink_tf.data.input_pipeline import InputConfig, make_dataset
+from rethink_tf.evaluation.evaluator import run_evaluation
+from rethink_tf.modeling import init as init_lib
+from rethink_tf.modeling.build import build_model
+from rethink_tf.training import optimizer as opt_lib
+from rethink_tf.training.losses import mask_rcnn_losses
+from rethink_tf.training.schedules import nx_schedule
+
+EVAL_METRICS_FILE = "eval_metrics.jsonl"
+
+
+@gin.configurable
+class TrainConfig:
+  """Loop settings. `global_batch_size` is the one source of the batch: the schedule and the
+  per-replica pipelines derive from it."""
+
+  def __init__(self, global_batch_size: int = 16, eval_every_steps: int = 0,
+               checkpoint_every_steps: int = 5000, keep_checkpoints: int = 5,
+               log_every_steps: int = 20, steps_per_loop: int = 1, seed: Optional[int] = 0,
+               jit_compile: bool = False, eval_batch_size: int = 8,
+               stop_at_step: Optional[int] = None):
+    self.global_batch_size = global_batch_size
+    self.eval_every_steps = eval_every_steps
+    self.checkpoint_every_steps = checkpoint_every_steps
+    self.keep_checkpoints = keep_checkpoints
+    self.log_every_steps = log_every_steps
+    self.steps_per_loop = steps_per_loop
+    self.seed = seed
+    self.jit_compile = jit_compile
+    self.eval_batch_size = eval_batch_size
+    self.stop_at_step = stop_at_step  # end early (e.g. a time-boxed slice of a long run)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def build_for_training(cfg: InputConfig, norm_check: bool = True):
+  """Builds the gin-configured model and validates the init mode before any training starts."""
+  mode, checkpoint = init_lib.init_config()
+  model = build_model(num_classes=cfg.num_classes, image_size=cfg.padded_size)
+  init_lib.validate(mode, model.backbone._cfg["norm"], model.backbone.freeze_at, checkpoint)
+  return model, mode, checkpoint
+
+
+def _dummy_build(model, cfg: InputConfig):
+  """Creates every variable by running inference once on zeros."""
+  images = tf.zeros([1, *cfg.padded_size, 3])
+  model.detect(images, tf.constant([cfg.padded_size], tf.float32))
+
+
+class Trainer:
+  """Runs training for the schedule bound in gin; resumes automatically from `model_dir`."""
+
+  def __init__(self, model_dir: str, strategy: tf.distribute.Strategy,
+               config: Optional[TrainConfig] = None, input_config: Optional[InputConfig] = None):
+    self.model_dir = model_dir
+    self.strategy = strategy
+    self.cfg = config or TrainConfig()
+    self.input_cfg = input_config or InputConfig()
+    self.input_cfg.prepare()
+    replicas = strategy.num_replicas_in_sync
+    if self.cfg.global_batch_size % replicas:
+      raise ValueError(f"global batch {self.cfg.global_batch_size} is not divisible by "
+                       f"{replicas} replicas")
+    self.schedule = nx_schedule(global_batch_size=self.cfg.global_batch_size)
+    with strategy.scope():
+      self.model, self.init_mode, self.init_checkpoint = build_for_training(self.input_cfg)
+      _dummy_build(self.model, self.input_cfg)
+      self.optimizer = opt_lib.make_optimizer(self.schedule)
+      self.optimizer.build(self.model.trainable_variables)
+    self.decay_vars = opt_lib.decayed_variables(self.model)
+    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, model_dir,
+                                              max_to_keep=self.cfg.keep_checkpoints)
+
+  # ----------------------------------------------------------------------------------------
+  def restore_or_initialize(self) -> int:
+    """Resumes from the latest checkpoint in model_dir, else applies the init mode."""
+    latest = self.manager.latest_checkpoint
+    if latest:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      step = int(self.optimizer.iterations.numpy())
+      logging.info("resumed from %s at step %d", latest, step)
+      print(f"resumed from {latest} at step {step}", flush=True)
+      return step
+    if self.init_mode is init_lib.InitMode.PRETRAINED:
+      init_lib.restore_backbone(self.model.backbone, self.init_checkpoint)
+      print(f"initialized the backbone from {self.init_checkpoint}", flush=True)
+    else:
+      print("training from scratch (random initialization)", flush=True)
+    return 0
+
+  def _dataset(self):
+    per_replica = self.cfg.global_batch_size // self.strategy.num_replicas_in_sync
+    anchor_kwargs = self.model.anchor_kwargs
+
+    def dataset_fn(ctx):
+      return make_dataset(self.input_cfg, True, per_replica, anchor_kwargs, seed=self.cfg.seed,
+                          input_context=ctx)
+
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  def _make_train_fn(self):
+    model, optimizer, strategy = self.model, self.optimizer, self.strategy
+    decay_vars = self.decay_vars
+    replicas = strategy.num_replicas_in_sync
+
+    def grad_fn(batch):
+      with tf.GradientTape() as tape:
+        losses = mask_rcnn_losses(model(batch, training=True), batch)
+        wd = opt_lib.weight_decay_loss(decay_vars)
+        loss = (losses["total_loss"] + wd) / replicas
+      grads = tape.gradient(loss, model.trainable_variables)
+      losses["weight_decay_loss"] = wd
+      return grads, losses
+
+    if self.cfg.jit_compile:
+      grad_fn = tf.function(grad_fn, jit_compile=True)
+
+    def replica_step(batch):
+      grads, losses = grad_fn(batch)
+      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      return losses
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+      losses = None
+      for _ in tf.range(num_steps):
+        per_replica = strategy.run(replica_step, args=(next(iterator),))
+        losses = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                  for k, v in per_replica.items()}
+      return losses
+
+    return train_loop
+
+  # ----------------------------------------------------------------------------------------
+  def evaluate(self, step: int, writer) -> Dict[str, Dict[str, float]]:
+    metrics = run_evaluation(self.model, self.input_cfg, self.cfg.eval_batch_size)
+    with writer.as_default(step=step):
+      for iou_type, stats in metrics.items():
+        for k, v in stats.items():
+          tf.summary.scalar(f"{iou_type}/{k}", v)
+    writer.flush()
+    with open(os.path.join(self.model_dir, EVAL_METRICS_FILE), "a") as f:
+      f.write(json.dumps({"step": step, **metrics}) + "\n")
+    print(f"eval @ step {step}: box AP {metrics['bbox']['AP']:.3f} "
+          f"(AP50 {metrics['bbox']['AP50']:.3f}) | mask AP {metrics['segm']['AP']:.3f} "
+          f"(AP50 {metrics['segm']['AP50']:.3f})", flush=True)
+    return metrics
+
+  def train(self) -> Optional[Dict[str, Dict[str, float]]]:
+    """Trains to the end of the schedule (or `stop_at_step`); returns the last eval metrics."""
+    tf.io.gfile.makedirs(self.model_dir)
+    with open(os.path.join(self.model_dir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
+    step = self.restore_or_initialize()
+    total = self.schedule.total_steps
+    end = min(total, self.cfg.stop_at_step or total)
+    train_writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+    eval_writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "eval"))
+    print(f"schedule: {total} steps at global batch {self.cfg.global_batch_size}, "
+          f"LR {self.schedule.base_lr:g} decayed x{self.schedule.decay_factor:g} at "
+          f"{list(self.schedule.boundaries)}, warmup {self.schedule.warmup_steps} steps; "
+          f"{self.strategy.num_replicas_in_sync} replica(s)", flush=True)
+    if step >= end:
+      print(f"nothing to do: checkpoint is at step {step}, the run ends at {end}")
+      return None
+    iterator = iter(self._dataset())
+    train_loop = self._make_train_fn()
+    metrics = None
+    t_window, steps_window = time.time(), 0
+    t_start, step_start = time.time(), step
+    while step < end:
+      n = min(self.cfg.steps_per_loop, end - step, self._steps_to_next_event(step, end))
+      losses = train_loop(iterator, tf.constant(n))
+      if step == step_start:
+        with open(os.path.join(self.model_dir, "operative_config.gin"), "w") as f:
+          f.write(gin.operative_config_str())
+      step += n
+      steps_window += n
+      if step % self.cfg.log_every_steps == 0 or step == end or step - n == step_start:
+        values = {k: float(v) for k, v in losses.items()}
+        if not np.isfinite(values["total_loss"]):
+          raise FloatingPointError(
+              f"non-finite loss at step {step}: {values}; last good checkpoint: "
+              f"{self.manager.latest_checkpoint}")
+        elapsed = time.time() - t_window
+        sps = steps_window / max(elapsed, 1e-9)
+        # The first window includes tracing and compilation; later ones measure the steps.
+        rate = sps if step - n != step_start else (step - step_start) / max(
+            time.time() - t_start, 1e-9)
+        lr = self.schedule.lr_at(step)
+        with train_writer.as_default(step=step):
+          for k, v in values.items():
+            tf.summary.scalar(f"losses/{k}", v)
+          tf.summary.scalar("learning_rate", lr)
+          tf.summary.scalar("steps_per_sec", sps)
+          tf.summary.scalar("images_per_sec", sps * self.cfg.global_batch_size)
+        print(f"step {step}/{end} | loss {values['total_loss']:.4f} (rpn {values['rpn_cls_loss']:.3f}"
+              f"/{values['rpn_box_loss']:.3f} cls {values['fast_rcnn_cls_loss']:.3f} box "
+              f"{values['fast_rcnn_box_loss']:.3f} mask {values['mask_loss']:.3f}) | lr {lr:.5f} | "
+              f"{sps:.2f} steps/s {sps * self.cfg.global_batch_size:.1f} img/s | "
+              f"ETA {_format_eta((end - step) / max(rate, 1e-9))}", flush=True)
+        t_window, steps_window = time.time(), 0
+      if step % self.cfg.checkpoint_every_steps == 0 or step == end:
+        self.manager.save(checkpoint_number=step)
+      if (self.cfg.eval_every_steps and step % self.cfg.eval_every_steps == 0) or step == total:
+        metrics = self.evaluate(step, eval_writer)
+    train_writer.flush()
+    with open(os.path.join(self.model_dir, "operative_config.gin"), "w") as f:
+      f.write(gin.operative_config_str())
+    return metrics
+
+  def _steps_to_next_event(self, step: int, end: int) -> int:
+    """Steps until the next log, checkpoint or evaluation, so a loop call never skips one."""
+    periods = [self.cfg.log_every_steps, self.cfg.checkpoint_every_steps]
+    if self.cfg.eval_every_steps:
+      periods.append(self.cfg.eval_every_steps)
+    return max(1, min(p - step % p for p in periods if p))
