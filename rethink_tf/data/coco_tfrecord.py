@@ -144,10 +144,13 @@ def convert(annotations: str, image_dir: str, output: str, num_shards: int = 1,
     for k, image_id in enumerate(ids):
       ex = image_example(images[image_id], by_image.get(image_id, []), image_dir, counts)
       writers[k % num_shards].write(ex.SerializeToString())
-  finally:
-    for w in writers:
+  except BaseException:
+    for w, n in zip(writers, names):
       w.close()
-  for n in names:
+      os.remove(n + ".tmp")
+    raise
+  for w, n in zip(writers, names):
+    w.close()
     os.replace(n + ".tmp", n)
   counts = dict(images=counts["images"], instances=counts["instances"], crowd=counts["crowd"],
                 skipped_empty_box=counts["skipped_empty_box"], shards=num_shards)

@@ -87,8 +87,10 @@ def roi_align_flat(flat_features, offsets, heights, widths, scales, boxes, outpu
       vals = tf.gather(feats32, tf.reshape(idx, [b, -1]), batch_dims=1)
       vals = tf.reshape(vals, [b, n, s, s, c])
       result += vals * (wy[..., :, None] * wx[..., None, :])[..., None]
-  result = tf.reshape(result, [b, n, out, sr, out, sr, c])
-  return tf.cast(tf.reduce_mean(result, axis=[3, 5]), flat_features.dtype)
+  # Bin averages as an sr x sr average pool: much faster on CPU (forward and gradient) than
+  # a mean over two non-adjacent axes of [B, N, out, sr, out, sr, C].
+  result = tf.nn.avg_pool2d(tf.reshape(result, [b * n, s, s, c]), sr, sr, "VALID")
+  return tf.cast(tf.reshape(result, [b, n, out, out, c]), flat_features.dtype)
 
 
 def roi_align(features, boxes, output_size: int, spatial_scale: float, sampling_ratio: int = 2,

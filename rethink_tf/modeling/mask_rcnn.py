@@ -1,6 +1,6 @@
 """Mask R-CNN with FPN, assembled from injected parts (detectron2 `GeneralizedRCNN`)."""
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras
@@ -29,6 +29,7 @@ class MaskRCNN(tf_keras.Model):
                rpn_post_nms_topk_train: int = 1000, rpn_pre_nms_topk_test: int = 1000,
                rpn_post_nms_topk_test: int = 1000, rpn_nms_threshold: float = 0.7,
                roi_samples_per_image: int = 512, roi_positive_fraction: float = 0.25,
+               mask_rois_per_image: Optional[int] = None,
                box_pool_size: int = 7, mask_pool_size: int = 14, sampling_ratio: int = 2,
                detections_per_image: int = 100, score_threshold: float = 0.05,
                nms_threshold: float = 0.5, **kwargs):
@@ -47,6 +48,10 @@ class MaskRCNN(tf_keras.Model):
     self.rpn_nms_threshold = rpn_nms_threshold
     self.roi_samples_per_image = roi_samples_per_image
     self.roi_positive_fraction = roi_positive_fraction
+    # Foreground RoIs fed to the mask head: all of them (Detectron) by default; a smaller
+    # number takes a uniform random subset of them, to save mask-head compute.
+    self.mask_rois_per_image = min(mask_rois_per_image or roi_samples_per_image,
+                                   int(roi_samples_per_image * roi_positive_fraction))
     self.box_pool_size, self.mask_pool_size = box_pool_size, mask_pool_size
     self.sampling_ratio = sampling_ratio
     self.detections_per_image = detections_per_image
@@ -87,7 +92,7 @@ class MaskRCNN(tf_keras.Model):
     pooled = self._pool(feats, s["rois"], self.box_pool_size)
     class_logits, box_deltas = self.box_predictor(self.box_head(pooled, training=True))
 
-    num_fg = int(self.roi_samples_per_image * self.roi_positive_fraction)
+    num_fg = self.mask_rois_per_image
     mask_rois = s["rois"][:, :num_fg]
     mask_classes = s["classes"][:, :num_fg]
     mask_feats = self._pool(feats, mask_rois, self.mask_pool_size)

@@ -1,0 +1,65 @@
+r"""Per-module and total parameter counts of the gin-configured model, as JSON.
+
+  python -m rethink_tf.tools.model_summary --gin_file=gin_configs/paper/r50_fpn_gn_scratch_3x.gin
+
+prints {"modules": {"backbone": N, "fpn": N, "rpn": N, "box_head": N, "box_predictor": N,
+"mask_head": N, "mask_predictor": N}, "total": N, "trainable": N}. The model is built at a
+small input size: parameter counts do not depend on it.
+"""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from rethink_tf import config  # noqa: E402
+from rethink_tf.data.input_pipeline import InputConfig  # noqa: E402
+from rethink_tf.modeling.build import build_model  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def _count(variables) -> int:
+  return int(sum(np.prod(v.shape) for v in variables))
+
+
+def summarize(model) -> dict:
+  """Counts of a built MaskRCNN, split as Detectron's modules."""
+  mask_pred = model.mask_head.predictor.variables
+  pred_ids = {id(v) for v in mask_pred}
+  modules = {
+      "backbone": _count(model.backbone.variables),
+      "fpn": _count(model.fpn.variables),
+      "rpn": _count(model.rpn_head.variables),
+      "box_head": _count(model.box_head.variables),
+      "box_predictor": _count(model.box_predictor.variables),
+      "mask_head": _count([v for v in model.mask_head.variables if id(v) not in pred_ids]),
+      "mask_predictor": _count(mask_pred),
+  }
+  # BN moving statistics are buffers, not parameters (torch counts neither).
+  buffers = _count([v for v in model.variables if "moving_" in v.name])
+  return {"modules": modules, "total": _count(model.variables) - buffers,
+          "trainable": _count(model.trainable_variables)}
+
+
+def build_and_summarize(size: int = 128) -> dict:
+  cfg = InputConfig()
+  model = build_model(num_classes=cfg.num_classes, image_size=(size, size))
+  model.detect(tf.zeros([1, size, size, 3]), tf.constant([[size, size]], tf.float32))
+  return summarize(model)
+
+
+def main(argv):
+  del argv
+  config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+  print(json.dumps(build_and_summarize(), indent=1))
+
+
+if __name__ == "__main__":
+  flags.DEFINE_multi_string("gin_file", [], "Gin files.")
+  flags.DEFINE_multi_string("gin_param", [], "Gin bindings.")
+  app.run(main)

@@ -1,0 +1,35 @@
+"""Test session setup: quiet TF, two logical CPU devices, a private data cache."""
+
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Generated datasets go to a per-session cache, never to the user's.
+os.environ["RETHINK_TF_CACHE"] = tempfile.mkdtemp(prefix="rethink_tf_test_cache_")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTDATA = os.path.join(REPO_ROOT, "tests", "testdata")
+sys.path.insert(0, REPO_ROOT)
+
+# Multi-replica tests need 2 logical CPU devices; this must happen before TF picks devices.
+from rethink_tf.training.distribute import split_cpu  # noqa: E402
+
+try:
+  split_cpu(2)
+except RuntimeError:  # devices already initialized by another plugin
+  pass
+
+
+@pytest.fixture(scope="session")
+def testdata():
+  return TESTDATA
+
+
+@pytest.fixture(scope="session")
+def roi_ref():
+  import numpy as np
+  return np.load(os.path.join(TESTDATA, "roi_align_ref.npz"))

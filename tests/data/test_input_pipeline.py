@@ -1,0 +1,80 @@
+"""The tf.data pipeline: static shapes, deterministic with a seed, crowds kept as ignore regions."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rethink_tf.data import synthetic
+from rethink_tf.data.input_pipeline import InputConfig, box_relative_masks, make_dataset
+
+ANCHORS = dict(min_level=2, max_level=6, aspect_ratios=(0.5, 1.0, 2.0), anchor_size=4.0)
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+  root = tmp_path_factory.mktemp("syn")
+  ds = synthetic.SyntheticDataset(num_train=40, num_val=6, image_size=96, cache_dir=str(root))
+  return InputConfig(synthetic=ds, short_side=64, max_long_side=64, padded_size=(64, 64),
+                     max_instances=8, max_crowd=4, mask_crop_size=16, shuffle_buffer=40).prepare()
+
+
+def _first(ds):
+  return {k: v.numpy() for k, v in next(iter(ds)).items()}
+
+
+def test_train_batches_have_static_shapes(cfg):
+  ds = make_dataset(cfg, True, 4, ANCHORS, seed=1)
+  spec = ds.element_spec
+  num_anchors = 3 * (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1)
+  expected = {"images": [4, 64, 64, 3], "image_size": [4, 2], "gt_boxes": [4, 8, 4],
+              "gt_classes": [4, 8], "gt_masks": [4, 8, 16, 16], "crowd_boxes": [4, 4, 4],
+              "rpn_labels": [4, num_anchors], "rpn_box_targets": [4, num_anchors, 4]}
+  assert {k: v.shape.as_list() for k, v in spec.items()} == expected
+  b = _first(ds)
+  valid = b["gt_classes"] > 0
+  assert valid.any() and set(np.unique(b["gt_classes"][valid])) <= {1, 2, 3}
+  boxes = b["gt_boxes"][valid]
+  assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+  assert boxes.max() <= 64.0 and boxes.min() >= 0.0
+  assert (b["gt_boxes"][~valid] == 0).all()
+  labels = b["rpn_labels"]
+  assert ((labels == 1).sum(1) <= 128).all() and ((labels >= 0).sum(1) <= 256).all()
+  assert ((labels == 1).sum(1) > 0).any()
+
+
+def test_same_seed_same_batches_different_seed_differs(cfg):
+  a = [_first(make_dataset(cfg, True, 4, ANCHORS, seed=7)) for _ in range(2)]
+  for k in a[0]:
+    np.testing.assert_array_equal(a[0][k], a[1][k])
+  c = _first(make_dataset(cfg, True, 4, ANCHORS, seed=8))
+  assert not np.array_equal(a[0]["images"], c["images"])
+
+
+def test_eval_batches_carry_ids_and_scale(cfg):
+  b = _first(make_dataset(cfg, False, 3, ANCHORS))
+  assert b["images"].shape == (3, 64, 64, 3)
+  np.testing.assert_allclose(b["scale"], 64 / 96)
+  np.testing.assert_array_equal(b["orig_size"], [[96, 96]] * 3)
+  assert sorted(b["source_id"].tolist()) == [1, 2, 3]
+
+
+def test_scale_jitter_changes_the_resized_size(cfg):
+  jitter = InputConfig(synthetic=cfg.synthetic, short_side=64, max_long_side=64,
+                       padded_size=(64, 64), scale_jitter=(32, 64), max_instances=8,
+                       mask_crop_size=16).prepare()
+  sizes = np.concatenate([b["image_size"].numpy()[:, 0] for b in
+                          make_dataset(jitter, True, 4, ANCHORS, seed=0).take(5)])
+  assert len(set(sizes.tolist())) > 1 and sizes.min() >= 32 and sizes.max() <= 64
+
+
+def test_box_relative_masks_crop_exactly():
+  mask = np.zeros((1, 20, 30), np.float32)
+  mask[0, 5:15, 10:20] = 1.0          # the box covers exactly the object
+  crop = box_relative_masks(tf.constant(mask), tf.constant([[5 / 20, 10 / 30, 15 / 20, 20 / 30]]), 8)
+  np.testing.assert_allclose(crop.numpy(), np.ones((1, 8, 8)), atol=1e-6)
+
+
+def test_missing_files_name_the_pattern(cfg):
+  bad = InputConfig(train_pattern="/nonexistent/train-*.tfrecord", padded_size=(64, 64))
+  with pytest.raises(FileNotFoundError, match="/nonexistent/train"):
+    make_dataset(bad, True, 2, ANCHORS)

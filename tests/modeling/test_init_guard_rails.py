@@ -1,0 +1,75 @@
+"""Every init-mode guard rail raises with a message that says why; backbone restore checks."""
+
+import pytest
+import tensorflow as tf
+
+from rethink_tf import config
+from rethink_tf.modeling import init as init_lib
+from rethink_tf.modeling.init import InitError, InitMode
+from rethink_tf.modeling.resnet import ResNet
+from rethink_tf.training.trainer import build_for_training
+from rethink_tf.data.input_pipeline import InputConfig
+
+
+def test_scratch_with_frozen_bn_is_refused():
+  with pytest.raises(InitError, match="FrozenBN"):
+    init_lib.validate(InitMode.SCRATCH, "FrozenBN", 0, None)
+
+
+def test_scratch_with_frozen_stages_is_refused():
+  with pytest.raises(InitError, match="freeze_at=2"):
+    init_lib.validate(InitMode.SCRATCH, "GN", 2, None)
+
+
+def test_pretrained_without_checkpoint_is_refused():
+  for empty in (None, ""):
+    with pytest.raises(InitError, match="needs a backbone checkpoint"):
+      init_lib.validate(InitMode.PRETRAINED, "GN", 0, empty)
+
+
+def test_scratch_with_checkpoint_is_refused():
+  with pytest.raises(InitError, match="use init mode 'pretrained'"):
+    init_lib.validate(InitMode.SCRATCH, "GN", 0, "/some/ckpt")
+
+
+def test_unknown_mode_is_refused():
+  with pytest.raises(InitError, match="not one of"):
+    init_lib.init_config(mode="imagenet")
+
+
+def test_valid_combinations_pass():
+  init_lib.validate(InitMode.SCRATCH, "GN", 0, None)
+  init_lib.validate(InitMode.SCRATCH, "SyncBN", 0, None)
+  init_lib.validate(InitMode.PRETRAINED, "FrozenBN", 2, "/ckpt")
+
+
+@pytest.mark.parametrize("files,params,match", [
+    (["gin_configs/testing/tiny.gin"], ["build_model.norm='FrozenBN'"], "FrozenBN"),
+    (["gin_configs/testing/tiny.gin"], ["build_model.freeze_at=1"], "freeze_at=1"),
+    (["gin_configs/testing/tiny.gin"], ["init_config.mode='pretrained'"], "needs a backbone"),
+])
+def test_guard_rails_fire_from_gin_before_training(files, params, match):
+  config.parse_gin(files, params)
+  with pytest.raises(InitError, match=match):
+    build_for_training(InputConfig(padded_size=(64, 64)))
+
+
+def _tiny_backbone(**kw):
+  net = ResNet(depth=50, norm="GN", width_multiplier=0.25, block_counts=(1, 1, 1, 1),
+               gn_num_groups=8, name="backbone", **kw)
+  net(tf.zeros([1, 64, 64, 3]))
+  return net
+
+
+def test_restore_backbone_round_trip_and_mismatch(tmp_path):
+  src = _tiny_backbone()
+  prefix = init_lib.save_backbone(src, str(tmp_path / "bb"))
+  dst = _tiny_backbone()
+  init_lib.restore_backbone(dst, prefix)
+  for a, b in zip(src.variables, dst.variables):
+    assert (a.numpy() == b.numpy()).all()
+  other = ResNet(depth=50, norm="GN", width_multiplier=0.25, block_counts=(1, 1, 2, 1),
+                 gn_num_groups=8, name="backbone")
+  other(tf.zeros([1, 64, 64, 3]))
+  with pytest.raises(InitError, match="does not match"):
+    init_lib.restore_backbone(other, prefix)

@@ -1,0 +1,62 @@
+"""Every gin file parses and finalizes; experiment files follow the header and include rules."""
+
+import glob
+import os
+import re
+
+import gin
+import pytest
+
+from conftest import REPO_ROOT
+from rethink_tf import config
+from rethink_tf.data.input_pipeline import InputConfig
+from rethink_tf.modeling import init as init_lib
+from rethink_tf.training.schedules import nx_schedule
+from rethink_tf.training.trainer import TrainConfig
+
+ALL = sorted(os.path.relpath(p, REPO_ROOT)
+             for p in glob.glob(os.path.join(REPO_ROOT, "gin_configs", "**", "*.gin"),
+                                recursive=True))
+EXPERIMENTS = [p for p in ALL if p.split(os.sep)[1] in ("paper", "demo", "testing")]
+AXES = ("base", "norm", "init", "schedule", "data")
+
+
+def test_there_are_gin_files():
+  assert len(ALL) >= 15 and "gin_configs/demo/shapes_scratch.gin" in ALL
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_parses_and_finalizes(path):
+  config.parse_gin([path])
+  assert gin.config_is_locked()
+  # The bound values are usable by the configurables they name.
+  InputConfig()
+  TrainConfig()
+  init_lib.init_config()
+  if "nx_schedule.num_x" in open(os.path.join(REPO_ROOT, path)).read():
+    assert nx_schedule(global_batch_size=TrainConfig().global_batch_size).total_steps > 0
+  gin.clear_config()
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS)
+def test_experiment_header_and_one_include_per_axis(path):
+  text = open(os.path.join(REPO_ROOT, path)).read()
+  assert text.startswith("# COMMAND: python -m rethink_tf.train"), "header must give the command"
+  assert "# Reproduces:" in text
+  includes = re.findall(r'^include "gin_configs/(\w+)/', text, re.M)
+  assert sorted(includes) == sorted(AXES), includes
+
+
+@pytest.mark.parametrize("path", [p for p in ALL if p.split(os.sep)[1] in AXES])
+def test_axis_files_include_nothing(path):
+  assert "include" not in open(os.path.join(REPO_ROOT, path)).read()
+
+
+def test_unknown_binding_is_an_error():
+  with pytest.raises(ValueError, match="build_model"):
+    config.parse_gin(["gin_configs/testing/tiny.gin"], ["build_model.nrom = 'GN'"])
+
+
+def test_missing_gin_file_is_named():
+  with pytest.raises(ValueError, match="no_such.gin"):
+    config.parse_gin(["gin_configs/no_such.gin"])
