@@ -33,3 +33,11 @@ def testdata():
 def roi_ref():
   import numpy as np
   return np.load(os.path.join(TESTDATA, "roi_align_ref.npz"))
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+  """One MirroredStrategy over the 2 logical CPUs for the whole session: strategies created
+  side by side in one process can collide on collective instance keys."""
+  from rethink_tf.training import distribute
+  return distribute.get_strategy("mirrored")

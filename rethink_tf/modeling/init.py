@@ -63,7 +63,7 @@ def restore_backbone(backbone, checkpoint: str):
   if not backbone.built:
     raise InitError("restore_backbone needs a built backbone (call the model once first)")
   ckpt = tf.train.Checkpoint(backbone=backbone)
-  status = ckpt.restore(checkpoint)
+  status = ckpt.read(checkpoint)  # the counterpart of `write`: no save counter involved
   try:
     status.assert_existing_objects_matched()
   except AssertionError as e:

@@ -56,7 +56,7 @@ def test_converter_accounts_for_everything(testdata, tmp_path, name):
     boxes = d["groundtruth_boxes"].numpy()
     for b, a in zip(boxes, anns):
       x, y, w, h = a["bbox"]
-      np.testing.assert_allclose(b * [info["height"], info["width"]] * 2,
+      np.testing.assert_allclose(b * np.array([info["height"], info["width"]] * 2),
                                  [y, x, y + h, x + w], atol=1e-3)
   assert seen_ids == {im["id"] for im in data["images"]}
   assert n_masks == len(data["annotations"])
@@ -98,14 +98,19 @@ def test_grayscale_cmyk_png_64bit_ids_and_empty_images(testdata, tmp_path):
     d = decoder.decode(tf.constant(rec))
     got[int(d["source_id"].numpy())] = d
   assert set(got) == {im["id"] for im in images}
-  rgb = np.asarray(Image.open(os.path.join(image_dir, "empty.jpg")).convert("RGB"), np.float32)
   for im in images:
     d = got[im["id"]]
     assert d["image"].shape == (im["height"], im["width"], 3)
     n = 0 if im["file_name"] == "empty.jpg" else per_image
     assert d["groundtruth_classes"].shape[0] == n
-    if im["file_name"] in ("rgba.png", "empty.jpg"):  # lossless or untouched bytes
-      np.testing.assert_allclose(d["image"].numpy().astype(np.float32), rgb, atol=1.0)
+    decoded = d["image"].numpy().astype(np.float32)
+    source = np.asarray(Image.open(os.path.join(image_dir, im["file_name"])).convert("RGB"),
+                        np.float32)
+    if im["file_name"] == "rgba.png":   # lossless: exact
+      np.testing.assert_array_equal(decoded, source)
+    else:  # JPEG decoders differ by a level or two; CMYK is re-encoded (one more JPEG pass)
+      tolerance = 5.0 if im["file_name"] == "cmyk.jpg" else 2.0
+      assert np.abs(decoded - source).mean() < tolerance, im["file_name"]
 
 
 def test_subset_is_deterministic_and_sized():

@@ -55,7 +55,8 @@ def test_eval_batches_carry_ids_and_scale(cfg):
   assert b["images"].shape == (3, 64, 64, 3)
   np.testing.assert_allclose(b["scale"], 64 / 96)
   np.testing.assert_array_equal(b["orig_size"], [[96, 96]] * 3)
-  assert sorted(b["source_id"].tolist()) == [1, 2, 3]
+  ids = [i for batch in make_dataset(cfg, False, 4, ANCHORS) for i in batch["source_id"].numpy()]
+  assert sorted(ids) == [1, 2, 3, 4, 5, 6]  # every validation image exactly once
 
 
 def test_scale_jitter_changes_the_resized_size(cfg):
@@ -68,10 +69,18 @@ def test_scale_jitter_changes_the_resized_size(cfg):
 
 
 def test_box_relative_masks_crop_exactly():
-  mask = np.zeros((1, 20, 30), np.float32)
-  mask[0, 5:15, 10:20] = 1.0          # the box covers exactly the object
-  crop = box_relative_masks(tf.constant(mask), tf.constant([[5 / 20, 10 / 30, 15 / 20, 20 / 30]]), 8)
-  np.testing.assert_allclose(crop.numpy(), np.ones((1, 8, 8)), atol=1e-6)
+  mask = np.zeros((2, 20, 40), np.float32)
+  mask[:, 5:15, 10:20] = 1.0
+  boxes = np.array([[5 / 20, 10 / 40, 15 / 20, 20 / 40],     # the object's own box
+                    [0 / 20, 5 / 40, 20 / 20, 25 / 40]],     # twice its size, centred on it
+                   np.float32)
+  crop = box_relative_masks(tf.constant(mask), tf.constant(boxes), 8).numpy()
+  # Pixel-centre sampling: the border bins straddle the object edge, the binarized crop
+  # (as mask targets use it) is the whole box.
+  assert (crop[0] >= 0.5).all() and (crop[0, 1:-1, 1:-1] == 1.0).all()
+  expected = np.zeros((8, 8))
+  expected[2:6, 2:6] = 1.0
+  np.testing.assert_array_equal(crop[1] >= 0.5, expected)
 
 
 def test_missing_files_name_the_pattern(cfg):

@@ -73,3 +73,21 @@ def test_restore_backbone_round_trip_and_mismatch(tmp_path):
   other(tf.zeros([1, 64, 64, 3]))
   with pytest.raises(InitError, match="does not match"):
     init_lib.restore_backbone(other, prefix)
+
+
+def test_pretrained_mode_restores_the_backbone_before_step_zero(tmp_path):
+  """init/pretrained.gin + a backbone checkpoint: the trainer starts from those weights."""
+  from rethink_tf.training import distribute
+  from rethink_tf.training.trainer import Trainer
+  config.parse_gin(["gin_configs/testing/tiny.gin"])
+  donor = Trainer(str(tmp_path / "donor"), distribute.get_strategy("one_device"))
+  prefix = init_lib.save_backbone(donor.model.backbone, str(tmp_path / "backbone"))
+  config.parse_gin(["gin_configs/testing/tiny.gin"],
+                   ["init_config.mode='pretrained'", f"init_config.checkpoint='{prefix}'"])
+  t = Trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
+  assert t.restore_or_initialize() == 0
+  for a, b in zip(donor.model.backbone.variables, t.model.backbone.variables):
+    assert (a.numpy() == b.numpy()).all()
+  # The heads were not part of the checkpoint: they keep their own random init.
+  assert not (donor.model.box_head.variables[0].numpy() ==
+              t.model.box_head.variables[0].numpy()).all()

@@ -31,8 +31,8 @@ def test_train_step_compiles_with_xla(tmp_path):
   assert int(t.optimizer.iterations.numpy()) == 2
 
 
-def test_mirrored_syncbn_model_step_runs(tmp_path):
-  strategy = distribute.get_strategy("mirrored")
+def test_mirrored_syncbn_model_step_runs(tmp_path, mirrored_strategy):
+  strategy = mirrored_strategy
   assert strategy.num_replicas_in_sync == 2
   t = _trainer(tmp_path, strategy, ["build_model.norm='SyncBN'", "TrainConfig.global_batch_size=4"])
   norms = [l for l in t.model.backbone.submodules
@@ -64,17 +64,17 @@ def _one_bn_step(strategy, norm, data):
   return out, bn.moving_mean.numpy(), bn.moving_variance.numpy()
 
 
-def test_syncbn_uses_global_batch_statistics():
-  """2 replicas x 2 images with SyncBN == 1 device x 4 images with BN; plain BN differs."""
+def test_syncbn_uses_global_batch_statistics(mirrored_strategy):
+  """2 replicas x 2 images with SyncBN normalize with the statistics of all 4 images."""
   rng = np.random.default_rng(0)
   data = rng.normal(size=(4, 2, 2, 3)).astype(np.float32)
   data[2:] += 5.0  # the two replicas see very different statistics
-  mirrored = distribute.get_strategy("mirrored")
-  single = tf.distribute.OneDeviceStrategy("/cpu:0")
-  ref_out, ref_mean, ref_var = _one_bn_step(single, "BN", data)
-  sync_out, sync_mean, sync_var = _one_bn_step(mirrored, "SyncBN", data)
-  np.testing.assert_allclose(sync_out, ref_out, atol=1e-5)
-  np.testing.assert_allclose(sync_mean, ref_mean, atol=1e-5)
-  np.testing.assert_allclose(sync_var, ref_var, atol=1e-4)
-  local_out, _, _ = _one_bn_step(mirrored, "BN", data)
-  assert np.abs(local_out - ref_out).max() > 0.1
+  sync_out, sync_mean, sync_var = _one_bn_step(mirrored_strategy, "SyncBN", data)
+  x = data.sum(-1, keepdims=True).repeat(4, -1)        # the all-ones 1x1 conv
+  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))       # global-batch statistics
+  np.testing.assert_allclose(sync_out, (x - mean) / np.sqrt(var + 1e-5), atol=1e-4)
+  np.testing.assert_allclose(sync_mean, 0.1 * mean, rtol=1e-5)   # momentum 0.9 from 0
+  np.testing.assert_allclose(sync_var, 0.9 + 0.1 * var, rtol=1e-5)
+  # Per-replica BN on the same split normalizes each half with its own statistics.
+  local_out, _, _ = _one_bn_step(mirrored_strategy, "BN", data)
+  assert np.abs(local_out - sync_out).max() > 0.1
