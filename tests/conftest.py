@@ -9,7 +9,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["RETHINK_TF_CACHE"] = tempfile.mkdtemp(prefix="rethink_tf_test_cache_")
 
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTDATA = os.path.join(REPO_ROOT, "tests", "testdata")

@@ -9,7 +9,7 @@ prints the 12 COCO stats as JSON. The numbers are pycocotools' own (`COCOeval.su
 import contextlib
 import io
 import json
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Union
 
 import numpy as np
 from absl import app, flags

@@ -19,12 +19,19 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                 fpn_channels: int = 256, fpn_norm: Optional[str] = "same",
                 box_head_type: str = "4conv1fc", head_conv_dim: int = 256,
                 head_fc_dim: int = 1024, box_head_num_conv: int = 4,
-                mask_head_num_conv: int = 4, **model_kwargs) -> MaskRCNN:
+                mask_head_num_conv: int = 4, anchor_size: float = 8.0,
+                aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                rpn_pre_nms_topk_train: int = 2000, rpn_post_nms_topk_train: int = 1000,
+                rpn_pre_nms_topk_test: int = 1000, rpn_post_nms_topk_test: int = 1000,
+                rpn_nms_threshold: float = 0.7, roi_samples_per_image: int = 512,
+                roi_positive_fraction: float = 0.25, mask_rois_per_image: Optional[int] = None,
+                detections_per_image: int = 100, score_threshold: float = 0.05,
+                nms_threshold: float = 0.5) -> MaskRCNN:
   """Builds Mask R-CNN FPN. `num_classes` counts background (81 for COCO).
 
   `fpn_norm="same"` uses `norm` in the FPN too (the paper's GN models); pass None for
-  Detectron's BN baselines whose FPN has no norm. The RPN never has a norm.
-  Remaining keyword arguments go to `MaskRCNN` (anchors, proposal counts, RoI sampling).
+  Detectron's BN baselines whose FPN has no norm. The RPN never has a norm. Every argument is
+  explicit (no **kwargs), so gin rejects a misspelled binding when it parses the file.
   """
   if fpn_norm == "same":
     fpn_norm = norm
@@ -33,12 +40,21 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                     freeze_at=freeze_at, width_multiplier=width_multiplier,
                     block_counts=block_counts, name="backbone", **kw)
   fpn = FPN(fpn_channels, norm=fpn_norm, name="fpn", **kw)
-  rpn = RPNHead(fpn_channels, num_anchors=len(model_kwargs.get("aspect_ratios", (0.5, 1, 2))),
-                name="rpn")
+  rpn = RPNHead(fpn_channels, num_anchors=len(aspect_ratios), name="rpn")
   box_head = BoxHead(box_head_type, head_conv_dim, head_fc_dim, norm=norm,
                      num_conv=box_head_num_conv, name="box_head", **kw)
   box_predictor = BoxPredictor(num_classes, name="box_predictor")
   mask_head = MaskHead(num_classes, head_conv_dim, mask_head_num_conv, norm=norm,
                        name="mask_head", **kw)
   return MaskRCNN(backbone, fpn, rpn, box_head, box_predictor, mask_head,
-                  num_classes=num_classes, image_size=image_size, **model_kwargs)
+                  num_classes=num_classes, image_size=image_size, anchor_size=anchor_size,
+                  aspect_ratios=aspect_ratios, rpn_pre_nms_topk_train=rpn_pre_nms_topk_train,
+                  rpn_post_nms_topk_train=rpn_post_nms_topk_train,
+                  rpn_pre_nms_topk_test=rpn_pre_nms_topk_test,
+                  rpn_post_nms_topk_test=rpn_post_nms_topk_test,
+                  rpn_nms_threshold=rpn_nms_threshold,
+                  roi_samples_per_image=roi_samples_per_image,
+                  roi_positive_fraction=roi_positive_fraction,
+                  mask_rois_per_image=mask_rois_per_image,
+                  detections_per_image=detections_per_image, score_threshold=score_threshold,
+                  nms_threshold=nms_threshold)

@@ -96,6 +96,7 @@ class ResNet(tf_keras.Model):
       out_ch *= 2
     self.out_channels = {2: int(256 * m), 3: int(512 * m), 4: int(1024 * m), 5: int(2048 * m)}
     self.freeze_at = freeze_at
+    self.norm = norm
     if freeze_at >= 1:
       self.stem.trainable = False
     for stage, blocks in enumerate(self.stages):

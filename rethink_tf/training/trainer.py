@@ -55,11 +55,11 @@ def _format_eta(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def build_for_training(cfg: InputConfig, norm_check: bool = True):
+def build_for_training(cfg: InputConfig):
   """Builds the gin-configured model and validates the init mode before any training starts."""
   mode, checkpoint = init_lib.init_config()
   model = build_model(num_classes=cfg.num_classes, image_size=cfg.padded_size)
-  init_lib.validate(mode, model.backbone._cfg["norm"], model.backbone.freeze_at, checkpoint)
+  init_lib.validate(mode, model.backbone.norm, model.backbone.freeze_at, checkpoint)
   return model, mode, checkpoint
 
 

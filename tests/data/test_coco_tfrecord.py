@@ -1,9 +1,7 @@
 """COCO -> TFRecord: every image and annotation accounted for, masks equal annToMask."""
 
-import io
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest

@@ -22,8 +22,8 @@ def _digest(root):
 
 def test_same_seed_same_bytes(tmp_path):
   a = synthetic.generate_split(str(tmp_path / "a"), "val", 12, seed=5, image_size=96)
-  b = synthetic.generate_split(str(tmp_path / "b"), "val", 12, seed=5, image_size=96)
-  c = synthetic.generate_split(str(tmp_path / "c"), "val", 12, seed=6, image_size=96)
+  synthetic.generate_split(str(tmp_path / "b"), "val", 12, seed=5, image_size=96)
+  synthetic.generate_split(str(tmp_path / "c"), "val", 12, seed=6, image_size=96)
   assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
   assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
   assert json.load(open(a["annotations"]))["images"][0]["file_name"] == "val_000001.jpg"

@@ -1,6 +1,5 @@
 """The Nx schedule rule: total iterations, decays in the last 60k/20k, warmup, linear LR."""
 
-import numpy as np
 import pytest
 import tensorflow as tf
 

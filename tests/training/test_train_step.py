@@ -1,12 +1,10 @@
 """Train steps: XLA-compiled (static shapes), and multi-replica SyncBN with global statistics."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 import tf_keras
 
 from rethink_tf import config
-from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.layers.norm import get_norm
 from rethink_tf.training import distribute
 from rethink_tf.training.trainer import Trainer
