@@ -20,6 +20,7 @@ from rethink_tf.data.input_pipeline import InputConfig  # noqa: E402
 from rethink_tf.evaluation.evaluator import run_evaluation  # noqa: E402
 from rethink_tf.flags import define_common_flags  # noqa: E402
 from rethink_tf.modeling.build import build_model  # noqa: E402
+from rethink_tf.training.trainer import apply_input_convention  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -32,7 +33,7 @@ def main(argv):
   if not path:
     sys.exit(f"no checkpoint: pass --checkpoint or a --model_dir that holds one "
              f"(got {FLAGS.model_dir!r})")
-  cfg = InputConfig().prepare()
+  cfg = apply_input_convention(InputConfig().prepare())
   model = build_model(num_classes=cfg.num_classes, image_size=cfg.padded_size)
   model.detect(tf.zeros([1, *cfg.padded_size, 3]), tf.constant([cfg.padded_size], tf.float32))
   tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()

@@ -29,7 +29,8 @@ class InputConfig:
                scale_jitter: Optional[Sequence[int]] = None, flip: bool = True,
                max_instances: int = 100, max_crowd: int = 16, mask_crop_size: int = 56,
                pixel_mean: Sequence[float] = PIXEL_MEAN, pixel_std: Sequence[float] = PIXEL_STD,
-               shuffle_buffer: int = 1000, cache: bool = False, synthetic=None):
+               shuffle_buffer: int = 1000, cache: bool = False, synthetic=None,
+               channel_order: str = "RGB"):
     self.train_pattern, self.val_pattern = train_pattern, val_pattern
     self.val_annotations = val_annotations
     self.category_ids = [int(c) for c in category_ids]
@@ -40,6 +41,9 @@ class InputConfig:
     self.max_instances, self.max_crowd = max_instances, max_crowd
     self.mask_crop_size = mask_crop_size
     self.pixel_mean, self.pixel_std = tuple(pixel_mean), tuple(pixel_std)
+    if channel_order not in ("RGB", "BGR"):
+      raise ValueError(f"InputConfig.channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+    self.channel_order = channel_order  # BGR for Caffe2-trained (Detectron) weights
     self.shuffle_buffer, self.cache = shuffle_buffer, cache
     self.synthetic = synthetic
     if synthetic is not None and not self.category_ids:
@@ -101,6 +105,8 @@ class Parser:
 
   def _normalize_and_pad(self, image):
     cfg = self.cfg
+    if cfg.channel_order == "BGR":
+      image = image[..., ::-1]
     image = (image - tf.constant(cfg.pixel_mean)) / tf.constant(cfg.pixel_std)
     return tf.image.pad_to_bounding_box(image, 0, 0, *cfg.padded_size)
 

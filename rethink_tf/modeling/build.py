@@ -16,6 +16,7 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                 norm: Optional[str] = "GN", gn_num_groups: int = 32, depth: int = 50,
                 groups: int = 1, width_per_group: int = 64, width_multiplier: float = 1.0,
                 block_counts: Optional[Sequence[int]] = None, freeze_at: int = 0,
+                stride_in_1x1: bool = False,
                 fpn_channels: int = 256, fpn_norm: Optional[str] = "same",
                 box_head_type: str = "4conv1fc", head_conv_dim: int = 256,
                 head_fc_dim: int = 1024, box_head_num_conv: int = 4,
@@ -38,7 +39,8 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
   kw = dict(gn_num_groups=gn_num_groups)
   backbone = ResNet(depth=depth, groups=groups, width_per_group=width_per_group, norm=norm,
                     freeze_at=freeze_at, width_multiplier=width_multiplier,
-                    block_counts=block_counts, name="backbone", **kw)
+                    block_counts=block_counts, stride_in_1x1=stride_in_1x1, name="backbone",
+                    **kw)
   fpn = FPN(fpn_channels, norm=fpn_norm, name="fpn", **kw)
   rpn = RPNHead(fpn_channels, num_anchors=len(aspect_ratios), name="rpn")
   box_head = BoxHead(box_head_type, head_conv_dim, head_fc_dim, norm=norm,

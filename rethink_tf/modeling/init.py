@@ -7,6 +7,8 @@ means "scratch".
 """
 
 import enum
+import json
+import os
 from typing import Optional
 
 import gin
@@ -74,3 +76,17 @@ def restore_backbone(backbone, checkpoint: str):
 def save_backbone(backbone, prefix: str) -> str:
   """Writes the backbone's variables as a TF checkpoint restorable by `restore_backbone`."""
   return tf.train.Checkpoint(backbone=backbone).write(prefix)
+
+
+def input_convention(checkpoint: Optional[str]) -> Optional[dict]:
+  """The pixel convention written beside a converted checkpoint (`CKPT.json`), if any.
+
+  Returns {"channel_order": "RGB"|"BGR", "pixel_mean": [3], "pixel_std": [3],
+  "stride_in_1x1": bool} or None.
+  """
+  if not checkpoint or not os.path.exists(checkpoint + ".json"):
+    return None
+  with open(checkpoint + ".json") as f:
+    meta = json.load(f)
+  return {k: meta[k] for k in ("channel_order", "pixel_mean", "pixel_std", "stride_in_1x1")
+          if k in meta}

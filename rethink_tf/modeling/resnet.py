@@ -19,19 +19,23 @@ BLOCK_COUNTS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 class Bottleneck(tf_keras.layers.Layer):
   """1x1 -> 3x3 (stride, groups) -> 1x1, plus identity or projection shortcut, then ReLU.
 
+  `stride_in_1x1` moves the stride to the first 1x1 conv: the original ResNet v1 layout of
+  MSRA's Caffe weights (Detectron's R-50.pkl) and Keras Applications.
+
   Input [B, H, W, Cin] -> [B, H/stride, W/stride, out_channels].
   """
 
   def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int,
                strides: int = 1, groups: int = 1, norm: Optional[str] = "GN",
-               gn_num_groups: int = 32, **kwargs):
+               gn_num_groups: int = 32, stride_in_1x1: bool = False, **kwargs):
     super().__init__(**kwargs)
     self._cfg = dict(in_channels=in_channels, bottleneck_channels=bottleneck_channels,
                      out_channels=out_channels, strides=strides, groups=groups, norm=norm,
-                     gn_num_groups=gn_num_groups)
+                     gn_num_groups=gn_num_groups, stride_in_1x1=stride_in_1x1)
     kw = dict(norm=norm, gn_num_groups=gn_num_groups)
-    self.conv1 = ConvNorm(bottleneck_channels, 1, **kw, name="conv1")
-    self.conv2 = ConvNorm(bottleneck_channels, 3, strides=strides, groups=groups, **kw,
+    s1, s3 = (strides, 1) if stride_in_1x1 else (1, strides)
+    self.conv1 = ConvNorm(bottleneck_channels, 1, strides=s1, **kw, name="conv1")
+    self.conv2 = ConvNorm(bottleneck_channels, 3, strides=s3, groups=groups, **kw,
                           name="conv2")
     self.conv3 = ConvNorm(out_channels, 1, activation=None, **kw, name="conv3")
     self.shortcut = None
@@ -63,12 +67,14 @@ class ResNet(tf_keras.Model):
 
   def __init__(self, depth: int = 50, groups: int = 1, width_per_group: int = 64,
                norm: Optional[str] = "GN", freeze_at: int = 0, width_multiplier: float = 1.0,
-               block_counts: Optional[Sequence[int]] = None, gn_num_groups: int = 32, **kwargs):
+               block_counts: Optional[Sequence[int]] = None, gn_num_groups: int = 32,
+               stride_in_1x1: bool = False, **kwargs):
     super().__init__(**kwargs)
     self._cfg = dict(depth=depth, groups=groups, width_per_group=width_per_group, norm=norm,
                      freeze_at=freeze_at, width_multiplier=width_multiplier,
                      block_counts=list(block_counts) if block_counts else None,
-                     gn_num_groups=gn_num_groups)
+                     gn_num_groups=gn_num_groups, stride_in_1x1=stride_in_1x1)
+    self.stride_in_1x1 = stride_in_1x1
     if block_counts is None:
       if depth not in BLOCK_COUNTS:
         raise ValueError(f"ResNet depth {depth} is not one of {sorted(BLOCK_COUNTS)}; "
@@ -89,7 +95,8 @@ class ResNet(tf_keras.Model):
       for i in range(count):
         blocks.append(Bottleneck(in_ch, bottleneck, out_ch,
                                  strides=2 if (i == 0 and stage > 0) else 1, groups=groups,
-                                 **kw, name=f"res{stage + 2}_{i}"))
+                                 stride_in_1x1=stride_in_1x1, **kw,
+                                 name=f"res{stage + 2}_{i}"))
         in_ch = out_ch
       self.stages.append(blocks)
       bottleneck *= 2

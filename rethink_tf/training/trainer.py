@@ -13,6 +13,7 @@ from typing import Dict, Optional
 import gin
 import numpy as np
 import tensorflow as tf
+import tf_keras
 from absl import logging
 
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
@@ -55,11 +56,29 @@ def _format_eta(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def apply_input_convention(cfg: InputConfig) -> InputConfig:
+  """Pretrained weights see the pixels they were trained on (channel order, mean, std)."""
+  mode, checkpoint = init_lib.init_config()
+  convention = init_lib.input_convention(checkpoint) if mode is init_lib.InitMode.PRETRAINED else None
+  if convention:
+    cfg.channel_order = convention["channel_order"]
+    cfg.pixel_mean = tuple(convention["pixel_mean"])
+    cfg.pixel_std = tuple(convention["pixel_std"])
+    print(f"input convention of {checkpoint}: {convention['channel_order']}, mean "
+          f"{convention['pixel_mean']}, std {convention['pixel_std']}", flush=True)
+  return cfg
+
+
 def build_for_training(cfg: InputConfig):
   """Builds the gin-configured model and validates the init mode before any training starts."""
   mode, checkpoint = init_lib.init_config()
   model = build_model(num_classes=cfg.num_classes, image_size=cfg.padded_size)
   init_lib.validate(mode, model.backbone.norm, model.backbone.freeze_at, checkpoint)
+  convention = init_lib.input_convention(checkpoint) if mode is init_lib.InitMode.PRETRAINED else None
+  if convention and convention.get("stride_in_1x1", False) != model.backbone.stride_in_1x1:
+    raise init_lib.InitError(
+        f"{checkpoint} was converted with stride_in_1x1={convention['stride_in_1x1']} but the "
+        f"model binds build_model.stride_in_1x1 = {model.backbone.stride_in_1x1}")
   return model, mode, checkpoint
 
 
@@ -77,13 +96,14 @@ class Trainer:
     self.model_dir = model_dir
     self.strategy = strategy
     self.cfg = config or TrainConfig()
-    self.input_cfg = input_config or InputConfig()
-    self.input_cfg.prepare()
+    self.input_cfg = apply_input_convention((input_config or InputConfig()).prepare())
     replicas = strategy.num_replicas_in_sync
     if self.cfg.global_batch_size % replicas:
       raise ValueError(f"global batch {self.cfg.global_batch_size} is not divisible by "
                        f"{replicas} replicas")
     self.schedule = nx_schedule(global_batch_size=self.cfg.global_batch_size)
+    if self.cfg.seed is not None:  # initialization and in-graph RoI sampling
+      tf_keras.utils.set_random_seed(self.cfg.seed)
     with strategy.scope():
       self.model, self.init_mode, self.init_checkpoint = build_for_training(self.input_cfg)
       _dummy_build(self.model, self.input_cfg)

@@ -82,8 +82,10 @@ def test_pretrained_mode_restores_the_backbone_before_step_zero(tmp_path):
   config.parse_gin(["gin_configs/testing/tiny.gin"])
   donor = Trainer(str(tmp_path / "donor"), distribute.get_strategy("one_device"))
   prefix = init_lib.save_backbone(donor.model.backbone, str(tmp_path / "backbone"))
+  # Another seed: without the restore, the backbone would differ from the donor's.
   config.parse_gin(["gin_configs/testing/tiny.gin"],
-                   ["init_config.mode='pretrained'", f"init_config.checkpoint='{prefix}'"])
+                   ["init_config.mode='pretrained'", f"init_config.checkpoint='{prefix}'",
+                    "TrainConfig.seed=1"])
   t = Trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
   assert t.restore_or_initialize() == 0
   for a, b in zip(donor.model.backbone.variables, t.model.backbone.variables):
@@ -91,3 +93,26 @@ def test_pretrained_mode_restores_the_backbone_before_step_zero(tmp_path):
   # The heads were not part of the checkpoint: they keep their own random init.
   assert not (donor.model.box_head.variables[0].numpy() ==
               t.model.box_head.variables[0].numpy()).all()
+
+
+def test_pretrained_input_convention_and_layout_are_enforced(tmp_path):
+  """A converted checkpoint's pixel convention reaches the pipeline; a layout mismatch fails."""
+  import json
+  from rethink_tf.training import distribute
+  from rethink_tf.training.trainer import Trainer
+  config.parse_gin(["gin_configs/testing/tiny.gin"])
+  donor = Trainer(str(tmp_path / "donor"), distribute.get_strategy("one_device"))
+  prefix = init_lib.save_backbone(donor.model.backbone, str(tmp_path / "backbone"))
+  meta = {"channel_order": "BGR", "pixel_mean": [102.9801, 115.9465, 122.7717],
+          "pixel_std": [1.0, 1.0, 1.0], "stride_in_1x1": False}
+  with open(prefix + ".json", "w") as f:
+    json.dump(meta, f)
+  pretrained = ["init_config.mode='pretrained'", f"init_config.checkpoint='{prefix}'"]
+  config.parse_gin(["gin_configs/testing/tiny.gin"], pretrained)
+  t = Trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
+  assert t.input_cfg.channel_order == "BGR"
+  assert t.input_cfg.pixel_mean == tuple(meta["pixel_mean"])
+  assert t.input_cfg.pixel_std == (1.0, 1.0, 1.0)
+  config.parse_gin(["gin_configs/testing/tiny.gin"], pretrained + ["build_model.stride_in_1x1=True"])
+  with pytest.raises(InitError, match="stride_in_1x1"):
+    Trainer(str(tmp_path / "run2"), distribute.get_strategy("one_device"))

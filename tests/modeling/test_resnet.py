@@ -57,3 +57,15 @@ def test_fpn_levels_and_channels():
 def test_unknown_depth_is_an_error():
   with pytest.raises(ValueError, match="depth 34"):
     ResNet(depth=34)
+
+
+def test_stride_in_1x1_layout():
+  v1 = ResNet(depth=50, norm="GN", width_multiplier=0.25, block_counts=(1, 1, 1, 1),
+              gn_num_groups=8, stride_in_1x1=True)
+  feats = v1(tf.zeros([1, 64, 64, 3]))
+  block = v1.stages[1][0]
+  assert block.conv1.strides == 2 and block.conv2.strides == 1
+  assert feats[3].shape == (1, 8, 8, 128)
+  v15 = ResNet(depth=50, norm="GN", width_multiplier=0.25, block_counts=(1, 1, 1, 1),
+               gn_num_groups=8)
+  assert v15.stages[1][0].conv1.strides == 1 and v15.stages[1][0].conv2.strides == 2
