@@ -56,10 +56,16 @@ def _format_eta(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def _init_choice():
+  """(init mode, backbone checkpoint, its converter's pixel convention or None) from gin."""
+  mode, checkpoint = init_lib.init_config()
+  pretrained = mode is init_lib.InitMode.PRETRAINED
+  return mode, checkpoint, init_lib.input_convention(checkpoint) if pretrained else None
+
+
 def apply_input_convention(cfg: InputConfig) -> InputConfig:
   """Pretrained weights see the pixels they were trained on (channel order, mean, std)."""
-  mode, checkpoint = init_lib.init_config()
-  convention = init_lib.input_convention(checkpoint) if mode is init_lib.InitMode.PRETRAINED else None
+  _, checkpoint, convention = _init_choice()
   if convention:
     cfg.channel_order = convention["channel_order"]
     cfg.pixel_mean = tuple(convention["pixel_mean"])
@@ -71,10 +77,9 @@ def apply_input_convention(cfg: InputConfig) -> InputConfig:
 
 def build_for_training(cfg: InputConfig):
   """Builds the gin-configured model and validates the init mode before any training starts."""
-  mode, checkpoint = init_lib.init_config()
+  mode, checkpoint, convention = _init_choice()
   model = build_model(num_classes=cfg.num_classes, image_size=cfg.padded_size)
   init_lib.validate(mode, model.backbone.norm, model.backbone.freeze_at, checkpoint)
-  convention = init_lib.input_convention(checkpoint) if mode is init_lib.InitMode.PRETRAINED else None
   if convention and convention.get("stride_in_1x1", False) != model.backbone.stride_in_1x1:
     raise init_lib.InitError(
         f"{checkpoint} was converted with stride_in_1x1={convention['stride_in_1x1']} but the "
