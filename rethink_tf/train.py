@@ -38,9 +38,10 @@ def main(argv):
   strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
   metrics = Trainer(FLAGS.model_dir, strategy).train()
   if metrics:
-    print(f"final: box AP {metrics['bbox']['AP']:.3f}, mask AP {metrics['segm']['AP']:.3f} "
-          f"after {(time.time() - t0) / 60:.1f} min", flush=True)
-    print(json.dumps({"bbox": metrics["bbox"], "segm": metrics["segm"]}))
+    summary = ", ".join(f"{name} AP {metrics[k]['AP']:.3f}"
+                        for k, name in (("bbox", "box"), ("segm", "mask")) if k in metrics)
+    print(f"final: {summary} after {(time.time() - t0) / 60:.1f} min", flush=True)
+    print(json.dumps(metrics))
 
 
 if __name__ == "__main__":

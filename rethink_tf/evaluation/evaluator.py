@@ -43,7 +43,8 @@ def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
     det = {k: v.numpy() for k, v in detect(batch["images"], batch["image_size"]).items()}
     for i in range(det["scores"].shape[0]):
       boxes, scores, cats, masks = to_original_image(
-          det, i, float(batch["scale"][i]), batch["orig_size"][i].numpy(), cfg.category_ids)
+          det, i, float(batch["scale"][i]), batch["orig_size"][i].numpy(), cfg.category_ids,
+          with_masks="masks" in det)
       results += coco_evaluator.detections_to_coco(int(batch["source_id"][i]), boxes, scores,
                                                    cats, masks)
       seen += 1
@@ -53,10 +54,12 @@ def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
 
 
 def run_evaluation(model, cfg: InputConfig, batch_size: int = 8) -> Dict[str, Dict[str, float]]:
-  """{"bbox": {12 stats}, "segm": {12 stats}} on the validation split."""
+  """{"bbox": {12 stats}, "segm": {12 stats}} on the validation split ("segm" only for models
+  with a mask head)."""
   if not cfg.val_annotations:
     raise ValueError("evaluation needs InputConfig.val_annotations (the COCO JSON of the "
                      "validation split)")
   gt = coco_evaluator.load_coco(cfg.val_annotations)
   results = predict_coco_results(model, cfg, batch_size)
-  return {iou: coco_evaluator.evaluate(gt, results, iou) for iou in ("bbox", "segm")}
+  iou_types = ("bbox", "segm") if model.mask_head is not None else ("bbox",)
+  return {iou: coco_evaluator.evaluate(gt, results, iou) for iou in iou_types}

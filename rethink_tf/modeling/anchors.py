@@ -1,8 +1,11 @@
-"""FPN anchors and RPN training targets (Detectron/detectron2 rules).
+"""Anchors and RPN training targets (Detectron/detectron2 rules).
 
-Anchors come from Model Garden's `Anchor` (one scale per level, 3 aspect ratios, size
-`anchor_size * stride`, i.e. 32..512 px on P2..P6 with anchor_size 8). The per-image labeler
-runs inside tf.data, with stateless randomness so a seeded pipeline is reproducible.
+Anchors come from Model Garden's `Anchor`: on an FPN one scale per level and 3 aspect ratios,
+size `anchor_size * stride`, i.e. 32..512 px on P2..P6 with anchor_size 8. Without FPN
+(the original Faster R-CNN on conv5, stride 16) one level carries several sizes:
+`anchor_scales=(1, 2, 4, 8, 16)` with anchor_size 2 gives Detectron's 32..512 px. The
+per-image labeler runs inside tf.data, with stateless randomness so a seeded pipeline is
+reproducible.
 """
 
 from typing import Dict, Sequence, Tuple
@@ -17,14 +20,25 @@ RPN_BOX_WEIGHTS = None  # Detectron RPN uses unit weights for (dy, dx, dh, dw).
 
 def multilevel_anchors(image_size: Sequence[int], min_level: int = 2, max_level: int = 6,
                        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-                       anchor_size: float = 8.0) -> Dict[int, tf.Tensor]:
+                       anchor_size: float = 8.0,
+                       anchor_scales: Sequence[float] = (1.0,)) -> Dict[int, tf.Tensor]:
   """Anchors per level, dict level -> [H_l * W_l * A, 4] float32 [y1, x1, y2, x2] pixels.
 
-  The order within a level is (row, column, anchor), the order of the RPN head's outputs.
+  A = len(anchor_scales) * len(aspect_ratios); anchor sizes are
+  `anchor_size * scale * stride`. The order within a level is (row, column, scale, ratio),
+  the order of the RPN head's outputs.
   """
-  gen = mg_anchor.Anchor(min_level, max_level, 1, list(aspect_ratios), anchor_size,
-                         list(image_size))
-  return {int(k): tf.reshape(v, [-1, 4]) for k, v in gen.multilevel_boxes.items()}
+  per_scale = []
+  for scale in anchor_scales:
+    gen = mg_anchor.Anchor(min_level, max_level, 1, list(aspect_ratios), anchor_size * scale,
+                           list(image_size))
+    per_scale.append(gen.multilevel_boxes)
+  out = {}
+  for k in per_scale[0]:
+    h, w = per_scale[0][k].shape[:2]
+    grids = [tf.reshape(boxes[k], [h, w, len(aspect_ratios), 4]) for boxes in per_scale]
+    out[int(k)] = tf.reshape(tf.concat(grids, axis=2), [-1, 4])
+  return out
 
 
 def rpn_targets(anchors, gt_boxes, gt_valid, crowd_boxes, crowd_valid, seed,
@@ -73,6 +87,7 @@ def rpn_targets(anchors, gt_boxes, gt_valid, crowd_boxes, crowd_valid, seed,
 def _sample(candidates, count, seed, static_max=None):
   """Uniformly picks up to `count` True entries of [A] bool `candidates` -> [A] bool."""
   k = static_max if static_max is not None else count
+  k = min(k, candidates.shape[0])  # fewer anchors than the sample size (tiny images)
   noise = tf.random.stateless_uniform(tf.shape(candidates), seed)
   priority = tf.where(candidates, noise, -1.0)
   values, idx = tf.math.top_k(priority, k=k)

@@ -1,4 +1,9 @@
-"""The one gin-facing model builder: one `norm` value reaches every block."""
+"""The one gin-facing model builder: one `norm` value reaches every block.
+
+`backbone="resnet"` with `use_fpn=True` and `mask_on=True` is the paper's Mask R-CNN FPN;
+`backbone="vgg16"` with `use_fpn=False` and `mask_on=False` is the original Faster R-CNN on
+conv5 (the paper's no-normalization experiment).
+"""
 
 from typing import Optional, Sequence
 
@@ -9,10 +14,14 @@ from rethink_tf.modeling.mask_rcnn import MaskRCNN
 from rethink_tf.modeling.resnet import ResNet
 from rethink_tf.modeling.roi_heads import BoxHead, BoxPredictor, MaskHead
 from rethink_tf.modeling.rpn import RPNHead
+from rethink_tf.modeling.vgg import VGG16
+
+BACKBONES = ("resnet", "vgg16")
 
 
 @gin.configurable
 def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
+                backbone: str = "resnet", use_fpn: bool = True, mask_on: bool = True,
                 norm: Optional[str] = "GN", gn_num_groups: int = 32, depth: int = 50,
                 groups: int = 1, width_per_group: int = 64, width_multiplier: float = 1.0,
                 block_counts: Optional[Sequence[int]] = None, freeze_at: int = 0,
@@ -21,6 +30,7 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                 box_head_type: str = "4conv1fc", head_conv_dim: int = 256,
                 head_fc_dim: int = 1024, box_head_num_conv: int = 4,
                 mask_head_num_conv: int = 4, anchor_size: float = 8.0,
+                anchor_scales: Sequence[float] = (1.0,),
                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
                 rpn_pre_nms_topk_train: int = 2000, rpn_post_nms_topk_train: int = 1000,
                 rpn_pre_nms_topk_test: int = 1000, rpn_post_nms_topk_test: int = 1000,
@@ -33,23 +43,43 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
   `fpn_norm="same"` uses `norm` in the FPN too (the paper's GN models); pass None for
   Detectron's BN baselines whose FPN has no norm. The RPN never has a norm. Every argument is
   explicit (no **kwargs), so gin rejects a misspelled binding when it parses the file.
+  Without FPN, the RPN has as many channels as the backbone output (512 on VGG-16 conv5, as
+  Detectron) and `fpn_channels` is unused; anchors are `anchor_size * anchor_scales * stride`.
   """
+  if backbone not in BACKBONES:
+    raise ValueError(f"build_model.backbone {backbone!r} is not one of {BACKBONES}")
   if fpn_norm == "same":
     fpn_norm = norm
   kw = dict(gn_num_groups=gn_num_groups)
-  backbone = ResNet(depth=depth, groups=groups, width_per_group=width_per_group, norm=norm,
-                    freeze_at=freeze_at, width_multiplier=width_multiplier,
-                    block_counts=block_counts, stride_in_1x1=stride_in_1x1, name="backbone",
-                    **kw)
-  fpn = FPN(fpn_channels, norm=fpn_norm, name="fpn", **kw)
-  rpn = RPNHead(fpn_channels, num_anchors=len(aspect_ratios), name="rpn")
+  if backbone == "resnet":
+    body = ResNet(depth=depth, groups=groups, width_per_group=width_per_group, norm=norm,
+                  freeze_at=freeze_at, width_multiplier=width_multiplier,
+                  block_counts=block_counts, stride_in_1x1=stride_in_1x1, name="backbone",
+                  **kw)
+  else:
+    body = VGG16(freeze_at=freeze_at, width_multiplier=width_multiplier, norm=norm,
+                 name="backbone")
+  if use_fpn:
+    fpn = FPN(fpn_channels, norm=fpn_norm, name="fpn", **kw)
+    min_level, max_level, rpn_channels = 2, 6, fpn_channels
+  else:
+    if backbone != "vgg16":
+      raise ValueError("use_fpn=False is the VGG-16 conv5 layout; a ResNet without FPN (C4 "
+                       "head) is not implemented")
+    fpn = None
+    (level, rpn_channels), = body.out_channels.items()
+    min_level = max_level = level
+  rpn = RPNHead(rpn_channels, num_anchors=len(aspect_ratios) * len(anchor_scales), name="rpn")
   box_head = BoxHead(box_head_type, head_conv_dim, head_fc_dim, norm=norm,
                      num_conv=box_head_num_conv, name="box_head", **kw)
   box_predictor = BoxPredictor(num_classes, name="box_predictor")
-  mask_head = MaskHead(num_classes, head_conv_dim, mask_head_num_conv, norm=norm,
-                       name="mask_head", **kw)
-  return MaskRCNN(backbone, fpn, rpn, box_head, box_predictor, mask_head,
-                  num_classes=num_classes, image_size=image_size, anchor_size=anchor_size,
+  mask_head = None
+  if mask_on:
+    mask_head = MaskHead(num_classes, head_conv_dim, mask_head_num_conv, norm=norm,
+                         name="mask_head", **kw)
+  return MaskRCNN(body, fpn, rpn, box_head, box_predictor, mask_head,
+                  num_classes=num_classes, image_size=image_size, min_level=min_level,
+                  max_level=max_level, anchor_size=anchor_size, anchor_scales=anchor_scales,
                   aspect_ratios=aspect_ratios, rpn_pre_nms_topk_train=rpn_pre_nms_topk_train,
                   rpn_post_nms_topk_train=rpn_post_nms_topk_train,
                   rpn_pre_nms_topk_test=rpn_pre_nms_topk_test,

@@ -1,4 +1,8 @@
-"""Mask R-CNN with FPN, assembled from injected parts (detectron2 `GeneralizedRCNN`)."""
+"""Mask R-CNN with FPN, assembled from injected parts (detectron2 `GeneralizedRCNN`).
+
+Without a mask head the same class is Faster R-CNN; without an FPN the RPN and the RoI head
+read the backbone's single output level (the original Faster R-CNN on VGG-16 conv5).
+"""
 
 from typing import Dict, Optional, Sequence
 
@@ -14,6 +18,10 @@ from rethink_tf.modeling.rpn import generate_proposals
 class MaskRCNN(tf_keras.Model):
   """backbone -> FPN -> RPN -> proposals -> box head / mask head.
 
+  `fpn=None`: the features are the backbone outputs at levels min_level..max_level (one level
+  for VGG-16 conv5: min_level = max_level = 4). `mask_head=None`: no mask branch (Faster
+  R-CNN); training outputs carry no mask terms and detections no masks.
+
   Inputs (dict, static shapes; B images padded to `image_size`):
     images [B, H, W, 3] float; image_size [B, 2] float (h, w of the resized image before
     padding). Training also needs gt_boxes [B, M, 4], gt_classes [B, M] int32 (0 = padding),
@@ -25,7 +33,8 @@ class MaskRCNN(tf_keras.Model):
   def __init__(self, backbone, fpn, rpn_head, box_head, box_predictor, mask_head, *,
                num_classes: int, image_size: Sequence[int], min_level: int = 2,
                max_level: int = 6, aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-               anchor_size: float = 8.0, rpn_pre_nms_topk_train: int = 2000,
+               anchor_size: float = 8.0, anchor_scales: Sequence[float] = (1.0,),
+               rpn_pre_nms_topk_train: int = 2000,
                rpn_post_nms_topk_train: int = 1000, rpn_pre_nms_topk_test: int = 1000,
                rpn_post_nms_topk_test: int = 1000, rpn_nms_threshold: float = 0.7,
                roi_samples_per_image: int = 512, roi_positive_fraction: float = 0.25,
@@ -39,9 +48,11 @@ class MaskRCNN(tf_keras.Model):
     self.num_classes = num_classes
     self.image_size = tuple(int(s) for s in image_size)
     self.roi_levels = list(range(min_level, min(max_level, 5) + 1))
+    self.feature_levels = list(range(min_level, max_level + 1))
     # The input pipeline labels anchors with the same arguments (one source of truth).
     self.anchor_kwargs = dict(min_level=min_level, max_level=max_level,
-                              aspect_ratios=tuple(aspect_ratios), anchor_size=anchor_size)
+                              aspect_ratios=tuple(aspect_ratios), anchor_size=anchor_size,
+                              anchor_scales=tuple(anchor_scales))
     self.anchors = anchor_lib.multilevel_anchors(self.image_size, **self.anchor_kwargs)
     self.rpn_topk = {True: (rpn_pre_nms_topk_train, rpn_post_nms_topk_train),
                      False: (rpn_pre_nms_topk_test, rpn_post_nms_topk_test)}
@@ -58,8 +69,11 @@ class MaskRCNN(tf_keras.Model):
     self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
 
   def features(self, images, training):
-    """images [B, H, W, 3] -> FPN dict level -> [B, H/2^l, W/2^l, C]."""
-    return self.fpn(self.backbone(images, training=training), training=training)
+    """images [B, H, W, 3] -> dict level -> [B, H/2^l, W/2^l, C] (FPN or backbone levels)."""
+    feats = self.backbone(images, training=training)
+    if self.fpn is None:
+      return {l: feats[l] for l in self.feature_levels}
+    return self.fpn(feats, training=training)
 
   def _pool(self, feats, boxes, size):
     return multilevel_roi_align({l: feats[l] for l in self.roi_levels}, boxes, size,
@@ -91,6 +105,16 @@ class MaskRCNN(tf_keras.Model):
                                  self.roi_positive_fraction)
     pooled = self._pool(feats, s["rois"], self.box_pool_size)
     class_logits, box_deltas = self.box_predictor(self.box_head(pooled, training=True))
+    levels = sorted(scores)
+    outputs = dict(
+        rpn_scores=tf.concat([scores[l] for l in levels], 1),
+        rpn_deltas=tf.concat([deltas[l] for l in levels], 1),
+        class_logits=class_logits, box_deltas=box_deltas,
+        roi_classes=s["classes"], roi_box_targets=s["box_targets"], roi_weights=s["weights"],
+        num_proposals=tf.reduce_sum(tf.cast(valid, tf.float32), axis=1),
+        num_fg_rois=tf.reduce_sum(tf.cast(s["is_fg"], tf.float32), axis=1))
+    if self.mask_head is None:
+      return outputs
 
     num_fg = self.mask_rois_per_image
     mask_rois = s["rois"][:, :num_fg]
@@ -100,23 +124,17 @@ class MaskRCNN(tf_keras.Model):
     mask_logits = _select_class(mask_logits, mask_classes)
     targets = roi_sampling.mask_targets(mask_rois, s["gt_index"][:, :num_fg], gt_boxes,
                                         inputs["gt_masks"], mask_logits.shape[2])
-    levels = sorted(scores)
-    return dict(
-        rpn_scores=tf.concat([scores[l] for l in levels], 1),
-        rpn_deltas=tf.concat([deltas[l] for l in levels], 1),
-        class_logits=class_logits, box_deltas=box_deltas,
-        roi_classes=s["classes"], roi_box_targets=s["box_targets"], roi_weights=s["weights"],
-        mask_logits=mask_logits, mask_targets=targets,
-        mask_weights=tf.cast(s["is_fg"][:, :num_fg], tf.float32),
-        num_proposals=tf.reduce_sum(tf.cast(valid, tf.float32), axis=1),
-        num_fg_rois=tf.reduce_sum(tf.cast(s["is_fg"], tf.float32), axis=1))
+    outputs.update(mask_logits=mask_logits, mask_targets=targets,
+                   mask_weights=tf.cast(s["is_fg"][:, :num_fg], tf.float32))
+    return outputs
 
   def detect(self, images, image_size):
     """Inference on padded images [B, H, W, 3] with resized sizes [B, 2].
 
     Returns dict: boxes [B, D, 4] yxyx in resized-image pixels, scores [B, D],
     classes [B, D] int32 contiguous 1..K-1, num_detections [B] int32,
-    masks [B, D, 28, 28] float probabilities relative to each box.
+    masks [B, D, 28, 28] float probabilities relative to each box (absent without a mask
+    head).
     """
     feats = self.features(images, False)
     image_size = tf.cast(image_size, tf.float32)
@@ -126,6 +144,8 @@ class MaskRCNN(tf_keras.Model):
     det = postprocess.detect_boxes(props, valid, class_logits, box_deltas, image_size,
                                    self.score_threshold, self.nms_threshold,
                                    self.detections_per_image)
+    if self.mask_head is None:
+      return det
     mask_feats = self._pool(feats, det["boxes"], self.mask_pool_size)
     mask_logits = _select_class(self.mask_head(mask_feats, training=False), det["classes"])
     det["masks"] = tf.sigmoid(tf.cast(mask_logits, tf.float32))

@@ -3,8 +3,9 @@ r"""Per-module and total parameter counts of the gin-configured model, as JSON.
   python -m rethink_tf.tools.model_summary --gin_file=gin_configs/paper/r50_fpn_gn_scratch_3x.gin
 
 prints {"modules": {"backbone": N, "fpn": N, "rpn": N, "box_head": N, "box_predictor": N,
-"mask_head": N, "mask_predictor": N}, "total": N, "trainable": N}. The model is built at a
-small input size: parameter counts do not depend on it.
+"mask_head": N, "mask_predictor": N}, "total": N, "trainable": N} ("fpn" and the mask modules
+only when the model has them). The model is built at a small input size: parameter counts do
+not depend on it.
 """
 
 import json
@@ -28,18 +29,18 @@ def _count(variables) -> int:
 
 
 def summarize(model) -> dict:
-  """Counts of a built MaskRCNN, split as Detectron's modules."""
-  mask_pred = model.mask_head.predictor.variables
-  pred_ids = {id(v) for v in mask_pred}
-  modules = {
-      "backbone": _count(model.backbone.variables),
-      "fpn": _count(model.fpn.variables),
-      "rpn": _count(model.rpn_head.variables),
-      "box_head": _count(model.box_head.variables),
-      "box_predictor": _count(model.box_predictor.variables),
-      "mask_head": _count([v for v in model.mask_head.variables if id(v) not in pred_ids]),
-      "mask_predictor": _count(mask_pred),
-  }
+  """Counts of a built MaskRCNN, split as Detectron's modules (absent modules omitted)."""
+  modules = {"backbone": _count(model.backbone.variables)}
+  if model.fpn is not None:
+    modules["fpn"] = _count(model.fpn.variables)
+  modules.update(rpn=_count(model.rpn_head.variables), box_head=_count(model.box_head.variables),
+                 box_predictor=_count(model.box_predictor.variables))
+  if model.mask_head is not None:
+    mask_pred = model.mask_head.predictor.variables
+    pred_ids = {id(v) for v in mask_pred}
+    modules["mask_head"] = _count([v for v in model.mask_head.variables
+                                   if id(v) not in pred_ids])
+    modules["mask_predictor"] = _count(mask_pred)
   # BN moving statistics are buffers, not parameters (torch counts neither).
   buffers = _count([v for v in model.variables if "moving_" in v.name])
   return {"modules": modules, "total": _count(model.variables) - buffers,

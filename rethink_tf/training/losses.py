@@ -1,4 +1,4 @@
-"""Mask R-CNN losses (Detectron normalizations).
+"""Mask R-CNN / Faster R-CNN losses (Detectron normalizations).
 
 All losses are means over one replica's batch; the trainer divides by the number of
 replicas so that the all-reduced gradient is the global-batch mean.
@@ -69,8 +69,10 @@ def mask_rcnn_losses(outputs: Dict[str, tf.Tensor], batch: Dict[str, tf.Tensor])
   cls, box = fast_rcnn_losses(outputs["class_logits"], outputs["box_deltas"],
                               outputs["roi_classes"], outputs["roi_box_targets"],
                               outputs["roi_weights"])
-  mask = mask_loss(outputs["mask_logits"], outputs["mask_targets"], outputs["mask_weights"])
   losses = dict(rpn_cls_loss=rpn_cls, rpn_box_loss=rpn_box, fast_rcnn_cls_loss=cls,
-                fast_rcnn_box_loss=box, mask_loss=mask)
+                fast_rcnn_box_loss=box)
+  if "mask_logits" in outputs:  # Faster R-CNN models have no mask branch
+    losses["mask_loss"] = mask_loss(outputs["mask_logits"], outputs["mask_targets"],
+                                    outputs["mask_weights"])
   losses["total_loss"] = tf.add_n(list(losses.values()))
   return losses

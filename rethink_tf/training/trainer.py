@@ -49,6 +49,13 @@ class TrainConfig:
     self.stop_at_step = stop_at_step  # end early (e.g. a time-boxed slice of a long run)
 
 
+def format_metrics(metrics: Dict[str, Dict[str, float]]) -> str:
+  """'box AP 0.601 (AP50 0.850) | mask AP 0.567 (AP50 0.840)'; masks only when evaluated."""
+  names = {"bbox": "box", "segm": "mask"}
+  return " | ".join(f"{names[k]} AP {v['AP']:.3f} (AP50 {v['AP50']:.3f})"
+                    for k, v in metrics.items())
+
+
 def _format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
@@ -146,10 +153,12 @@ class Trainer:
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
-  def _make_train_fn(self):
-    model, optimizer, strategy = self.model, self.optimizer, self.strategy
+  def make_replica_step(self):
+    """The per-replica step: batch -> losses dict, gradients applied. Runs eagerly or inside
+    `strategy.run`; `_make_train_fn` wraps it in the compiled loop."""
+    model, optimizer = self.model, self.optimizer
     decay_vars = self.decay_vars
-    replicas = strategy.num_replicas_in_sync
+    replicas = self.strategy.num_replicas_in_sync
 
     def grad_fn(batch):
       with tf.GradientTape() as tape:
@@ -167,6 +176,12 @@ class Trainer:
       grads, losses = grad_fn(batch)
       optimizer.apply_gradients(zip(grads, model.trainable_variables))
       return losses
+
+    return replica_step
+
+  def _make_train_fn(self):
+    strategy = self.strategy
+    replica_step = self.make_replica_step()
 
     @tf.function
     def train_loop(iterator, num_steps):
@@ -189,9 +204,7 @@ class Trainer:
     writer.flush()
     with open(os.path.join(self.model_dir, EVAL_METRICS_FILE), "a") as f:
       f.write(json.dumps({"step": step, **metrics}) + "\n")
-    print(f"eval @ step {step}: box AP {metrics['bbox']['AP']:.3f} "
-          f"(AP50 {metrics['bbox']['AP50']:.3f}) | mask AP {metrics['segm']['AP']:.3f} "
-          f"(AP50 {metrics['segm']['AP50']:.3f})", flush=True)
+    print(f"eval @ step {step}: {format_metrics(metrics)}", flush=True)
     return metrics
 
   def train(self) -> Optional[Dict[str, Dict[str, float]]]:
@@ -242,9 +255,10 @@ class Trainer:
           tf.summary.scalar("learning_rate", lr)
           tf.summary.scalar("steps_per_sec", sps)
           tf.summary.scalar("images_per_sec", sps * self.cfg.global_batch_size)
+        mask = f" mask {values['mask_loss']:.3f}" if "mask_loss" in values else ""
         print(f"step {step}/{end} | loss {values['total_loss']:.4f} (rpn {values['rpn_cls_loss']:.3f}"
               f"/{values['rpn_box_loss']:.3f} cls {values['fast_rcnn_cls_loss']:.3f} box "
-              f"{values['fast_rcnn_box_loss']:.3f} mask {values['mask_loss']:.3f}) | lr {lr:.5f} | "
+              f"{values['fast_rcnn_box_loss']:.3f}{mask}) | lr {lr:.5f} | "
               f"{sps:.2f} steps/s {sps * self.cfg.global_batch_size:.1f} img/s | "
               f"ETA {_format_eta((end - step) / max(rate, 1e-9))}", flush=True)
         t_window, steps_window = time.time(), 0
