@@ -73,9 +73,27 @@ def restore_backbone(backbone, checkpoint: str):
   return status
 
 
-def save_backbone(backbone, prefix: str) -> str:
-  """Writes the backbone's variables as a TF checkpoint restorable by `restore_backbone`."""
-  return tf.train.Checkpoint(backbone=backbone).write(prefix)
+def save_backbone(backbone, prefix: str, box_head=None) -> str:
+  """Writes the backbone's variables as a TF checkpoint restorable by `restore_backbone`.
+
+  `box_head`: also the ImageNet fc layers that serve as RoI head (VGG-16's fc6/fc7).
+  """
+  objects = dict(backbone=backbone)
+  if box_head is not None:
+    objects["box_head"] = box_head
+  return tf.train.Checkpoint(**objects).write(prefix)
+
+
+def restore_pretrained(model, checkpoint: str):
+  """Restores the backbone, and the box head when the checkpoint carries one (VGG-16)."""
+  restore_backbone(model.backbone, checkpoint)
+  names = [n for n, _ in tf.train.list_variables(checkpoint)]
+  if any(n.startswith("box_head/") for n in names):
+    status = tf.train.Checkpoint(box_head=model.box_head).read(checkpoint)
+    try:
+      status.assert_existing_objects_matched()
+    except AssertionError as e:
+      raise InitError(f"box head in {checkpoint} does not match the model: {e}") from e
 
 
 def input_convention(checkpoint: Optional[str]) -> Optional[dict]:

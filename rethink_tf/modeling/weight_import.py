@@ -154,3 +154,52 @@ def _take(d, key, used):
     raise KeyError(key)
   used.add(key)
   return d[key]
+
+
+# --------------------------------------------------------------------------------------------
+# VGG-16 (Faster R-CNN): conv body plus fc6/fc7, which the original Faster R-CNN fine-tunes
+# from ImageNet as its RoI head.
+
+# Indices of the 13 convs in torchvision's `vgg16().features` (ReLUs and pools in between).
+TORCHVISION_VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+VGG16_FC = {"fc6": ("classifier.0", 0), "fc7": ("classifier.3", 1)}  # name: (torch, box_head fc)
+
+
+def vgg16_units(backbone) -> Iterator[Tuple[object, str, str]]:
+  """Yields (Conv2D, torchvision prefix 'features.N', Detectron prefix 'convB_I')."""
+  convs = [(conv, f"conv{b + 1}_{i + 1}") for b, block in enumerate(backbone.blocks)
+           for i, conv in enumerate(block)]
+  for (conv, name), index in zip(convs, TORCHVISION_VGG16_CONVS):
+    yield conv, f"features.{index}", name
+
+
+def _fc6_kernel(weight, fc_in_hwc):
+  """[out, C*7*7] (torch/Caffe2 flatten CHW) -> [7*7*C, out] for our NHWC flatten."""
+  h, w, c = fc_in_hwc
+  return weight.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)
+
+
+def assign_vgg16(backbone, box_head, weights: Dict[str, np.ndarray], layout: str):
+  """Loads VGG-16 conv1_1..conv5_3 and fc6/fc7 from a torchvision state dict
+  (`layout="torchvision"`) or Detectron blobs (`"detectron"`); returns the unused names.
+
+  `box_head` is the 2fc head on 7x7 RoI features of conv5_3 (its fc1/fc2 are fc6/fc7).
+  """
+  used = set()
+  w_key = (lambda p: f"{p}.weight") if layout == "torchvision" else (lambda p: f"{p}_w")
+  b_key = (lambda p: f"{p}.bias") if layout == "torchvision" else (lambda p: f"{p}_b")
+  for conv, torch_prefix, detectron_prefix in vgg16_units(backbone):
+    p = torch_prefix if layout == "torchvision" else detectron_prefix
+    _set(conv.kernel, _take(weights, w_key(p), used).transpose(2, 3, 1, 0), p)
+    _set(conv.bias, _take(weights, b_key(p), used), p)
+  channels = backbone.out_channels[max(backbone.out_channels)]
+  for name, (torch_prefix, fc_index) in VGG16_FC.items():
+    p = torch_prefix if layout == "torchvision" else name
+    dense = box_head.fcs[fc_index]
+    weight = _take(weights, w_key(p), used)
+    kernel = _fc6_kernel(weight, (7, 7, channels)) if name == "fc6" else weight.T
+    _set(dense.kernel, kernel, p)
+    _set(dense.bias, _take(weights, b_key(p), used), p)
+  ignored = ("classifier.6.", "fc8_", "pred_")  # the 1000-way ImageNet classifier
+  return sorted(k for k in weights if k not in used and not k.startswith(ignored)
+                and not k.endswith("_momentum"))

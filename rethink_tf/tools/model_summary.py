@@ -25,7 +25,8 @@ FLAGS = flags.FLAGS
 
 
 def _count(variables) -> int:
-  return int(sum(np.prod(v.shape) for v in variables))
+  """Parameters among `variables`: BN moving statistics are buffers (torch counts neither)."""
+  return int(sum(np.prod(v.shape) for v in variables if "moving_" not in v.name))
 
 
 def summarize(model) -> dict:
@@ -41,9 +42,7 @@ def summarize(model) -> dict:
     modules["mask_head"] = _count([v for v in model.mask_head.variables
                                    if id(v) not in pred_ids])
     modules["mask_predictor"] = _count(mask_pred)
-  # BN moving statistics are buffers, not parameters (torch counts neither).
-  buffers = _count([v for v in model.variables if "moving_" in v.name])
-  return {"modules": modules, "total": _count(model.variables) - buffers,
+  return {"modules": modules, "total": _count(model.variables),
           "trainable": _count(model.trainable_variables)}
 
 

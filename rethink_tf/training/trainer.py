@@ -137,7 +137,7 @@ class Trainer:
       print(f"resumed from {latest} at step {step}", flush=True)
       return step
     if self.init_mode is init_lib.InitMode.PRETRAINED:
-      init_lib.restore_backbone(self.model.backbone, self.init_checkpoint)
+      init_lib.restore_pretrained(self.model, self.init_checkpoint)
       print(f"initialized the backbone from {self.init_checkpoint}", flush=True)
     else:
       print("training from scratch (random initialization)", flush=True)
