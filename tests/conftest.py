@@ -40,3 +40,25 @@ def mirrored_strategy():
   side by side in one process can collide on collective instance keys."""
   from rethink_tf.training import distribute
   return distribute.get_strategy("mirrored")
+
+
+def copy_weights(src, dst):
+  """Gives trainer `dst` the variables of trainer `src` (the same starting point for runs
+  under different strategies, whose initializers draw different random streams)."""
+  assert [v.name for v in src.model.variables] == [v.name for v in dst.model.variables]
+  for a, b in zip(src.model.variables, dst.model.variables):
+    b.assign(a.numpy())
+
+
+def run_steps(trainer, n):
+  """Runs n steps through the trainer's per-replica step (eagerly under `strategy.run`);
+  returns each step's global-batch losses as floats."""
+  import tensorflow as tf
+  step = trainer.make_replica_step()
+  it = iter(trainer._dataset())
+  out = []
+  for _ in range(n):
+    per_replica = trainer.strategy.run(step, args=(next(it),))
+    out.append({k: float(trainer.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None))
+                for k, v in per_replica.items()})
+  return out

@@ -144,7 +144,11 @@ class Parser:
                 gt_classes=tf.ensure_shape(gt_classes, [cfg.max_instances]),
                 gt_masks=tf.ensure_shape(gt_masks, [cfg.max_instances] + [cfg.mask_crop_size] * 2),
                 crowd_boxes=tf.ensure_shape(crowd_boxes, [cfg.max_crowd, 4]),
-                rpn_labels=labels, rpn_box_targets=targets)
+                rpn_labels=labels, rpn_box_targets=targets,
+                # The model's in-graph RoI sampling draws from this per-example seed, so a
+                # step's samples do not depend on how the batch is split over replicas, nor
+                # on whether the run was restarted.
+                sample_seed=tf.random.experimental.stateless_fold_in(seed, 3))
 
   def parse_eval(self, data):
     image, scale, size = self._resize(data["image"], None, False)

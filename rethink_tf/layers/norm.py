@@ -101,7 +101,11 @@ def get_norm(norm: Optional[str], channels: int, name: str = None,
     return tf_keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                                               synchronized=True, name=name)
   if norm == "BN":
-    return tf_keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+    # Not fused: the fused kernel feeds the moving variance with the Bessel-corrected batch
+    # variance, the synchronized layer with the biased one. Unfused, BN over 2 images on one
+    # replica updates exactly as SyncBN over 2 replicas of 1 image.
+    return tf_keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                              fused=False, name=name)
   if norm == "FrozenBN":
     return FrozenBatchNorm(name=name)
   raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")

@@ -25,7 +25,8 @@ class MaskRCNN(tf_keras.Model):
   Inputs (dict, static shapes; B images padded to `image_size`):
     images [B, H, W, 3] float; image_size [B, 2] float (h, w of the resized image before
     padding). Training also needs gt_boxes [B, M, 4], gt_classes [B, M] int32 (0 = padding),
-    gt_masks [B, M, S, S] (box-relative), crowd_boxes [B, C, 4] (zeros = padding).
+    gt_masks [B, M, S, S] (box-relative), crowd_boxes [B, C, 4] (zeros = padding), and
+    optionally sample_seed [B, 2] int (per-image seeds of the RoI sampling).
   `call(training=True)` returns raw outputs and the sampled targets for `training.losses`;
   `call(training=False)` returns detections (see `detect`).
   """
@@ -43,6 +44,10 @@ class MaskRCNN(tf_keras.Model):
                detections_per_image: int = 100, score_threshold: float = 0.05,
                nms_threshold: float = 0.5, **kwargs):
     super().__init__(**kwargs)
+    # Under a mixed-precision policy Keras would cast every float input to the compute dtype;
+    # boxes and sizes must stay float32 (bf16 cannot hold 800 px to the pixel). The backbone
+    # casts the images itself.
+    self._autocast = False
     self.backbone, self.fpn, self.rpn_head = backbone, fpn, rpn_head
     self.box_head, self.box_predictor, self.mask_head = box_head, box_predictor, mask_head
     self.num_classes = num_classes
@@ -102,7 +107,7 @@ class MaskRCNN(tf_keras.Model):
     crowd_valid = tf.reduce_any(crowd > 0, axis=-1)
     s = roi_sampling.sample_rois(props, valid, gt_boxes, gt_classes, gt_valid, crowd,
                                  crowd_valid, self.roi_samples_per_image,
-                                 self.roi_positive_fraction)
+                                 self.roi_positive_fraction, seeds=inputs.get("sample_seed"))
     pooled = self._pool(feats, s["rois"], self.box_pool_size)
     class_logits, box_deltas = self.box_predictor(self.box_head(pooled, training=True))
     levels = sorted(scores)

@@ -61,12 +61,13 @@ class BoxPredictor(tf_keras.layers.Layer):
   def __init__(self, num_classes: int, **kwargs):
     super().__init__(**kwargs)
     self.num_classes = num_classes
+    # Final logits and deltas in float32 under mixed precision (dtype pins the layer policy).
     self.cls_score = tf_keras.layers.Dense(
         num_classes, kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.01),
-        name="cls_score")
+        dtype="float32", name="cls_score")
     self.bbox_pred = tf_keras.layers.Dense(
         4 * num_classes, kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.001),
-        name="bbox_pred")
+        dtype="float32", name="bbox_pred")
 
   def call(self, x):
     b, n = tf.shape(x)[0], tf.shape(x)[1]
@@ -95,7 +96,7 @@ class MaskHead(tf_keras.layers.Layer):
                                                   name="deconv")
     self.predictor = tf_keras.layers.Conv2D(
         num_classes, 1, kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.001),
-        name="mask_predictor")
+        dtype="float32", name="mask_predictor")  # float32 logits under mixed precision
 
   def call(self, rois, training=None):
     b, n = tf.shape(rois)[0], tf.shape(rois)[1]

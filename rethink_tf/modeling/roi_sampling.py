@@ -12,13 +12,15 @@ ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # Detectron BBOX_REG_WEIGHTS
 
 def sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, crowd_boxes,
                 crowd_valid, num_samples: int = 512, positive_fraction: float = 0.25,
-                fg_iou: float = 0.5, crowd_ioa: float = 0.7):
+                fg_iou: float = 0.5, crowd_ioa: float = 0.7, seeds=None):
   """Samples RoIs: GT boxes join the proposals; fg IoU >= fg_iou, bg IoU < fg_iou.
 
   Args:
     proposals: [B, P, 4]; proposal_valid: [B, P] bool.
     gt_boxes: [B, M, 4]; gt_classes: [B, M] int (1..K-1); gt_valid: [B, M] bool.
     crowd_boxes: [B, C, 4]; crowd_valid [B, C]: RoIs inside crowd regions are not sampled.
+    seeds: optional [B, 2] int stateless seeds, one per image (static B); without them the
+      sampling draws from TF's global random state.
   Returns dict:
     rois [B, S, 4]; classes [B, S] int32 (0 = background); box_targets [B, S, 4];
     weights [B, S] float (1 for sampled slots); is_fg [B, S] bool; gt_index [B, S] int32.
@@ -37,7 +39,7 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, crowd
   bg = tf.logical_and(tf.logical_and(valid, max_iou < fg_iou), tf.logical_not(near_crowd))
 
   num_fg_max = int(num_samples * positive_fraction)
-  noise = tf.random.uniform(tf.shape(max_iou))
+  noise = _per_image_uniform(seeds, max_iou)
   # Rank foreground by noise to keep at most num_fg_max of them.
   fg_prio = tf.where(fg, noise, -1.0)
   fg_vals, fg_idx = tf.math.top_k(fg_prio, k=num_fg_max)
@@ -56,6 +58,27 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, crowd
   return dict(rois=tf.stop_gradient(rois), classes=tf.cast(classes, tf.int32),
               box_targets=tf.stop_gradient(targets), weights=weights, is_fg=is_fg,
               gt_index=gt_index)
+
+
+def _per_image_uniform(seeds, like):
+  """[B, N] uniform noise in [0, 1); image i's row depends on seeds[i] only (not on B or on
+  the image's position in the batch).
+
+  An integer hash rather than `stateless_uniform`: XLA's stateless RNG kernels give other
+  numbers than TF's for the same seed, and the compiled step must sample the same RoIs as the
+  plain one.
+  """
+  if seeds is None:
+    return tf.random.uniform(tf.shape(like))
+  mask = tf.constant(0xFFFFFFFF, tf.int64)
+  seeds = tf.cast(seeds, tf.int64) & mask                             # [B, 2]
+  x = tf.range(like.shape[1], dtype=tf.int64)[None, :] * 0x7FEB352D    # products < 2**63
+  x = (x + seeds[:, :1] * 0x68E31DA4 + seeds[:, 1:]) & mask
+  for shift, mult in ((16, 0x45D9F3B), (16, 0x45D9F3B), (16, None)):
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, shift))
+    if mult:
+      x = (x * mult) & mask
+  return tf.cast(tf.bitwise.right_shift(x, 8), tf.float32) / float(1 << 24)
 
 
 def mask_targets(rois, gt_index, gt_boxes, gt_masks, output_size: int = 28):

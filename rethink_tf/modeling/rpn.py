@@ -23,10 +23,11 @@ class RPNHead(tf_keras.layers.Layer):
     init = lambda: tf_keras.initializers.RandomNormal(stddev=0.01)  # fresh per layer
     self.conv = tf_keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
                                        kernel_initializer=init(), name="conv")
+    # float32 outputs under mixed precision: proposals are decoded and ranked from them.
     self.objectness = tf_keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init(),
-                                             name="objectness")
+                                             dtype="float32", name="objectness")
     self.deltas = tf_keras.layers.Conv2D(4 * num_anchors, 1, kernel_initializer=init(),
-                                         name="deltas")
+                                         dtype="float32", name="deltas")
 
   def call(self, feats: Dict[int, tf.Tensor]):
     scores, deltas = {}, {}

@@ -1,12 +1,23 @@
 """Mask R-CNN / Faster R-CNN losses (Detectron normalizations).
 
-All losses are means over one replica's batch; the trainer divides by the number of
-replicas so that the all-reduced gradient is the global-batch mean.
+Every loss is a sum over one replica's examples divided by a count over the *global* batch
+(sampled anchors, sampled RoIs, foreground RoIs), summed over replicas by `global_sum`. The
+replicas' losses (and gradients) then add up to the loss of the whole batch on one device,
+whatever the split: 2 replicas x 1 image train exactly as 1 replica x 2 images.
 """
 
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import tensorflow as tf
+
+Reducer = Optional[Callable[[tf.Tensor], tf.Tensor]]
+
+
+def _normalizer(count, global_sum: Reducer):
+  count = tf.stop_gradient(count)
+  if global_sum is not None:
+    count = global_sum(count)
+  return tf.maximum(count, 1.0)
 
 RPN_SMOOTH_L1_BETA = 1.0 / 9.0   # Detectron RPN
 ROI_SMOOTH_L1_BETA = 1.0         # Detectron Fast R-CNN
@@ -17,7 +28,7 @@ def smooth_l1(diff, beta):
   return tf.where(a < beta, 0.5 * a * a / beta, a - 0.5 * beta)
 
 
-def rpn_losses(rpn_scores, rpn_deltas, rpn_labels, rpn_box_targets):
+def rpn_losses(rpn_scores, rpn_deltas, rpn_labels, rpn_box_targets, global_sum: Reducer = None):
   """Objectness BCE and box smooth-L1, both normalized by the number of sampled anchors.
 
   Args: rpn_scores [B, A]; rpn_deltas [B, A, 4]; rpn_labels [B, A] in {1, 0, -1};
@@ -25,7 +36,7 @@ def rpn_losses(rpn_scores, rpn_deltas, rpn_labels, rpn_box_targets):
   """
   rpn_scores = tf.cast(rpn_scores, tf.float32)
   sampled = tf.cast(rpn_labels >= 0, tf.float32)
-  norm = tf.maximum(tf.reduce_sum(sampled), 1.0)
+  norm = _normalizer(tf.reduce_sum(sampled), global_sum)
   labels = tf.cast(rpn_labels > 0, tf.float32)
   bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=rpn_scores)
   cls_loss = tf.reduce_sum(bce * sampled) / norm
@@ -34,13 +45,14 @@ def rpn_losses(rpn_scores, rpn_deltas, rpn_labels, rpn_box_targets):
   return cls_loss, box_loss
 
 
-def fast_rcnn_losses(class_logits, box_deltas, roi_classes, roi_box_targets, roi_weights):
+def fast_rcnn_losses(class_logits, box_deltas, roi_classes, roi_box_targets, roi_weights,
+                     global_sum: Reducer = None):
   """Softmax CE over sampled RoIs; class-specific smooth-L1 on foreground, / sampled RoIs.
 
   Args: class_logits [B, S, K]; box_deltas [B, S, K, 4]; roi_classes [B, S];
     roi_box_targets [B, S, 4]; roi_weights [B, S].
   """
-  norm = tf.maximum(tf.reduce_sum(roi_weights), 1.0)
+  norm = _normalizer(tf.reduce_sum(roi_weights), global_sum)
   ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
       labels=roi_classes, logits=tf.cast(class_logits, tf.float32))
   cls_loss = tf.reduce_sum(ce * roi_weights) / norm
@@ -51,7 +63,7 @@ def fast_rcnn_losses(class_logits, box_deltas, roi_classes, roi_box_targets, roi
   return cls_loss, box_loss
 
 
-def mask_loss(mask_logits, mask_targets, mask_weights):
+def mask_loss(mask_logits, mask_targets, mask_weights, global_sum: Reducer = None):
   """Per-pixel BCE on the GT-class mask, mean over foreground RoIs and pixels.
 
   Args: mask_logits [B, R, M, M]; mask_targets [B, R, M, M]; mask_weights [B, R].
@@ -59,20 +71,25 @@ def mask_loss(mask_logits, mask_targets, mask_weights):
   bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=mask_targets,
                                                 logits=tf.cast(mask_logits, tf.float32))
   per_roi = tf.reduce_mean(bce, axis=[2, 3])
-  return tf.reduce_sum(per_roi * mask_weights) / tf.maximum(tf.reduce_sum(mask_weights), 1.0)
+  return tf.reduce_sum(per_roi * mask_weights) / _normalizer(tf.reduce_sum(mask_weights),
+                                                             global_sum)
 
 
-def mask_rcnn_losses(outputs: Dict[str, tf.Tensor], batch: Dict[str, tf.Tensor]):
-  """Every loss term by name plus their sum under "total_loss" (weight decay excluded)."""
+def mask_rcnn_losses(outputs: Dict[str, tf.Tensor], batch: Dict[str, tf.Tensor],
+                     global_sum: Reducer = None):
+  """Every loss term by name plus their sum under "total_loss" (weight decay excluded).
+
+  global_sum: sums a count over all replicas (None: this replica is the whole batch).
+  """
   rpn_cls, rpn_box = rpn_losses(outputs["rpn_scores"], outputs["rpn_deltas"],
-                                batch["rpn_labels"], batch["rpn_box_targets"])
+                                batch["rpn_labels"], batch["rpn_box_targets"], global_sum)
   cls, box = fast_rcnn_losses(outputs["class_logits"], outputs["box_deltas"],
                               outputs["roi_classes"], outputs["roi_box_targets"],
-                              outputs["roi_weights"])
+                              outputs["roi_weights"], global_sum)
   losses = dict(rpn_cls_loss=rpn_cls, rpn_box_loss=rpn_box, fast_rcnn_cls_loss=cls,
                 fast_rcnn_box_loss=box)
   if "mask_logits" in outputs:  # Faster R-CNN models have no mask branch
     losses["mask_loss"] = mask_loss(outputs["mask_logits"], outputs["mask_targets"],
-                                    outputs["mask_weights"])
+                                    outputs["mask_weights"], global_sum)
   losses["total_loss"] = tf.add_n(list(losses.values()))
   return losses

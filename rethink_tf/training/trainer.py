@@ -25,6 +25,7 @@ from rethink_tf.training.losses import mask_rcnn_losses
 from rethink_tf.training.schedules import nx_schedule
 
 EVAL_METRICS_FILE = "eval_metrics.jsonl"
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @gin.configurable
@@ -36,7 +37,7 @@ class TrainConfig:
                checkpoint_every_steps: int = 5000, keep_checkpoints: int = 5,
                log_every_steps: int = 20, steps_per_loop: int = 1, seed: Optional[int] = 0,
                jit_compile: bool = False, eval_batch_size: int = 8,
-               stop_at_step: Optional[int] = None):
+               stop_at_step: Optional[int] = None, precision: str = "float32"):
     self.global_batch_size = global_batch_size
     self.eval_every_steps = eval_every_steps
     self.checkpoint_every_steps = checkpoint_every_steps
@@ -47,6 +48,12 @@ class TrainConfig:
     self.jit_compile = jit_compile
     self.eval_batch_size = eval_batch_size
     self.stop_at_step = stop_at_step  # end early (e.g. a time-boxed slice of a long run)
+    if precision not in PRECISIONS:
+      raise ValueError(f"TrainConfig.precision {precision!r} is not one of {PRECISIONS}")
+    # mixed_*: convs and fcs compute in bfloat16/float16 with float32 variables; GN/BN
+    # statistics, RoIAlign sampling, the final logits and the losses stay float32;
+    # mixed_float16 adds dynamic loss scaling.
+    self.precision = precision
 
 
 def format_metrics(metrics: Dict[str, Dict[str, float]]) -> str:
@@ -116,11 +123,18 @@ class Trainer:
     self.schedule = nx_schedule(global_batch_size=self.cfg.global_batch_size)
     if self.cfg.seed is not None:  # initialization and in-graph RoI sampling
       tf_keras.utils.set_random_seed(self.cfg.seed)
-    with strategy.scope():
-      self.model, self.init_mode, self.init_checkpoint = build_for_training(self.input_cfg)
-      _dummy_build(self.model, self.input_cfg)
-      self.optimizer = opt_lib.make_optimizer(self.schedule)
-      self.optimizer.build(self.model.trainable_variables)
+    previous_policy = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy(self.cfg.precision)  # layers keep it
+    try:
+      with strategy.scope():
+        self.model, self.init_mode, self.init_checkpoint = build_for_training(self.input_cfg)
+        _dummy_build(self.model, self.input_cfg)
+        self.optimizer = opt_lib.make_optimizer(self.schedule)
+        if self.cfg.precision == "mixed_float16":
+          self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(self.optimizer)
+        self.optimizer.build(self.model.trainable_variables)
+    finally:
+      tf_keras.mixed_precision.set_global_policy(previous_policy)
     self.decay_vars = opt_lib.decayed_variables(self.model)
     self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
     self.manager = tf.train.CheckpointManager(self.checkpoint, model_dir,
@@ -154,19 +168,30 @@ class Trainer:
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
   def make_replica_step(self):
-    """The per-replica step: batch -> losses dict, gradients applied. Runs eagerly or inside
-    `strategy.run`; `_make_train_fn` wraps it in the compiled loop."""
+    """The per-replica step: batch -> this replica's share of every loss (they sum to the
+    global-batch losses), gradients applied. Runs under `strategy.run`; `_make_train_fn`
+    wraps it in the compiled loop."""
     model, optimizer = self.model, self.optimizer
     decay_vars = self.decay_vars
     replicas = self.strategy.num_replicas_in_sync
+    loss_scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+
+    def global_sum(x):
+      return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, x)
 
     def grad_fn(batch):
+      # Each replica's loss is its share of the global-batch loss (normalizers are global
+      # counts); weight decay is split evenly. Gradients are summed over replicas.
       with tf.GradientTape() as tape:
-        losses = mask_rcnn_losses(model(batch, training=True), batch)
-        wd = opt_lib.weight_decay_loss(decay_vars)
-        loss = (losses["total_loss"] + wd) / replicas
+        losses = mask_rcnn_losses(model(batch, training=True), batch,
+                                  global_sum if replicas > 1 else None)
+        losses["weight_decay_loss"] = opt_lib.weight_decay_loss(decay_vars) / replicas
+        loss = losses["total_loss"] + losses["weight_decay_loss"]
+        if loss_scaled:
+          loss = optimizer.get_scaled_loss(loss)
       grads = tape.gradient(loss, model.trainable_variables)
-      losses["weight_decay_loss"] = wd
+      if loss_scaled:
+        grads = optimizer.get_unscaled_gradients(grads)
       return grads, losses
 
     if self.cfg.jit_compile:
@@ -188,7 +213,7 @@ class Trainer:
       losses = None
       for _ in tf.range(num_steps):
         per_replica = strategy.run(replica_step, args=(next(iterator),))
-        losses = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+        losses = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                   for k, v in per_replica.items()}
       return losses
 
