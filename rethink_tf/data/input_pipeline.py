@@ -182,14 +182,21 @@ def _decoder(include_mask):
 
 def make_dataset(cfg: InputConfig, training: bool, batch_size: int, anchor_kwargs: Dict,
                  rpn_kwargs: Optional[Dict] = None, seed: Optional[int] = None,
-                 input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+                 input_context: Optional[tf.distribute.InputContext] = None,
+                 start_index: int = 0) -> tf.data.Dataset:
   """Batched, prefetched dataset of fixed-shape feature dicts.
 
   Args:
     batch_size: batch per replica (the global batch divided by the number of replicas).
     anchor_kwargs: `anchors.multilevel_anchors` arguments (levels, aspect ratios, size).
     seed: makes shuffling and augmentation reproducible; None draws a random one.
-    input_context: shards files (or records) between input pipelines of a multi-worker job.
+    input_context: splits the example stream between the input pipelines of a multi-worker
+      job: pipeline i of n takes examples i, i + n, ... of the same seeded stream, so each step
+      trains on exactly the examples a single process would (every worker reads all records,
+      decodes only its own).
+    start_index: training examples of this pipeline's stream already consumed (a resumed run
+      passes step * examples per step): they are skipped undecoded, so the run continues with
+      the same examples, augmentations and RoI samples an uninterrupted run would have seen.
   """
   pattern = cfg.train_pattern if training else cfg.val_pattern
   files = sorted(tf.io.gfile.glob(pattern)) if pattern else []
@@ -198,8 +205,7 @@ def make_dataset(cfg: InputConfig, training: bool, batch_size: int, anchor_kwarg
                             f"{pattern!r} (bind InputConfig.{'train' if training else 'val'}"
                             "_pattern)")
   ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 4) if training else None)
-  if input_context and input_context.num_input_pipelines > 1:
-    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  pipelines = input_context.num_input_pipelines if input_context else 1
   parser = Parser(cfg, anchor_kwargs, rpn_kwargs)
   decoder = _decoder(include_mask=training)
   if training:
@@ -208,6 +214,10 @@ def make_dataset(cfg: InputConfig, training: bool, batch_size: int, anchor_kwarg
       ds = ds.cache()
     ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate()
+    if start_index:
+      ds = ds.skip(start_index)
+    if pipelines > 1:
+      ds = ds.shard(pipelines, input_context.input_pipeline_id)
     ds = ds.map(lambda i, s: parser.parse_train(i, decoder.decode(s), seed),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)

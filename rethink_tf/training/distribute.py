@@ -40,3 +40,24 @@ def split_cpu(num_devices: int):
   cpu = tf.config.list_physical_devices("CPU")[0]
   tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
+
+
+def worker_info(strategy: tf.distribute.Strategy):
+  """(is_chief, task_type, task_id) of this process; single-process strategies are chief.
+
+  The chief of a multi-worker job is task "chief", or "worker" 0 when the cluster has no
+  chief task (TF_CONFIG as Kubeflow's TFJob and our local launcher write it).
+  """
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+    return True, None, None
+  task_type, task_id = resolver.task_type, resolver.task_id
+  if not task_type:
+    return True, None, None
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  is_chief = task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0)
+  return is_chief, task_type, task_id
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+  return worker_info(strategy)[1] is not None

@@ -7,6 +7,8 @@ and pycocotools runs on the host.
 
 import json
 import os
+import signal
+import threading
 import time
 from typing import Dict, Optional
 
@@ -20,6 +22,7 @@ from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.evaluation.evaluator import run_evaluation
 from rethink_tf.modeling import init as init_lib
 from rethink_tf.modeling.build import build_model
+from rethink_tf.training import distribute
 from rethink_tf.training import optimizer as opt_lib
 from rethink_tf.training.losses import mask_rcnn_losses
 from rethink_tf.training.schedules import nx_schedule
@@ -137,13 +140,20 @@ class Trainer:
       tf_keras.mixed_precision.set_global_policy(previous_policy)
     self.decay_vars = opt_lib.decayed_variables(self.model)
     self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
-    self.manager = tf.train.CheckpointManager(self.checkpoint, model_dir,
+    # Every worker of a multi-worker job takes part in a save; only the chief's lands in
+    # model_dir, the others write to a scratch directory they delete afterwards.
+    self.is_chief, task_type, task_id = distribute.worker_info(strategy)
+    self.checkpoint_dir = (model_dir if self.is_chief
+                           else os.path.join(model_dir, f".{task_type}_{task_id}_scratch"))
+    self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
                                               max_to_keep=self.cfg.keep_checkpoints)
+    self.preempted = False
+    self._sigterm = threading.Event()
 
   # ----------------------------------------------------------------------------------------
   def restore_or_initialize(self) -> int:
     """Resumes from the latest checkpoint in model_dir, else applies the init mode."""
-    latest = self.manager.latest_checkpoint
+    latest = tf.train.latest_checkpoint(self.model_dir)
     if latest:
       self.checkpoint.restore(latest).assert_existing_objects_matched()
       step = int(self.optimizer.iterations.numpy())
@@ -157,13 +167,15 @@ class Trainer:
       print("training from scratch (random initialization)", flush=True)
     return 0
 
-  def _dataset(self):
+  def _dataset(self, start_step: int = 0):
+    """The training stream from `start_step` on: examples already trained on are skipped."""
     per_replica = self.cfg.global_batch_size // self.strategy.num_replicas_in_sync
     anchor_kwargs = self.model.anchor_kwargs
+    start_index = start_step * self.cfg.global_batch_size
 
     def dataset_fn(ctx):
       return make_dataset(self.input_cfg, True, per_replica, anchor_kwargs, seed=self.cfg.seed,
-                          input_context=ctx)
+                          input_context=ctx, start_index=start_index)
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -233,15 +245,24 @@ class Trainer:
     return metrics
 
   def train(self) -> Optional[Dict[str, Dict[str, float]]]:
-    """Trains to the end of the schedule (or `stop_at_step`); returns the last eval metrics."""
+    """Trains to the end of the schedule (or `stop_at_step`); returns the last eval metrics.
+
+    On SIGTERM (preemption) the run saves a checkpoint at the current step after the running
+    loop call and returns with `self.preempted` set; starting the same command again resumes
+    there, on the examples an uninterrupted run would have seen next.
+    """
     tf.io.gfile.makedirs(self.model_dir)
-    with open(os.path.join(self.model_dir, "config.gin"), "w") as f:
-      f.write(gin.config_str())
+    if self.is_chief:
+      with open(os.path.join(self.model_dir, "config.gin"), "w") as f:
+        f.write(gin.config_str())
     step = self.restore_or_initialize()
     total = self.schedule.total_steps
     end = min(total, self.cfg.stop_at_step or total)
-    train_writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
-    eval_writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "eval"))
+    if self.is_chief:
+      train_writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+      eval_writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "eval"))
+    else:
+      train_writer = eval_writer = tf.summary.create_noop_writer()
     print(f"schedule: {total} steps at global batch {self.cfg.global_batch_size}, "
           f"LR {self.schedule.base_lr:g} decayed x{self.schedule.decay_factor:g} at "
           f"{list(self.schedule.boundaries)}, warmup {self.schedule.warmup_steps} steps; "
@@ -249,52 +270,96 @@ class Trainer:
     if step >= end:
       print(f"nothing to do: checkpoint is at step {step}, the run ends at {end}")
       return None
-    iterator = iter(self._dataset())
+    iterator = iter(self._dataset(start_step=step))
     train_loop = self._make_train_fn()
     metrics = None
     t_window, steps_window = time.time(), 0
     t_start, step_start = time.time(), step
-    while step < end:
-      n = min(self.cfg.steps_per_loop, end - step, self._steps_to_next_event(step, end))
-      losses = train_loop(iterator, tf.constant(n))
-      if step == step_start:
-        with open(os.path.join(self.model_dir, "operative_config.gin"), "w") as f:
-          f.write(gin.operative_config_str())
-      step += n
-      steps_window += n
-      if step % self.cfg.log_every_steps == 0 or step == end or step - n == step_start:
-        values = {k: float(v) for k, v in losses.items()}
-        if not np.isfinite(values["total_loss"]):
-          raise FloatingPointError(
-              f"non-finite loss at step {step}: {values}; last good checkpoint: "
-              f"{self.manager.latest_checkpoint}")
-        elapsed = time.time() - t_window
-        sps = steps_window / max(elapsed, 1e-9)
-        # The first window includes tracing and compilation; later ones measure the steps.
-        rate = sps if step - n != step_start else (step - step_start) / max(
-            time.time() - t_start, 1e-9)
-        lr = self.schedule.lr_at(step)
-        with train_writer.as_default(step=step):
-          for k, v in values.items():
-            tf.summary.scalar(f"losses/{k}", v)
-          tf.summary.scalar("learning_rate", lr)
-          tf.summary.scalar("steps_per_sec", sps)
-          tf.summary.scalar("images_per_sec", sps * self.cfg.global_batch_size)
-        mask = f" mask {values['mask_loss']:.3f}" if "mask_loss" in values else ""
-        print(f"step {step}/{end} | loss {values['total_loss']:.4f} (rpn {values['rpn_cls_loss']:.3f}"
-              f"/{values['rpn_box_loss']:.3f} cls {values['fast_rcnn_cls_loss']:.3f} box "
-              f"{values['fast_rcnn_box_loss']:.3f}{mask}) | lr {lr:.5f} | "
-              f"{sps:.2f} steps/s {sps * self.cfg.global_batch_size:.1f} img/s | "
-              f"ETA {_format_eta((end - step) / max(rate, 1e-9))}", flush=True)
-        t_window, steps_window = time.time(), 0
-      if step % self.cfg.checkpoint_every_steps == 0 or step == end:
-        self.manager.save(checkpoint_number=step)
-      if (self.cfg.eval_every_steps and step % self.cfg.eval_every_steps == 0) or step == total:
-        metrics = self.evaluate(step, eval_writer)
-    train_writer.flush()
-    with open(os.path.join(self.model_dir, "operative_config.gin"), "w") as f:
-      f.write(gin.operative_config_str())
+    previous_handler = self._catch_sigterm()
+    try:
+      while step < end:
+        n = min(self.cfg.steps_per_loop, end - step, self._steps_to_next_event(step, end))
+        losses = train_loop(iterator, tf.constant(n))
+        if step == step_start and self.is_chief:
+          with open(os.path.join(self.model_dir, "operative_config.gin"), "w") as f:
+            f.write(gin.operative_config_str())
+        step += n
+        steps_window += n
+        if step % self.cfg.log_every_steps == 0 or step == end or step - n == step_start:
+          self._log(step, end, n, step_start, t_start, t_window, steps_window, losses,
+                    train_writer)
+          t_window, steps_window = time.time(), 0
+        if self._preemption_requested():
+          self._save(step)
+          self.preempted = True
+          saved = self.manager.latest_checkpoint if self.is_chief else "the chief's checkpoint"
+          print(f"preempted (SIGTERM) at step {step}: saved {saved}; run the same command "
+                "again to resume", flush=True)
+          return None
+        if step % self.cfg.checkpoint_every_steps == 0 or step == end:
+          self._save(step)
+        if self.is_chief and ((self.cfg.eval_every_steps and
+                               step % self.cfg.eval_every_steps == 0) or step == total):
+          metrics = self.evaluate(step, eval_writer)
+    finally:
+      if previous_handler is not None:
+        signal.signal(signal.SIGTERM, previous_handler)
+      train_writer.flush()
+    if self.is_chief:
+      with open(os.path.join(self.model_dir, "operative_config.gin"), "w") as f:
+        f.write(gin.operative_config_str())
     return metrics
+
+  def _log(self, step, end, n, step_start, t_start, t_window, steps_window, losses, writer):
+    values = {k: float(v) for k, v in losses.items()}
+    if not np.isfinite(values["total_loss"]):
+      raise FloatingPointError(
+          f"non-finite loss at step {step}: {values}; last good checkpoint: "
+          f"{tf.train.latest_checkpoint(self.model_dir)}")
+    sps = steps_window / max(time.time() - t_window, 1e-9)
+    # The first window includes tracing and compilation; later ones measure the steps.
+    rate = sps if step - n != step_start else (step - step_start) / max(
+        time.time() - t_start, 1e-9)
+    lr = self.schedule.lr_at(step)
+    with writer.as_default(step=step):
+      for k, v in values.items():
+        tf.summary.scalar(f"losses/{k}", v)
+      tf.summary.scalar("learning_rate", lr)
+      tf.summary.scalar("steps_per_sec", sps)
+      tf.summary.scalar("images_per_sec", sps * self.cfg.global_batch_size)
+    mask = f" mask {values['mask_loss']:.3f}" if "mask_loss" in values else ""
+    print(f"step {step}/{end} | loss {values['total_loss']:.4f} (rpn {values['rpn_cls_loss']:.3f}"
+          f"/{values['rpn_box_loss']:.3f} cls {values['fast_rcnn_cls_loss']:.3f} box "
+          f"{values['fast_rcnn_box_loss']:.3f}{mask}) | lr {lr:.5f} | "
+          f"{sps:.2f} steps/s {sps * self.cfg.global_batch_size:.1f} img/s | "
+          f"ETA {_format_eta((end - step) / max(rate, 1e-9))}", flush=True)
+
+  def _save(self, step: int):
+    """Saves on every worker (a collective); a checkpoint becomes the latest only once it is
+    completely written (TF writes the files, then the `checkpoint` state file), so a crash
+    mid-write leaves the previous one restorable."""
+    if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(f"-{step}"):
+      return
+    self.manager.save(checkpoint_number=step)
+    if not self.is_chief:
+      tf.io.gfile.rmtree(self.checkpoint_dir)
+
+  def _catch_sigterm(self):
+    """Turns SIGTERM into a request to save and stop (main thread only); returns the old
+    handler, or None when no handler was installed."""
+    if threading.current_thread() is not threading.main_thread():
+      return None
+    return signal.signal(signal.SIGTERM, lambda signum, frame: self._sigterm.set())
+
+  def _preemption_requested(self) -> bool:
+    """True once any worker got SIGTERM; multi-worker jobs agree on it (every worker calls
+    this after every loop), so all of them save the same step and stop together."""
+    local = self._sigterm.is_set()
+    if not distribute.is_multi_worker(self.strategy):
+      return local
+    flag = tf.constant(1 if local else 0, tf.int32)
+    value = self.strategy.experimental_distribute_values_from_function(lambda ctx: flag)
+    return int(self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)) > 0
 
   def _steps_to_next_event(self, step: int, end: int) -> int:
     """Steps until the next log, checkpoint or evaluation, so a loop call never skips one."""

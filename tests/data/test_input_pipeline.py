@@ -28,7 +28,8 @@ def test_train_batches_have_static_shapes(cfg):
   num_anchors = 3 * (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1)
   expected = {"images": [4, 64, 64, 3], "image_size": [4, 2], "gt_boxes": [4, 8, 4],
               "gt_classes": [4, 8], "gt_masks": [4, 8, 16, 16], "crowd_boxes": [4, 4, 4],
-              "rpn_labels": [4, num_anchors], "rpn_box_targets": [4, num_anchors, 4]}
+              "rpn_labels": [4, num_anchors], "rpn_box_targets": [4, num_anchors, 4],
+              "sample_seed": [4, 2]}
   assert {k: v.shape.as_list() for k, v in spec.items()} == expected
   b = _first(ds)
   valid = b["gt_classes"] > 0
@@ -48,6 +49,33 @@ def test_same_seed_same_batches_different_seed_differs(cfg):
     np.testing.assert_array_equal(a[0][k], a[1][k])
   c = _first(make_dataset(cfg, True, 4, ANCHORS, seed=8))
   assert not np.array_equal(a[0]["images"], c["images"])
+
+
+def _batches(ds, n):
+  return [{k: v.numpy() for k, v in b.items()} for b in ds.take(n)]
+
+
+def test_resumed_stream_continues_where_it_stopped(cfg):
+  """start_index = examples consumed: batch 3 of a fresh stream is batch 1 of a resumed one
+  (across the epoch boundary too: 40 train images, batch 4)."""
+  full = _batches(make_dataset(cfg, True, 4, ANCHORS, seed=3), 13)
+  resumed = _batches(make_dataset(cfg, True, 4, ANCHORS, seed=3, start_index=2 * 4), 11)
+  for a, b in zip(full[2:], resumed):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_pipelines_of_a_multi_worker_job_split_the_single_process_stream(cfg):
+  """Pipeline i of 2 (batch 1) sees examples i, i + 2, ...: together, per step, the examples
+  one pipeline with batch 2 would give."""
+  single = _batches(make_dataset(cfg, True, 2, ANCHORS, seed=5), 3)
+  parts = [_batches(make_dataset(cfg, True, 1, ANCHORS, seed=5,
+                                 input_context=tf.distribute.InputContext(2, i, 2)), 3)
+           for i in range(2)]
+  for step in range(3):
+    for k in single[step]:
+      joined = np.concatenate([parts[0][step][k], parts[1][step][k]])
+      np.testing.assert_array_equal(single[step][k], joined, err_msg=k)
 
 
 def test_eval_batches_carry_ids_and_scale(cfg):
