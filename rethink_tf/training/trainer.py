@@ -124,7 +124,7 @@ class Trainer:
       raise ValueError(f"global batch {self.cfg.global_batch_size} is not divisible by "
                        f"{replicas} replicas")
     self.schedule = nx_schedule(global_batch_size=self.cfg.global_batch_size)
-    if self.cfg.seed is not None:  # initialization and in-graph RoI sampling
+    if self.cfg.seed is not None:  # initialization (RoI sampling uses per-example seeds)
       tf_keras.utils.set_random_seed(self.cfg.seed)
     previous_policy = tf_keras.mixed_precision.global_policy()
     tf_keras.mixed_precision.set_global_policy(self.cfg.precision)  # layers keep it
