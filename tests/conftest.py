@@ -23,6 +23,16 @@ except RuntimeError:  # devices already initialized by another plugin
   pass
 
 
+@pytest.fixture(autouse=True)
+def _fresh_gin_config():
+  """Every test starts and ends with no gin bindings (a test that parses a config must not
+  leak its bindings into the next one)."""
+  import gin
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
 @pytest.fixture(scope="session")
 def testdata():
   return TESTDATA
