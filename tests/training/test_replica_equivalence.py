@@ -3,6 +3,7 @@ as 1 replica x 2 images (SyncBN vs BN, GN vs GN), step after step."""
 
 import numpy as np
 import pytest
+import tf_keras
 
 from conftest import copy_weights, run_steps
 from rethink_tf import config
@@ -40,9 +41,11 @@ def test_two_replicas_of_one_image_equal_one_replica_of_two(norms, tmp_path, mir
   losses_one, losses_two = run_steps(one, 1), run_steps(two, 1)
   assert all(np.isfinite(v) for v in losses_one[0].values())
   _assert_same_training(one, two, losses_one, losses_two)
-  if single_norm == "BN":  # the statistics really were updated, from both images
-    moving = [v for v in two.model.variables if "moving_mean" in v.name]
-    assert moving and any(np.abs(v.numpy()).max() > 0 for v in moving)
+  if single_norm == "BN":  # synchronized layers, whose statistics were updated
+    norms = [l for l in two.model.backbone.submodules
+             if isinstance(l, tf_keras.layers.BatchNormalization)]
+    assert norms and all(l.synchronized for l in norms)
+    assert all(np.abs(l.moving_mean.numpy()).max() > 0 for l in norms)
 
 
 def test_mirrored_and_one_device_losses_match_overrun_steps(tmp_path, mirrored_strategy):
