@@ -74,6 +74,37 @@ def _pad_to(x, n, axis0_value=0):
   return tf.pad(x, paddings, constant_values=axis0_value)
 
 
+def resize_for_model(image, short_side: int, max_long_side: int, padded_size: Sequence[int],
+                     short=None):
+  """Resizes to short side `short_side` (or `short`, a jittered one), long side <= max_long_side,
+  never beyond `padded_size`. The input pipeline and the exported SavedModel both call this, so
+  served images are resized exactly as evaluated ones.
+
+  Args:
+    image: [H, W, 3] uint8 or float (H, W > 0).
+  Returns:
+    (image [h, w, 3] float32 bilinear-resized, scale float32 scalar, size [2] float32 (h, w)).
+  """
+  h = tf.cast(tf.shape(image)[0], tf.float32)
+  w = tf.cast(tf.shape(image)[1], tf.float32)
+  short = tf.constant(float(short_side)) if short is None else short
+  scale = tf.minimum(short / tf.minimum(h, w), max_long_side / tf.maximum(h, w))
+  scale = tf.minimum(scale, tf.minimum(padded_size[0] / h, padded_size[1] / w))
+  new_h = tf.minimum(tf.round(h * scale), padded_size[0])
+  new_w = tf.minimum(tf.round(w * scale), padded_size[1])
+  image = tf.image.resize(tf.cast(image, tf.float32), tf.cast([new_h, new_w], tf.int32))
+  return image, scale, tf.stack([new_h, new_w])
+
+
+def normalize_and_pad(image, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                      channel_order: str, padded_size: Sequence[int]):
+  """[h, w, 3] float RGB 0-255 -> [padded_h, padded_w, 3] normalized, zero-padded bottom/right."""
+  if channel_order == "BGR":
+    image = image[..., ::-1]
+  image = (image - tf.constant(pixel_mean)) / tf.constant(pixel_std)
+  return tf.image.pad_to_bounding_box(image, 0, 0, *padded_size)
+
+
 class Parser:
   """Turns one decoded example into fixed-shape training or evaluation features."""
 
@@ -88,27 +119,17 @@ class Parser:
         tf.lookup.KeyValueTensorInitializer(keys, vals), default_value=-1)
 
   def _resize(self, image, seed, training):
-    """Resizes to short side `short_side` (or a jittered one), long side <= max_long_side."""
     cfg = self.cfg
-    h = tf.cast(tf.shape(image)[0], tf.float32)
-    w = tf.cast(tf.shape(image)[1], tf.float32)
-    short = tf.constant(float(cfg.short_side))
+    short = None
     if training and cfg.scale_jitter:
       lo, hi = cfg.scale_jitter
       short = tf.cast(tf.random.stateless_uniform([], seed, lo, hi + 1, tf.int32), tf.float32)
-    scale = tf.minimum(short / tf.minimum(h, w), cfg.max_long_side / tf.maximum(h, w))
-    scale = tf.minimum(scale, tf.minimum(cfg.padded_size[0] / h, cfg.padded_size[1] / w))
-    new_h = tf.minimum(tf.round(h * scale), cfg.padded_size[0])
-    new_w = tf.minimum(tf.round(w * scale), cfg.padded_size[1])
-    image = tf.image.resize(tf.cast(image, tf.float32), tf.cast([new_h, new_w], tf.int32))
-    return image, scale, tf.stack([new_h, new_w])
+    return resize_for_model(image, cfg.short_side, cfg.max_long_side, cfg.padded_size, short)
 
   def _normalize_and_pad(self, image):
     cfg = self.cfg
-    if cfg.channel_order == "BGR":
-      image = image[..., ::-1]
-    image = (image - tf.constant(cfg.pixel_mean)) / tf.constant(cfg.pixel_std)
-    return tf.image.pad_to_bounding_box(image, 0, 0, *cfg.padded_size)
+    return normalize_and_pad(image, cfg.pixel_mean, cfg.pixel_std, cfg.channel_order,
+                             cfg.padded_size)
 
   def parse_train(self, index, data, seed: int):
     cfg = self.cfg

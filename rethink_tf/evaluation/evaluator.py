@@ -4,33 +4,27 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
-from official.vision.ops import mask_ops
 
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.evaluation import coco_evaluator
+from rethink_tf.modeling import postprocess
 
 
-def to_original_image(det: Dict[str, np.ndarray], i: int, scale: float, orig_hw, category_ids,
+def to_original_image(det: Dict[str, np.ndarray], i: int, scale, orig_hw, category_ids,
                       with_masks: bool = True):
   """Detections of image i in original-image pixels, COCO category ids and pasted masks.
 
+  The same `postprocess.to_input_image` rule as the exported SavedModel.
   Returns (boxes_yxyx [D, 4], scores [D], category ids [D], masks [D, H, W] uint8 or None).
   """
   n = int(det["num_detections"][i])
-  h, w = int(orig_hw[0]), int(orig_hw[1])
-  boxes = det["boxes"][i, :n] / scale
-  boxes = np.clip(boxes, 0, [h, w, h, w])
+  hw = tf.constant([int(orig_hw[0]), int(orig_hw[1])], tf.int32)
+  masks = det["masks"][i, :n] if with_masks else None
+  boxes, pasted = postprocess.to_input_image(det["boxes"][i, :n], masks, n,
+                                             tf.constant(scale, tf.float32), hw)
   scores = det["scores"][i, :n]
   cats = np.asarray(category_ids)[det["classes"][i, :n] - 1]
-  masks = None
-  if with_masks:
-    if n:
-      xywh = np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1],
-                       boxes[:, 2] - boxes[:, 0]], axis=1)
-      masks = mask_ops.paste_instance_masks(det["masks"][i, :n], xywh, h, w)
-    else:
-      masks = np.zeros((0, h, w), np.uint8)
-  return boxes, scores, cats, masks
+  return boxes.numpy(), scores, cats, None if pasted is None else pasted.numpy()
 
 
 def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
@@ -43,7 +37,7 @@ def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
     det = {k: v.numpy() for k, v in detect(batch["images"], batch["image_size"]).items()}
     for i in range(det["scores"].shape[0]):
       boxes, scores, cats, masks = to_original_image(
-          det, i, float(batch["scale"][i]), batch["orig_size"][i].numpy(), cfg.category_ids,
+          det, i, batch["scale"][i].numpy(), batch["orig_size"][i].numpy(), cfg.category_ids,
           with_masks="masks" in det)
       results += coco_evaluator.detections_to_coco(int(batch["source_id"][i]), boxes, scores,
                                                    cats, masks)

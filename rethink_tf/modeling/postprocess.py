@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from rethink_tf.layers import box_ops
+from rethink_tf.layers.paste_masks import paste_masks
 from rethink_tf.modeling.roi_sampling import ROI_BOX_WEIGHTS
 
 
@@ -29,3 +30,35 @@ def detect_boxes(proposals, proposal_valid, class_logits, box_deltas, image_size
       clip_boxes=False)
   return dict(boxes=nmsed_boxes, scores=nmsed_scores,
               classes=tf.cast(nmsed_classes, tf.int32) + 1, num_detections=num)
+
+
+def to_input_image(boxes, masks, num_detections, scale, image_hw, canvas_hw=None,
+                   binary_masks: bool = True, mask_threshold: float = 0.5):
+  """One image's detections, from the resized (model) frame to the input image's pixels.
+
+  Evaluation and the exported SavedModel both call this (one rule for both).
+
+  Args:
+    boxes: [D, 4] yxyx in resized-image pixels; masks: [D, M, M] box-relative probabilities or
+      None; num_detections: int scalar, valid entries first.
+    scale: float32 scalar, resized / input size; image_hw: [2] int, the input image's (h, w).
+    canvas_hw: [2] int output mask size (default image_hw; larger canvases are zero-padded).
+    binary_masks: True -> uint8 {0, 1} (probability >= mask_threshold), False -> float32
+      probabilities.
+  Returns:
+    (boxes [D, 4] float32 yxyx in input pixels clipped to the image, masks [D, Hc, Wc] or None).
+    Entries at and beyond num_detections keep their (zero) boxes and get empty masks.
+  """
+  hw = tf.cast(image_hw, tf.float32)
+  limits = tf.concat([hw, hw], 0)
+  boxes = tf.minimum(tf.maximum(tf.cast(boxes, tf.float32) / scale, 0.0), limits)
+  if masks is None:
+    return boxes, None
+  n = tf.cast(num_detections, tf.int32)
+  canvas = image_hw if canvas_hw is None else canvas_hw
+  # Only the valid detections are pasted: full-resolution pasting dominates post-processing.
+  probs = paste_masks(masks[:n], boxes[:n], image_hw[0], image_hw[1], canvas[0], canvas[1])
+  probs = tf.pad(probs, [[0, tf.shape(masks)[0] - n], [0, 0], [0, 0]])
+  if binary_masks:
+    return boxes, tf.cast(probs >= mask_threshold, tf.uint8)
+  return boxes, probs

@@ -34,8 +34,10 @@ class RPNHead(tf_keras.layers.Layer):
     for level, x in feats.items():
       b = tf.shape(x)[0]
       h = self.conv(x)
-      scores[level] = tf.reshape(self.objectness(h), [b, -1])
-      deltas[level] = tf.reshape(self.deltas(h), [b, -1, 4])
+      # The anchor count stays static when only the batch is dynamic (a served model).
+      n = -1 if None in x.shape[1:3] else x.shape[1] * x.shape[2] * self.num_anchors
+      scores[level] = tf.reshape(self.objectness(h), [b, n])
+      deltas[level] = tf.reshape(self.deltas(h), [b, n, 4])
     return scores, deltas
 
   def get_config(self):

@@ -1,0 +1,1 @@
+"""SavedModel export and serving clients (depends on rethink_tf, never the reverse)."""

@@ -1,0 +1,58 @@
+"""A gin-configured detector restored from a checkpoint, for evaluation and export."""
+
+import os
+from typing import Optional, Tuple
+
+import tensorflow as tf
+import tf_keras
+
+from rethink_tf.data.input_pipeline import InputConfig
+from rethink_tf.modeling.build import build_model
+from rethink_tf.training.trainer import apply_input_convention
+
+
+def resolve_checkpoint(checkpoint: Optional[str], model_dir: Optional[str] = None) -> str:
+  """A checkpoint prefix from a prefix, a directory (its latest checkpoint) or a model_dir.
+
+  Raises FileNotFoundError naming what was looked at.
+  """
+  for path in (checkpoint, model_dir):
+    if not path:
+      continue
+    if tf.io.gfile.isdir(path):
+      latest = tf.train.latest_checkpoint(path)
+      if latest:
+        return latest
+      raise FileNotFoundError(f"no checkpoint in directory {path} (no 'checkpoint' index file "
+                              "naming one)")
+    if tf.io.gfile.exists(path + ".index"):
+      return path
+    raise FileNotFoundError(f"checkpoint {path}: neither a directory nor a checkpoint prefix "
+                            f"({path}.index does not exist)")
+  raise FileNotFoundError("no checkpoint: pass --checkpoint (a prefix or a directory) or a "
+                          "--model_dir that holds one")
+
+
+def build_for_inference(checkpoint: str, **model_overrides) -> Tuple[tf_keras.Model, InputConfig]:
+  """Builds the gin-bound model at the evaluation input size and restores `checkpoint`.
+
+  model_overrides: attributes set on the model after building (e.g. detections_per_image,
+  score_threshold). Returns (model, input config with the run's pixel convention applied);
+  the synthetic dataset is not generated (call `cfg.prepare()` to evaluate on it).
+  """
+  cfg = apply_input_convention(InputConfig())
+  model = build_model(num_classes=cfg.num_classes, image_size=cfg.padded_size)
+  for name, value in model_overrides.items():
+    if not hasattr(model, name):
+      raise AttributeError(f"the model has no attribute {name!r} to override")
+    setattr(model, name, value)
+  model.detect(tf.zeros([1, *cfg.padded_size, 3]), tf.constant([cfg.padded_size], tf.float32))
+  status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    raise ValueError(f"checkpoint {checkpoint} does not hold this model's variables (was it "
+                     f"trained with the same gin files?): {str(e)[:500]}") from e
+  print(f"restored {os.path.basename(checkpoint)} from {os.path.dirname(checkpoint) or '.'}",
+        flush=True)
+  return model, cfg

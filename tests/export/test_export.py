@@ -1,0 +1,236 @@
+"""The exported SavedModel: served by a TensorFlow-only process on real photos, equal to the
+in-process evaluation, clear errors on bad requests, and exactly three named signatures."""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT, TESTDATA
+from export.export_saved_model import export, next_version
+from export.serving import SIGNATURES
+from rethink_tf import config
+from rethink_tf.data.input_pipeline import InputConfig
+from rethink_tf.evaluation import coco_evaluator
+from rethink_tf.evaluation.evaluator import predict_coco_results
+from rethink_tf.inference import build_for_inference, resolve_checkpoint
+from rethink_tf.training import distribute
+from rethink_tf.training.trainer import Trainer
+
+TINY = "gin_configs/testing/tiny.gin"
+SCORE_THRESHOLD = 0.05
+MAX_DETECTIONS = 100
+OUTPUTS = {"num_detections": ("int32", []), "detection_boxes": ("float32", [MAX_DETECTIONS, 4]),
+           "detection_scores": ("float32", [MAX_DETECTIONS]),
+           "detection_classes": ("int64", [MAX_DETECTIONS]),
+           "detection_class_names": ("object", [MAX_DETECTIONS]),
+           "image_size": ("int32", [2]), "detection_masks": ("uint8", None),
+           "detection_masks_box_relative": ("float32", [MAX_DETECTIONS, 28, 28])}
+INPUTS = {"serving_default": ("images", "DT_UINT8"), "image_bytes": ("image_bytes", "DT_STRING"),
+          "tf_example": ("examples", "DT_STRING")}
+# Photos of different sizes: 640x427, 640x480, 640x388, 640x480 and a portrait 375x500.
+PHOTOS = [os.path.join(TESTDATA, "coco", "icevision_coco6", "images", "000000128372.jpg")] + \
+    sorted(glob.glob(os.path.join(TESTDATA, "coco", "cocotools_rs_coco4", "images", "*.jpg")))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A model trained by the tiny test config (20 steps from scratch): its run directory."""
+  config.parse_gin([TINY])
+  model_dir = str(tmp_path_factory.mktemp("export") / "run")
+  Trainer(model_dir, distribute.get_strategy("one_device")).train()
+  return model_dir
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+  """(export root, version directory) of the trained model."""
+  config.parse_gin([TINY])
+  root = str(tmp_path_factory.mktemp("served"))
+  path = export(resolve_checkpoint(trained), root, max_detections=MAX_DETECTIONS,
+                score_threshold=SCORE_THRESHOLD)
+  return root, path
+
+
+def _val_records():
+  """The synthetic validation records in the order the evaluator reads them."""
+  cfg = InputConfig().prepare()
+  files = sorted(glob.glob(cfg.val_pattern))
+  return [r.numpy() for r in tf.data.TFRecordDataset(files)], cfg
+
+
+@pytest.fixture(scope="module")
+def client_report(exported):
+  """Runs tests/export/serving_client.py in a fresh process that can import only TensorFlow."""
+  config.parse_gin([TINY])
+  records, cfg = _val_records()
+  files = sorted(glob.glob(cfg.val_pattern))
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  client = os.path.join(REPO_ROOT, "tests", "export", "serving_client.py")
+  r = subprocess.run([sys.executable, client, exported[1], files[0], *PHOTOS],
+                     cwd=os.path.dirname(exported[1]), env=env, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-4000:]
+  line = [l for l in r.stdout.splitlines() if l.startswith("REPORT ")][-1]
+  return json.loads(line[len("REPORT "):])
+
+
+def _check_outputs(report, batch):
+  assert set(report["keys"]) == set(OUTPUTS)
+  sizes = report["expected_sizes"]
+  hmax, wmax = max(s[0] for s in sizes), max(s[1] for s in sizes)
+  for key, (dtype, shape) in OUTPUTS.items():
+    assert report["dtypes"][key] == dtype, key
+    expected = [batch, MAX_DETECTIONS, hmax, wmax] if shape is None else [batch] + shape
+    assert report["shapes"][key] == expected, key
+  assert report["image_size"] == sizes  # the input images' own sizes, not the model's
+  for image in report["per_image"]:
+    assert image["boxes_inside"] and image["padding_empty"]
+    assert image["masks_outside_image_empty"] == 0
+    assert set(image["mask_values"]) <= {0, 1}
+    assert set(image["names"]) <= {"circle", "square", "triangle"}
+    assert set(image["classes"]) <= {1, 2, 3}
+    assert all(s >= SCORE_THRESHOLD for s in image["scores"])
+  assert sum(image["n"] for image in report["per_image"]) > 0, "nothing detected: vacuous"
+
+
+def test_fresh_process_serves_every_signature_on_real_photos(client_report):
+  r = client_report
+  assert r["modules"] == []  # nothing of the project, Model Garden or tf_keras was imported
+  assert r["signatures"] == sorted(SIGNATURES)
+  assert r["category_ids"] == [1, 2, 3]
+  assert r["category_names"] == ["circle", "square", "triangle"]
+  assert json.loads(r["categories_asset"]) == [
+      {"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
+  _check_outputs(r["image_bytes"], len(PHOTOS))
+  assert len({tuple(s) for s in r["image_bytes"]["expected_sizes"]}) >= 3  # different sizes
+  for single in r["serving_default"]:
+    _check_outputs(single, 1)
+  _check_outputs(r["tf_example"], 2)
+  # A decoded image and its JPEG bytes give the same detections.
+  for i, single in enumerate(r["serving_default"]):
+    a, b = single["per_image"][0], r["image_bytes"]["per_image"][i]
+    assert a["n"] == b["n"] and a["classes"] == b["classes"]
+    np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-3)
+
+
+EXPECTED_ERRORS = {
+    "empty_string": r"image_bytes\[1\]: empty string",
+    "not_an_image": r"image_bytes\[0\]: not an image \(128 bytes that are not JPEG, PNG",
+    "truncated_jpeg": r"image_bytes\[0\]: truncated image: a \d+-byte JPEG/PNG without its end",
+    "wrong_dtype": r"expected to be a uint8 tensor but is a float tensor",
+    "wrong_rank": r"images must be uint8 \[batch, height, width, 3\], got a tensor of shape "
+                  r"\[32 32 3\]",
+    "zero_size_image": r"images: zero-size image \(shape \[1 0 32 3\]\)",
+    "empty_batch": r"empty batch: send at least one image",
+    "example_without_image": r"examples\[0\]: no image/encoded feature",
+    "not_an_example": r"Could not parse example input",
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPECTED_ERRORS))
+def test_bad_request_names_the_problem(client_report, case):
+  error = client_report["errors"][case]
+  assert error["raised"] == "InvalidArgumentError", error
+  assert re.search(EXPECTED_ERRORS[case], error["full"]), error["full"]
+
+
+def test_model_serves_correctly_after_bad_requests(client_report):
+  after, before = client_report["after_errors"], client_report["image_bytes"]
+  _check_outputs(after, len(PHOTOS))
+  assert after["per_image"] == before["per_image"]
+
+
+def _served_coco_results(exported_dir, records):
+  """COCO results from the exported model's tf_example signature (one batch, like the
+  evaluator's batch of 8)."""
+  loaded = tf.saved_model.load(exported_dir)
+  out = {k: v.numpy() for k, v in
+         loaded.signatures["tf_example"](examples=tf.constant(records)).items()}
+  results = []
+  for i, record in enumerate(records):
+    ex = tf.train.Example.FromString(record)
+    image_id = int(ex.features.feature["image/source_id"].bytes_list.value[0])
+    n = int(out["num_detections"][i])
+    h, w = out["image_size"][i]
+    results += coco_evaluator.detections_to_coco(
+        image_id, out["detection_boxes"][i, :n], out["detection_scores"][i, :n],
+        out["detection_classes"][i, :n], out["detection_masks"][i, :n, :h, :w])
+  return results
+
+
+def test_exported_detections_equal_the_evaluation(trained, exported):
+  config.parse_gin([TINY])
+  records, cfg = _val_records()
+  assert len(records) == 8  # one batch in both paths
+  model, _ = build_for_inference(resolve_checkpoint(trained),
+                                 detections_per_image=MAX_DETECTIONS,
+                                 score_threshold=SCORE_THRESHOLD)
+  evaluated = predict_coco_results(model, cfg, batch_size=8)
+  served = _served_coco_results(exported[1], records)
+  assert len(evaluated) > 0 and len(served) == len(evaluated)
+  for a, b in zip(served, evaluated):
+    assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+    assert a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)  # both rounded to 1e-3 px
+    assert a["segmentation"]["size"] == b["segmentation"]["size"]
+  gt = coco_evaluator.load_coco(cfg.val_annotations)
+  for iou in ("bbox", "segm"):
+    assert coco_evaluator.evaluate(gt, served, iou) == coco_evaluator.evaluate(gt, evaluated, iou)
+
+
+def _saved_model_cli(*args):
+  cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  cmd = [cli] if os.path.exists(cli) else [
+      sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+  r = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return r.stdout
+
+
+def test_saved_model_cli_lists_the_three_named_signatures(exported):
+  text = _saved_model_cli("show", "--dir", exported[1], "--all")
+  blocks = re.split(r"^signature_def\['([^']+)'\]:$", text, flags=re.M)
+  sigs = dict(zip(blocks[1::2], blocks[2::2]))
+  # TF writes its reserved `__saved_model_init_op` entry into every TF2 SavedModel; it is not
+  # a signature a client can call.
+  assert set(sigs) - {"__saved_model_init_op"} == set(SIGNATURES)
+  for name, (input_name, dtype) in INPUTS.items():
+    inputs_part, outputs_part = sigs[name].split("contains the following output(s):")
+    assert re.findall(r"inputs\['([^']+)'\]", inputs_part) == [input_name]
+    assert f"dtype: {dtype}" in inputs_part
+    assert set(re.findall(r"outputs\['([^']+)'\]", outputs_part)) == set(OUTPUTS)
+    assert "Method name is: tensorflow/serving/predict" in sigs[name]
+
+
+def test_versions_are_never_overwritten(trained, exported):
+  root, path = exported
+  assert os.path.basename(path) == "1" and next_version(root) == 2
+  config.parse_gin([TINY])
+  with pytest.raises(FileExistsError, match="never overwrite"):
+    export(resolve_checkpoint(trained), root, version=1)
+  assert sorted(os.listdir(root)) == ["1"]  # no partial directory left behind
+  assert next_version(str(os.path.join(root, "missing"))) == 1
+
+
+def test_predict_draws_the_detections(exported, tmp_path):
+  out, js = tmp_path / "pred.png", tmp_path / "pred.json"
+  r = subprocess.run([sys.executable, "-m", "export.predict", f"--saved_model={exported[0]}",
+                      f"--image={PHOTOS[0]}", f"--image={PHOTOS[-1]}", f"--output={out}",
+                      "--min_score=0.05", f"--json={js}"],
+                     cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  report = json.loads(js.read_text())
+  assert [os.path.basename(d["image"]) for d in report] == [os.path.basename(PHOTOS[0]),
+                                                             os.path.basename(PHOTOS[-1])]
+  assert sum(len(d["detections"]) for d in report) > 0
+  assert {det["name"] for d in report for det in d["detections"]} <= {"circle", "square",
+                                                                      "triangle"}
