@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gin  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from export.serving import SIGNATURES, DetectionServer  # noqa: E402
 from rethink_tf import config  # noqa: E402
@@ -98,6 +98,7 @@ def export(checkpoint: str, export_dir: str, batch_size=None, max_detections: in
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # TF's INFO lines about renamed captures are noise
   config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
   if FLAGS.batch_size == "dynamic":
     batch = None

@@ -74,36 +74,43 @@ def draw(ax, image: np.ndarray, det, min_score: float, title: str):
   ax.axis("off")
 
 
-def main(argv):
-  del argv
-  model = tf.saved_model.load(resolve_version(FLAGS.saved_model))
-  n = len(FLAGS.image)
+def run(model, image_paths, output: str, min_score: float = 0.5, json_path=None):
+  """Detects on every image with a loaded SavedModel, draws the figure, returns the report."""
+  n = len(image_paths)
   cols = min(n, 3)
   rows = (n + cols - 1) // cols
   fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4.5 * rows), squeeze=False)
   report = []
-  for ax, path in zip(axes.flat, FLAGS.image):
+  for ax, path in zip(axes.flat, image_paths):
     with open(path, "rb") as f:
       encoded = f.read()
     det = detect(model, encoded)
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
-    draw(ax, image, det, FLAGS.min_score, os.path.basename(path))
-    kept = [i for i in range(len(det["scores"])) if det["scores"][i] >= FLAGS.min_score]
+    draw(ax, image, det, min_score, os.path.basename(path))
+    kept = [i for i in range(len(det["scores"])) if det["scores"][i] >= min_score]
     report.append({"image": path, "detections": [
         {"category_id": int(det["classes"][i]), "name": det["names"][i],
          "score": round(float(det["scores"][i]), 4),
          "box_yxyx": [round(float(v), 2) for v in det["boxes"][i]]} for i in kept]})
-    print(f"{path}: {len(kept)} detections >= {FLAGS.min_score:g}"
+    print(f"{path}: {len(kept)} detections >= {min_score:g}"
           + "".join(f"\n  {d['name']} {d['score']:.3f} {d['box_yxyx']}"
                     for d in report[-1]["detections"]))
   for ax in list(axes.flat)[n:]:
     ax.axis("off")
   fig.tight_layout()
-  fig.savefig(FLAGS.output, dpi=100)
-  print(f"wrote {FLAGS.output}")
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
+  fig.savefig(output, dpi=100)
+  plt.close(fig)
+  print(f"wrote {output}")
+  if json_path:
+    with open(json_path, "w") as f:
       json.dump(report, f, indent=1)
+  return report
+
+
+def main(argv):
+  del argv
+  run(tf.saved_model.load(resolve_version(FLAGS.saved_model)), FLAGS.image, FLAGS.output,
+      FLAGS.min_score, FLAGS.json)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,9 @@ class DetectionServer(tf.Module):
                category_names: Sequence[str], binary_masks: bool = True,
                batch_size: Optional[int] = None, assets: Optional[Dict[str, str]] = None):
     super().__init__(name="detection_server")
+    if not model.variables:
+      raise ValueError("the model has no variables yet: build it (run detect once) and restore "
+                       "its checkpoint before wrapping it for export")
     # A bound method, not the Keras model: the model itself must not be tracked, or the saver
     # would serialize every Keras layer (slow, and nothing a server needs).
     self._detect_fn = model.detect
@@ -222,8 +225,9 @@ class DetectionServer(tf.Module):
         lambda i, b: decode_checked(b, i, "examples",
                                     f"no {IMAGE_FEATURE} feature, or an empty one"), encoded)
 
-  def signatures(self):
-    """{name: concrete function} for `tf.saved_model.save(..., signatures=...)`."""
+  def signatures(self, names: Sequence[str] = SIGNATURES):
+    """{name: concrete function} for `tf.saved_model.save(..., signatures=...)`; each name
+    traces the whole detector once."""
     b = self._batch
     fns = {
         "serving_default": (self._serve_images, tf.TensorSpec([b, None, None, 3], tf.uint8,
@@ -231,5 +235,5 @@ class DetectionServer(tf.Module):
         "image_bytes": (self._serve_bytes, tf.TensorSpec([b], tf.string, name="image_bytes")),
         "tf_example": (self._serve_examples, tf.TensorSpec([b], tf.string, name="examples")),
     }
-    return {name: tf.function(fn, input_signature=[spec]).get_concrete_function()
-            for name, (fn, spec) in fns.items()}
+    return {name: tf.function(fns[name][0], input_signature=[fns[name][1]])
+            .get_concrete_function() for name in names}

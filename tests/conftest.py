@@ -44,6 +44,22 @@ def roi_ref():
   return np.load(os.path.join(TESTDATA, "roi_align_ref.npz"))
 
 
+# The tiny config's reference run: 20 steps from scratch, evaluated at steps 10 and 20.
+TINY_TRAIN = [sys.executable, "-m", "rethink_tf.train", "--gin_file=gin_configs/testing/tiny.gin"]
+TINY_REFERENCE_ARGS = ["--gin_param=TrainConfig.eval_every_steps=10"]
+
+
+@pytest.fixture(scope="session")
+def tiny_reference_run(tmp_path_factory):
+  """One uninterrupted tiny training run, shared by the tests that need a trained model:
+  (model_dir, completed process of `rethink_tf.train`)."""
+  import subprocess
+  model_dir = tmp_path_factory.mktemp("reference") / "run"
+  r = subprocess.run(TINY_TRAIN + [f"--model_dir={model_dir}", *TINY_REFERENCE_ARGS],
+                     cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+  return model_dir, r
+
+
 @pytest.fixture(scope="session")
 def mirrored_strategy():
   """One MirroredStrategy over the 2 logical CPUs for the whole session: strategies created

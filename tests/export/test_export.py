@@ -20,8 +20,6 @@ from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.evaluation import coco_evaluator
 from rethink_tf.evaluation.evaluator import predict_coco_results
 from rethink_tf.inference import build_for_inference, resolve_checkpoint
-from rethink_tf.training import distribute
-from rethink_tf.training.trainer import Trainer
 
 TINY = "gin_configs/testing/tiny.gin"
 SCORE_THRESHOLD = 0.05
@@ -40,12 +38,11 @@ PHOTOS = [os.path.join(TESTDATA, "coco", "icevision_coco6", "images", "000000128
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_reference_run):
   """A model trained by the tiny test config (20 steps from scratch): its run directory."""
-  config.parse_gin([TINY])
-  model_dir = str(tmp_path_factory.mktemp("export") / "run")
-  Trainer(model_dir, distribute.get_strategy("one_device")).train()
-  return model_dir
+  model_dir, r = tiny_reference_run
+  assert r.returncode == 0, r.stderr[-3000:]
+  return str(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +145,15 @@ def test_model_serves_correctly_after_bad_requests(client_report):
   assert after["per_image"] == before["per_image"]
 
 
-def _served_coco_results(exported_dir, records):
+@pytest.fixture(scope="module")
+def loaded(exported):
+  """The export loaded in the test process."""
+  return tf.saved_model.load(exported[1])
+
+
+def _served_coco_results(loaded, records):
   """COCO results from the exported model's tf_example signature (one batch, like the
   evaluator's batch of 8)."""
-  loaded = tf.saved_model.load(exported_dir)
   out = {k: v.numpy() for k, v in
          loaded.signatures["tf_example"](examples=tf.constant(records)).items()}
   results = []
@@ -166,7 +168,7 @@ def _served_coco_results(exported_dir, records):
   return results
 
 
-def test_exported_detections_equal_the_evaluation(trained, exported):
+def test_exported_detections_equal_the_evaluation(trained, loaded):
   config.parse_gin([TINY])
   records, cfg = _val_records()
   assert len(records) == 8  # one batch in both paths
@@ -174,7 +176,7 @@ def test_exported_detections_equal_the_evaluation(trained, exported):
                                  detections_per_image=MAX_DETECTIONS,
                                  score_threshold=SCORE_THRESHOLD)
   evaluated = predict_coco_results(model, cfg, batch_size=8)
-  served = _served_coco_results(exported[1], records)
+  served = _served_coco_results(loaded, records)
   assert len(evaluated) > 0 and len(served) == len(evaluated)
   for a, b in zip(served, evaluated):
     assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
@@ -220,17 +222,46 @@ def test_versions_are_never_overwritten(trained, exported):
   assert next_version(str(os.path.join(root, "missing"))) == 1
 
 
-def test_predict_draws_the_detections(exported, tmp_path):
+def test_predict_draws_the_detections(exported, loaded, tmp_path):
+  from export import predict
+  assert predict.resolve_version(exported[0]) == exported[1]  # the root -> its highest version
   out, js = tmp_path / "pred.png", tmp_path / "pred.json"
-  r = subprocess.run([sys.executable, "-m", "export.predict", f"--saved_model={exported[0]}",
-                      f"--image={PHOTOS[0]}", f"--image={PHOTOS[-1]}", f"--output={out}",
-                      "--min_score=0.05", f"--json={js}"],
-                     cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
+  report = predict.run(loaded, [PHOTOS[0], PHOTOS[-1]], str(out), 0.05, str(js))
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  report = json.loads(js.read_text())
-  assert [os.path.basename(d["image"]) for d in report] == [os.path.basename(PHOTOS[0]),
-                                                             os.path.basename(PHOTOS[-1])]
+  assert json.loads(js.read_text()) == report
+  assert [d["image"] for d in report] == [PHOTOS[0], PHOTOS[-1]]
   assert sum(len(d["detections"]) for d in report) > 0
   assert {det["name"] for d in report for det in d["detections"]} <= {"circle", "square",
                                                                       "triangle"}
+  with pytest.raises(FileNotFoundError, match="no saved_model.pb"):
+    predict.resolve_version(str(tmp_path))
+
+
+def test_box_only_model_with_fixed_batch(tmp_path):
+  """A Faster R-CNN (no mask head) serves without mask outputs; --batch_size=N fixes the batch
+  dimension of every signature."""
+  from export.serving import DetectionServer
+  from rethink_tf.modeling.build import build_model
+  config.parse_gin([TINY], ["build_model.mask_on = False"])
+  cfg = InputConfig()
+  model = build_model(num_classes=cfg.num_classes, image_size=cfg.padded_size)
+  model.score_threshold = 0.0  # random weights: keep whatever scores they give
+  with pytest.raises(ValueError, match="has no variables yet"):
+    DetectionServer(model, {}, cfg.category_ids, ["circle", "square", "triangle"])
+  model.detect(tf.zeros([1, *cfg.padded_size, 3]), tf.constant([cfg.padded_size], tf.float32))
+  pre = dict(short_side=cfg.short_side, max_long_side=cfg.max_long_side,
+             padded_size=cfg.padded_size, pixel_mean=cfg.pixel_mean, pixel_std=cfg.pixel_std,
+             channel_order=cfg.channel_order)
+  server = DetectionServer(model, pre, cfg.category_ids, ["circle", "square", "triangle"],
+                           batch_size=2)
+  fn = server.signatures(["image_bytes"])["image_bytes"]
+  assert fn.structured_input_signature[0][0].shape == [2]
+  assert fn.structured_outputs["detection_boxes"].shape == [2, model.detections_per_image, 4]
+  photos = [open(p, "rb").read() for p in PHOTOS[:2]]
+  out = fn(image_bytes=tf.constant(photos))
+  assert set(out) == set(OUTPUTS) - {"detection_masks", "detection_masks_box_relative"}
+  assert out["image_size"].numpy().tolist() == [[427, 640], [480, 640]]
+  n = out["num_detections"].numpy()
+  assert n.sum() > 0
+  boxes = out["detection_boxes"].numpy()
+  assert boxes[0, :n[0], [0, 2]].max() <= 427 and boxes[1, :n[1], [1, 3]].max() <= 640

@@ -11,9 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import REPO_ROOT
-
-TRAIN = [sys.executable, "-m", "rethink_tf.train", "--gin_file=gin_configs/testing/tiny.gin"]
+from conftest import REPO_ROOT, TINY_REFERENCE_ARGS as REFERENCE_ARGS, TINY_TRAIN as TRAIN
 
 
 def _run(args, **kw):
@@ -26,14 +24,10 @@ def _scalars(logdir):
   return set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
 
 
-REFERENCE_ARGS = ["--gin_param=TrainConfig.eval_every_steps=10"]
-
-
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-  """One uninterrupted 20-step run: (model_dir, completed process)."""
-  model_dir = tmp_path_factory.mktemp("reference") / "run"
-  return model_dir, _run([f"--model_dir={model_dir}", *REFERENCE_ARGS], timeout=900)
+def reference_run(tiny_reference_run):
+  """One uninterrupted 20-step run (shared with the export tests): (model_dir, process)."""
+  return tiny_reference_run
 
 
 def _losses(logdir, tag="losses/total_loss"):
