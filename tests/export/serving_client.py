@@ -1,5 +1,6 @@
 """A serving client that has only TensorFlow: loads an exported detector, runs every signature
-on real photos and on bad requests, and prints one JSON report for the test to check.
+on real photos and on bad requests, lists the export with `saved_model_cli show --all`, and
+prints one JSON report for the test to check.
 
   python serving_client.py EXPORT_DIR TFRECORD IMAGE [IMAGE ...]
 
@@ -104,7 +105,27 @@ def main(export_dir, record_path, image_paths):
   report["errors"] = errors
   report["after_errors"] = describe(sigs["image_bytes"](image_bytes=tf.constant(encoded)), sizes)
   report["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+  report["saved_model_cli"] = saved_model_cli_show_all(export_dir)
   print("REPORT " + json.dumps(report))
+
+
+def saved_model_cli_show_all(export_dir):
+  """The output of `saved_model_cli show --dir EXPORT_DIR --all` (TF's CLI, run in this process
+  rather than in one more TensorFlow start-up)."""
+  import contextlib
+  import io
+  from tensorflow.python.tools import saved_model_cli
+  argv, sys.argv = sys.argv, ["saved_model_cli", "show", "--dir", export_dir, "--all"]
+  out = io.StringIO()
+  try:
+    with contextlib.redirect_stdout(out):
+      saved_model_cli.main()
+  except SystemExit as e:
+    if e.code:
+      raise
+  finally:
+    sys.argv = argv
+  return out.getvalue()
 
 
 if __name__ == "__main__":

@@ -188,17 +188,8 @@ def test_exported_detections_equal_the_evaluation(trained, loaded):
     assert coco_evaluator.evaluate(gt, served, iou) == coco_evaluator.evaluate(gt, evaluated, iou)
 
 
-def _saved_model_cli(*args):
-  cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-  cmd = [cli] if os.path.exists(cli) else [
-      sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
-  r = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return r.stdout
-
-
-def test_saved_model_cli_lists_the_three_named_signatures(exported):
-  text = _saved_model_cli("show", "--dir", exported[1], "--all")
+def test_saved_model_cli_lists_the_three_named_signatures(client_report):
+  text = client_report["saved_model_cli"]
   blocks = re.split(r"^signature_def\['([^']+)'\]:$", text, flags=re.M)
   sigs = dict(zip(blocks[1::2], blocks[2::2]))
   # TF writes its reserved `__saved_model_init_op` entry into every TF2 SavedModel; it is not

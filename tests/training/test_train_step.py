@@ -1,33 +1,11 @@
-"""Train steps: XLA-compiled (static shapes), and multi-replica SyncBN with global statistics
-(the whole model's SyncBN step is in test_replica_equivalence.py)."""
+"""Train steps: multi-replica SyncBN with global statistics (the whole model's SyncBN step is in
+test_replica_equivalence.py; the XLA-compiled loop in test_precision_and_xla.py)."""
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from rethink_tf import config
 from rethink_tf.layers.norm import get_norm
-from rethink_tf.training import distribute
-from rethink_tf.training.trainer import Trainer
-
-
-def _trainer(tmp_path, strategy, params=()):
-  config.parse_gin(["gin_configs/testing/tiny.gin"], list(params))
-  return Trainer(str(tmp_path), strategy)
-
-
-def test_train_step_compiles_with_xla(tmp_path):
-  """The whole gradient computation under jit_compile=True: proof of static shapes."""
-  t = _trainer(tmp_path, distribute.get_strategy("one_device"), ["TrainConfig.jit_compile=True"])
-  before = [v.numpy().copy() for v in t.model.trainable_variables]
-  loop = t._make_train_fn()
-  losses = loop(iter(t._dataset()), tf.constant(2))
-  assert all(np.isfinite(float(v)) for v in losses.values())
-  assert set(losses) >= {"rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss",
-                         "fast_rcnn_box_loss", "mask_loss", "total_loss", "weight_decay_loss"}
-  after = t.model.trainable_variables
-  assert sum(not np.array_equal(a, b.numpy()) for a, b in zip(before, after)) > 0.9 * len(after)
-  assert int(t.optimizer.iterations.numpy()) == 2
 
 
 def _one_bn_step(strategy, norm, data):
