@@ -202,9 +202,11 @@ class DetectionServer(tf.Module):
     rank_ok = _check_rank(images, 4, "images", "uint8 [batch, height, width, 3]")
     with tf.control_dependencies([rank_ok]):
       shape = tf.shape(images)
+    rgb = _fail_unless(tf.equal(shape[3], 3), tf.strings.format(
+        "images must have 3 channels (RGB), got shape {}", [shape]))
     ok = _fail_unless(tf.logical_and(shape[1] > 0, shape[2] > 0), tf.strings.format(
         "images: zero-size image (shape {}): height and width must be at least 1", [shape]))
-    with tf.control_dependencies([ok]):
+    with tf.control_dependencies([rgb, ok]):
       images = tf.identity(images)
     return self._detect(lambda i, image: image, images)
 

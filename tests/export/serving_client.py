@@ -88,6 +88,7 @@ def main(export_dir, record_path, image_paths):
       "wrong_dtype": ("serving_default", dict(images=tf.zeros([1, 32, 32, 3], tf.float32))),
       "wrong_rank": ("serving_default", dict(images=tf.zeros([32, 32, 3], tf.uint8))),
       "zero_size_image": ("serving_default", dict(images=tf.zeros([1, 0, 32, 3], tf.uint8))),
+      "four_channels": ("serving_default", dict(images=tf.zeros([1, 32, 32, 4], tf.uint8))),
       "empty_batch": ("image_bytes", dict(image_bytes=tf.constant([], tf.string))),
       "example_without_image": ("tf_example", dict(examples=tf.constant(
           [tf.train.Example().SerializeToString()]))),

@@ -126,6 +126,7 @@ EXPECTED_ERRORS = {
     "wrong_rank": r"images must be uint8 \[batch, height, width, 3\], got a tensor of shape "
                   r"\[32 32 3\]",
     "zero_size_image": r"images: zero-size image \(shape \[1 0 32 3\]\)",
+    "four_channels": r"images must have 3 channels \(RGB\), got shape \[1 32 32 4\]",
     "empty_batch": r"empty batch: send at least one image",
     "example_without_image": r"examples\[0\]: no image/encoded feature",
     "not_an_example": r"Could not parse example input",
