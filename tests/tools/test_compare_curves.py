@@ -1,0 +1,84 @@
+"""compare_curves on the event files of two tiny runs: figure, table and CSV values equal the
+runs' eval_metrics.jsonl; missing metrics and runs without eval events get clear messages."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, TINY_TRAIN
+from rethink_tf.tools import compare_curves
+
+
+@pytest.fixture(scope="module")
+def second_run(tmp_path_factory):
+  """A second tiny run (another seed), evaluated at steps 10 and 20 like the reference run."""
+  model_dir = tmp_path_factory.mktemp("second") / "run"
+  r = subprocess.run(TINY_TRAIN + [f"--model_dir={model_dir}",
+                                   "--gin_param=TrainConfig.eval_every_steps=10",
+                                   "--gin_param=TrainConfig.seed=1"],
+                     cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return model_dir
+
+
+def _jsonl(model_dir):
+  return [json.loads(l) for l in open(model_dir / "eval_metrics.jsonl")]
+
+
+def test_figure_table_and_csv_match_the_runs_metrics(tiny_reference_run, second_run, tmp_path):
+  ref_dir, r = tiny_reference_run
+  assert r.returncode == 0, r.stderr[-3000:]
+  runs = [compare_curves.Run("reference", str(ref_dir), "images"),
+          compare_curves.Run("seed1", str(second_run), "images")]
+  out, table, csv_path = tmp_path / "f.png", tmp_path / "t.md", tmp_path / "c.csv"
+  result = compare_curves.compare(runs, ["bbox/AP", "segm/AP"], "images", str(out), str(table),
+                                  str(csv_path))
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert result["messages"] == []
+  with open(csv_path) as f:
+    rows = list(csv.DictReader(f))
+  for name, model_dir in (("reference", ref_dir), ("seed1", second_run)):
+    lines = _jsonl(model_dir)
+    assert [l["step"] for l in lines] == [10, 20]
+    for metric in ("bbox/AP", "segm/AP"):
+      iou, key = metric.split("/")
+      got = [r for r in rows if r["run"] == name and r["metric"] == metric]
+      assert [int(r["step"]) for r in got] == [10, 20]
+      assert [float(r["images"]) for r in got] == [20.0, 40.0]  # global batch 2
+      for row, line in zip(got, lines):
+        assert float(row["value"]) == pytest.approx(line[iou][key], rel=1e-6, abs=1e-7)
+      summary = result["summary"][name][metric]
+      values = [l[iou][key] for l in lines]
+      assert summary["final"] == pytest.approx(values[-1], rel=1e-6, abs=1e-7)
+      assert summary["best"] == pytest.approx(max(values), rel=1e-6, abs=1e-7)
+      assert f"| {name} | {metric} | {values[-1]:.4f} | 20 |" in table.read_text()
+  # The reference run's LR schedule (tiny: decays at steps 13 and 18) is marked.
+  assert runs[0].drops and all(0 < d <= 20 for d in runs[0].drops)
+
+
+def test_run_without_eval_events_and_unknown_metric(tiny_reference_run, tmp_path):
+  ref_dir, _ = tiny_reference_run
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  runs = [compare_curves.Run("reference", str(ref_dir), "iterations"),
+          compare_curves.Run("empty", str(empty), "iterations")]
+  result = compare_curves.compare(runs, ["bbox/AP", "keypoints/AP"], "iterations",
+                                  str(tmp_path / "f.png"))
+  msgs = " ".join(result["messages"])
+  assert "run empty: no 'bbox/AP'" in msgs and "no eval events" in msgs
+  assert "run reference: no 'keypoints/AP'" in msgs
+  with pytest.raises(compare_curves.CurveError, match="nothing to plot"):
+    compare_curves.compare(runs[1:], ["bbox/AP"], "iterations", str(tmp_path / "g.png"))
+  cli = subprocess.run([sys.executable, "-m", "rethink_tf.tools.compare_curves",
+                        f"--run=empty={empty}", f"--output={tmp_path / 'h.png'}"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert cli.returncode != 0 and "compare_curves: nothing to plot" in cli.stderr
+  with pytest.raises(compare_curves.CurveError, match="images_seen"):
+    (tmp_path / "pre").mkdir()
+    (tmp_path / "pre" / "operative_config.gin").write_text(
+        "init_config.mode = 'pretrained'\ninit_config.checkpoint = '/nowhere/ckpt'\n"
+        "TrainConfig.global_batch_size = 2\n")
+    compare_curves.Run("pre", str(tmp_path / "pre"), "images_incl_pretraining")
