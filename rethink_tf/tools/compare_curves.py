@@ -37,17 +37,31 @@ class CurveError(ValueError):
 
 
 def read_scalars(logdir: str) -> Dict[str, List[Tuple[int, float]]]:
-  """{tag: [(step, value), ...] sorted by step} of TF2 scalar summaries under `logdir`."""
+  """{tag: [(step, value), ...] sorted by step} of TF2 scalar summaries under `logdir` (other
+  summaries, such as images, are left out)."""
   if not tf.io.gfile.isdir(logdir):
     return {}
   acc = event_accumulator.EventAccumulator(logdir, size_guidance={"tensors": 0, "scalars": 0})
   acc.Reload()
   out = {}
   for tag in acc.Tags().get("tensors", []):
-    points = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
-    out[tag] = sorted(points.items())
+    events = acc.Tensors(tag)
+    if not events or events[0].tensor_proto.tensor_shape.dim:  # images etc., not scalars
+      continue
+    out[tag] = sorted({e.step: float(tf.make_ndarray(e.tensor_proto)) for e in events}.items())
   for tag in acc.Tags().get("scalars", []):
     out.setdefault(tag, sorted({e.step: float(e.value) for e in acc.Scalars(tag)}.items()))
+  return out
+
+
+def read_images(logdir: str, tag: str):
+  """[(step, [uint8 [H, W, 3] images])] of a `tf.summary.image` tag."""
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={"tensors": 0})
+  acc.Reload()
+  out = []
+  for e in acc.Tensors(tag):
+    encoded = tf.make_ndarray(e.tensor_proto)[2:]  # width, height, then the PNGs
+    out.append((e.step, [tf.io.decode_png(b).numpy() for b in encoded]))
   return out
 
 

@@ -19,6 +19,7 @@ import tf_keras
 from absl import logging
 
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
+from rethink_tf.evaluation import visualize
 from rethink_tf.evaluation.evaluator import run_evaluation
 from rethink_tf.modeling import init as init_lib
 from rethink_tf.modeling.build import build_model
@@ -40,7 +41,8 @@ class TrainConfig:
                checkpoint_every_steps: int = 5000, keep_checkpoints: int = 5,
                log_every_steps: int = 20, steps_per_loop: int = 1, seed: Optional[int] = 0,
                jit_compile: bool = False, eval_batch_size: int = 8,
-               stop_at_step: Optional[int] = None, precision: str = "float32"):
+               stop_at_step: Optional[int] = None, precision: str = "float32",
+               eval_image_summaries: int = 4):
     self.global_batch_size = global_batch_size
     self.eval_every_steps = eval_every_steps
     self.checkpoint_every_steps = checkpoint_every_steps
@@ -51,6 +53,8 @@ class TrainConfig:
     self.jit_compile = jit_compile
     self.eval_batch_size = eval_batch_size
     self.stop_at_step = stop_at_step  # end early (e.g. a time-boxed slice of a long run)
+    # Validation images drawn with their detections at every evaluation (0: none).
+    self.eval_image_summaries = eval_image_summaries
     if precision not in PRECISIONS:
       raise ValueError(f"TrainConfig.precision {precision!r} is not one of {PRECISIONS}")
     # mixed_*: convs and fcs compute in bfloat16/float16 with float32 variables; GN/BN
@@ -238,6 +242,10 @@ class Trainer:
       for iou_type, stats in metrics.items():
         for k, v in stats.items():
           tf.summary.scalar(f"{iou_type}/{k}", v)
+      if self.cfg.eval_image_summaries:
+        pictures = visualize.prediction_images(self.model, self.input_cfg,
+                                               self.cfg.eval_image_summaries)
+        tf.summary.image("predictions", pictures, max_outputs=len(pictures))
     writer.flush()
     with open(os.path.join(self.model_dir, EVAL_METRICS_FILE), "a") as f:
       f.write(json.dumps({"step": step, **metrics}) + "\n")

@@ -55,6 +55,10 @@ def test_figure_table_and_csv_match_the_runs_metrics(tiny_reference_run, second_
       assert summary["final"] == pytest.approx(values[-1], rel=1e-6, abs=1e-7)
       assert summary["best"] == pytest.approx(max(values), rel=1e-6, abs=1e-7)
       assert f"| {name} | {metric} | {values[-1]:.4f} | 20 |" in table.read_text()
+  # Evaluation also wrote pictures of its predictions on fixed validation images.
+  pictures = compare_curves.read_images(str(second_run / "eval"), "predictions")
+  assert [step for step, _ in pictures] == [10, 20]
+  assert all(len(images) == 4 and images[0].shape == (64, 64, 3) for _, images in pictures)
   # The reference run's LR schedule (tiny: decays at steps 13 and 18) is marked.
   assert runs[0].drops and all(0 < d <= 20 for d in runs[0].drops)
 
@@ -82,3 +86,36 @@ def test_run_without_eval_events_and_unknown_metric(tiny_reference_run, tmp_path
         "init_config.mode = 'pretrained'\ninit_config.checkpoint = '/nowhere/ckpt'\n"
         "TrainConfig.global_batch_size = 2\n")
     compare_curves.Run("pre", str(tmp_path / "pre"), "images_incl_pretraining")
+
+
+def test_tensorboard_serves_scalars_and_prediction_images(tiny_reference_run, tmp_path):
+  """TensorBoard on 127.0.0.1 lists the loss, AP and picture tags of a tiny run."""
+  import socket
+  import time
+  import urllib.request
+  ref_dir, r = tiny_reference_run
+  assert r.returncode == 0, r.stderr[-3000:]
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", f"--logdir={ref_dir}",
+                         "--host=127.0.0.1", f"--port={port}", "--reload_interval=0"],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    base = f"http://127.0.0.1:{port}/data/plugin"
+    deadline, tags = time.time() + 120, {}
+    while time.time() < deadline:
+      try:
+        tags = json.load(urllib.request.urlopen(f"{base}/scalars/tags", timeout=5))
+        if "train" in tags and "eval" in tags:
+          break
+      except OSError:
+        pass
+      time.sleep(1)
+    assert {"losses/total_loss", "losses/mask_loss", "learning_rate"} <= set(tags["train"])
+    assert {"bbox/AP", "segm/AP"} <= set(tags["eval"])
+    images = json.load(urllib.request.urlopen(f"{base}/images/tags", timeout=10))
+    assert "predictions" in images["eval"]
+  finally:
+    tb.terminate()
+    tb.wait(timeout=30)
