@@ -1,7 +1,7 @@
 """Gin at the edges: the one place that registers configurables and parses gin files.
 
 Importing this module registers every configurable (model builder, input config, synthetic
-dataset, schedule, optimizer, weight decay, init mode, train config).
+dataset, schedule, optimizer, weight decay, init mode, train config, pre-training config, study config).
 """
 
 import os
@@ -12,7 +12,8 @@ import gin
 # Imported for their gin registrations.
 from rethink_tf.data import input_pipeline, synthetic  # noqa: F401
 from rethink_tf.modeling import build, init  # noqa: F401
-from rethink_tf.training import optimizer, schedules, trainer  # noqa: F401
+from rethink_tf.tools import study_plan  # noqa: F401
+from rethink_tf.training import optimizer, pretraining, schedules, trainer  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -88,3 +88,27 @@ def run_steps(trainer, n):
     out.append({k: float(trainer.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None))
                 for k, v in per_replica.items()})
   return out
+
+
+# The tiny pre-training stage: 30 classification steps of batch 16 on 32 px images.
+TINY_PRETRAIN = [sys.executable, "-m", "rethink_tf.pretrain",
+                 "--gin_file=gin_configs/testing/tiny_pretrain.gin"]
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained_run(tmp_path_factory):
+  """The tiny pre-training, then the tiny config fine-tuned from it like the reference run
+  (20 steps, evaluated at 10 and 20): (pretrain dir, model_dir, pretrain process, train
+  process)."""
+  import subprocess
+  root = tmp_path_factory.mktemp("pretrained")
+  pre_dir, model_dir = root / "pretrain", root / "run"
+  p = subprocess.run(TINY_PRETRAIN + [f"--model_dir={pre_dir}"], cwd=REPO_ROOT,
+                     capture_output=True, text=True, timeout=900)
+  t = None
+  if p.returncode == 0:
+    t = subprocess.run(TINY_TRAIN + ["--gin_file=gin_configs/init/pretrained.gin",
+                                     f"--gin_param=init_config.checkpoint='{pre_dir}/backbone'",
+                                     f"--model_dir={model_dir}", *TINY_REFERENCE_ARGS],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+  return pre_dir, model_dir, p, t

@@ -17,7 +17,12 @@ from rethink_tf.training.trainer import TrainConfig
 ALL = sorted(os.path.relpath(p, REPO_ROOT)
              for p in glob.glob(os.path.join(REPO_ROOT, "gin_configs", "**", "*.gin"),
                                 recursive=True))
-EXPERIMENTS = [p for p in ALL if p.split(os.sep)[1] in ("paper", "demo", "testing")]
+HEADED = [p for p in ALL if p.split(os.sep)[1] in ("paper", "demo", "testing")]
+# Detection experiments (one include per axis) vs the pre-training and study stages.
+EXPERIMENTS = [p for p in HEADED
+               if open(os.path.join(REPO_ROOT, p)).readline().startswith(
+                   "# COMMAND: python -m rethink_tf.train ")]
+STAGES = [p for p in HEADED if p not in EXPERIMENTS]
 AXES = ("base", "norm", "init", "schedule", "data")
 
 
@@ -45,6 +50,24 @@ def test_experiment_header_and_one_include_per_axis(path):
   assert "# Reproduces:" in text
   includes = re.findall(r'^include "gin_configs/(\w+)/', text, re.M)
   assert sorted(includes) == sorted(AXES), includes
+
+
+@pytest.mark.parametrize("path", STAGES)
+def test_stage_files_give_their_command(path):
+  """Pre-training files include a detection config (their backbone is its backbone); study
+  files include nothing and name the gin files of each stage."""
+  text = open(os.path.join(REPO_ROOT, path)).read()
+  first = text.splitlines()[0]
+  assert "# Reproduces:" in text
+  if first.startswith("# COMMAND: python -m rethink_tf.pretrain "):
+    assert re.search(r'^include "gin_configs/', text, re.M) and "PretrainConfig." in text
+  else:
+    assert first.startswith("# COMMAND: python -m rethink_tf.tools.study "), first
+    assert "include" not in text and "StudyConfig.detection_gin_files" in text
+
+
+def test_stage_files_exist():
+  assert {"gin_configs/demo/pretrain.gin", "gin_configs/demo/study.gin"} <= set(STAGES)
 
 
 @pytest.mark.parametrize("path", [p for p in ALL if p.split(os.sep)[1] in AXES])

@@ -1,7 +1,9 @@
 """The paper's "Nx" learning-rate schedule, derived in Python from a few gin values.
 
-1x = 90k iterations at global batch 16; Nx = N * 90k. The LR drops x0.1 in the last 60k and
-again in the last 20k iterations whatever N is (so 3x = 270k with drops at 210k and 250k).
+1x = 90k iterations at global batch 16; Nx = N * 90k. From 2x on, the LR drops x0.1 in the last
+60k and again in the last 20k iterations whatever N is (so 3x = 270k with drops at 210k and
+250k), as the paper does; 1x is Detectron's standard schedule (drops at 60k and 80k, i.e. the
+last 30k and 10k), and shorter schedules shrink the decay windows in the same proportion.
 Linear warmup from `warmup_factor` over 500 iterations (Detectron). Iteration counts scale by
 16 / global_batch_size; `iteration_scale` shrinks everything for the CPU demo.
 """
@@ -52,12 +54,12 @@ def nx_schedule(num_x: float = 1.0, global_batch_size: int = 16, base_lr_per_16:
     warmup_steps: explicit warmup length in steps, overriding the rescaled 500 iterations
       (short demo schedules would otherwise warm up for a step or two).
   """
+  if num_x <= 0:
+    raise ValueError(f"nx_schedule.num_x must be positive, got {num_x}")
   scale = REFERENCE_BATCH / global_batch_size * iteration_scale
   total = int(round(num_x * ITERS_1X * scale))
-  boundaries = tuple(int(round(total - d * scale)) for d in LAST_DECAYS)
-  if boundaries[0] <= 0:
-    raise ValueError(f"schedule {num_x}x is shorter than its own LR decays "
-                     f"({LAST_DECAYS} iterations at batch 16)")
+  window = min(1.0, num_x / 2.0)  # 1x: last 30k/10k (Detectron's 60k, 80k); 2x on: 60k/20k
+  boundaries = tuple(int(round(total - d * window * scale)) for d in LAST_DECAYS)
   warmup = warmup_steps or max(1, int(round(WARMUP_ITERS * scale)))
   lr = base_lr if base_lr is not None else base_lr_per_16 * global_batch_size / REFERENCE_BATCH
   return Schedule(total, boundaries, lr, warmup, warmup_factor, decay_factor)

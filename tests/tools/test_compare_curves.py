@@ -1,5 +1,7 @@
-"""compare_curves on the event files of two tiny runs: figure, table and CSV values equal the
-runs' eval_metrics.jsonl; missing metrics and runs without eval events get clear messages."""
+"""compare_curves on the event files of two tiny runs (from scratch, and fine-tuned from the tiny
+pre-training): figure, table and CSV values equal the runs' eval_metrics.jsonl, on the
+iterations, images and images-incl-pretraining axes; missing metrics and runs without eval
+events get clear messages; TensorBoard serves the scalars and prediction pictures."""
 
 import csv
 import json
@@ -13,14 +15,11 @@ from rethink_tf.tools import compare_curves
 
 
 @pytest.fixture(scope="module")
-def second_run(tmp_path_factory):
-  """A second tiny run (another seed), evaluated at steps 10 and 20 like the reference run."""
-  model_dir = tmp_path_factory.mktemp("second") / "run"
-  r = subprocess.run(TINY_TRAIN + [f"--model_dir={model_dir}",
-                                   "--gin_param=TrainConfig.eval_every_steps=10",
-                                   "--gin_param=TrainConfig.seed=1"],
-                     cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-  assert r.returncode == 0, r.stderr[-3000:]
+def second_run(tiny_pretrained_run):
+  """The tiny config fine-tuned from the tiny pre-training, evaluated at steps 10 and 20."""
+  _, model_dir, p, t = tiny_pretrained_run
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert t.returncode == 0, t.stderr[-3000:]
   return model_dir
 
 
@@ -31,23 +30,27 @@ def _jsonl(model_dir):
 def test_figure_table_and_csv_match_the_runs_metrics(tiny_reference_run, second_run, tmp_path):
   ref_dir, r = tiny_reference_run
   assert r.returncode == 0, r.stderr[-3000:]
-  runs = [compare_curves.Run("reference", str(ref_dir), "images"),
-          compare_curves.Run("seed1", str(second_run), "images")]
+  x = "images_incl_pretraining"
+  runs = [compare_curves.Run("reference", str(ref_dir), x),
+          compare_curves.Run("pretrained", str(second_run), x)]
   out, table, csv_path = tmp_path / "f.png", tmp_path / "t.md", tmp_path / "c.csv"
-  result = compare_curves.compare(runs, ["bbox/AP", "segm/AP"], "images", str(out), str(table),
+  result = compare_curves.compare(runs, ["bbox/AP", "segm/AP"], x, str(out), str(table),
                                   str(csv_path))
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert result["messages"] == []
   with open(csv_path) as f:
     rows = list(csv.DictReader(f))
-  for name, model_dir in (("reference", ref_dir), ("seed1", second_run)):
+  # The pretrained run's axis starts at the pre-training's 30 steps x 16 images.
+  offsets = {"reference": 0.0, "pretrained": 480.0}
+  for name, model_dir in (("reference", ref_dir), ("pretrained", second_run)):
     lines = _jsonl(model_dir)
     assert [l["step"] for l in lines] == [10, 20]
     for metric in ("bbox/AP", "segm/AP"):
       iou, key = metric.split("/")
       got = [r for r in rows if r["run"] == name and r["metric"] == metric]
       assert [int(r["step"]) for r in got] == [10, 20]
-      assert [float(r["images"]) for r in got] == [20.0, 40.0]  # global batch 2
+      # global batch 2, plus the images seen in pre-training
+      assert [float(r[x]) for r in got] == [offsets[name] + 20.0, offsets[name] + 40.0]
       for row, line in zip(got, lines):
         assert float(row["value"]) == pytest.approx(line[iou][key], rel=1e-6, abs=1e-7)
       summary = result["summary"][name][metric]

@@ -1,4 +1,5 @@
-"""The Nx schedule rule: total iterations, decays in the last 60k/20k, warmup, linear LR."""
+"""The Nx schedule rule: total iterations, decays in the last 60k/20k (1x: Detectron's 60k, 80k),
+warmup, linear LR."""
 
 import pytest
 import tensorflow as tf
@@ -7,7 +8,8 @@ from rethink_tf.training.schedules import LearningRate, nx_schedule
 
 
 @pytest.mark.parametrize("num_x,batch,total,bounds,warmup,lr", [
-    (1, 16, 90_000, (30_000, 70_000), 500, 0.02),
+    (1, 16, 90_000, (60_000, 80_000), 500, 0.02),   # Detectron's 1x
+    (0.5, 16, 45_000, (30_000, 40_000), 500, 0.02),
     (2, 16, 180_000, (120_000, 160_000), 500, 0.02),
     (3, 16, 270_000, (210_000, 250_000), 500, 0.02),
     (6, 16, 540_000, (480_000, 520_000), 500, 0.02),
@@ -33,5 +35,5 @@ def test_graph_lr_equals_host_lr():
 
 def test_explicit_lr_and_too_short_schedule():
   assert nx_schedule(num_x=2, global_batch_size=16, base_lr=0.04).base_lr == 0.04
-  with pytest.raises(ValueError, match="shorter than its own LR decays"):
-    nx_schedule(num_x=0.5)
+  with pytest.raises(ValueError, match="num_x must be positive"):
+    nx_schedule(num_x=0)

@@ -1,0 +1,361 @@
+r"""The paper in miniature, on the embedded data: pre-train, fine-tune, train from scratch, compare.
+
+  python -m rethink_tf.tools.study --gin_file=gin_configs/demo/study.gin --output_dir=/tmp/study
+
+Runs, each as its own process (the commands a user would type):
+  1. `rethink_tf.pretrain`: the backbone as a classifier on the synthetic classification set
+     (the stand-in for ImageNet), into OUTPUT_DIR/pretrain;
+  2. `rethink_tf.train` from that checkpoint (init `pretrained`) and from random init (init
+     `scratch`), at each schedule length of `StudyConfig.schedules`, evaluated periodically;
+     shorter schedules fork off the longest one before their first LR decay (study_plan.py);
+  3. the less-data arm: both inits on `StudyConfig.less_data_num_train` training images;
+then writes OUTPUT_DIR/report.md with the figures (AP against iterations with LR drops, AP
+against images seen including pre-training, final AP against schedule length, the less-data
+curves), the tables, the measured times, and a reading of the numbers: whether and where
+scratch caught up with pretrained, and how many more iterations it needed.
+
+Every stage resumes: running the same command again skips what is complete and continues a
+killed run from its last checkpoint. `--report_only` rewrites the report from the runs on disk.
+"""
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+from rethink_tf.tools import study_plan  # noqa: E402
+from rethink_tf.tools.study_plan import INITS, Segment, StudyConfig  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TIMES_FILE = "study_times.jsonl"
+
+
+class StudyError(RuntimeError):
+  """A stage failed; names the stage, its command and its log."""
+
+
+def _run(cmd: List[str], log_path: str, what: str):
+  with open(log_path, "a") as log:
+    log.write(f"\n$ {' '.join(cmd)}\n")
+    log.flush()
+    r = subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+  if r.returncode:
+    tail = open(log_path).read()[-2000:]
+    raise StudyError(f"{what} failed (exit {r.returncode}); log: {log_path}\n"
+                     f"command: {' '.join(cmd)}\n...{tail}")
+
+
+def _record(output_dir: str, **entry):
+  with open(os.path.join(output_dir, TIMES_FILE), "a") as f:
+    f.write(json.dumps(entry) + "\n")
+
+
+def _steps(cfg: StudyConfig, seg: Segment, start: int) -> int:
+  end = seg.stop_at or cfg.schedule(seg.num_x).total_steps
+  return max(end - start, 0)
+
+
+def _checkpoint_step(model_dir: str) -> int:
+  """Step of the latest checkpoint in `model_dir` (0 when there is none), without TF."""
+  state = os.path.join(model_dir, "checkpoint")
+  if not os.path.exists(state):
+    return 0
+  for line in open(state):
+    if line.startswith("model_checkpoint_path:"):
+      return int(line.split('"')[1].rsplit("-", 1)[1])
+  return 0
+
+
+def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable):
+  """Runs every stage not yet complete; records wall times in OUTPUT_DIR/study_times.jsonl."""
+  os.makedirs(os.path.join(output_dir, "logs"), exist_ok=True)
+  segments = study_plan.plan(cfg)
+  pre_dir = os.path.join(output_dir, "pretrain")
+  checkpoint = os.path.join(pre_dir, "backbone")
+  t_study = time.time()
+  if not os.path.exists(checkpoint + ".json"):
+    print(f"[pretrain] {python} -m rethink_tf.pretrain -> {pre_dir}", flush=True)
+    t = time.time()
+    _run([python, "-m", "rethink_tf.pretrain", f"--model_dir={pre_dir}"]
+         + [f"--gin_file={f}" for f in cfg.pretrain_gin_files],
+         os.path.join(output_dir, "logs", "pretrain.log"), "pre-training")
+    _record(output_dir, stage="pretrain", seconds=time.time() - t)
+  # Training steps still to run, for the study's ETA.
+  remaining, position = [], {}
+  for seg in segments:
+    start = position.get(seg.run, _checkpoint_step(os.path.join(output_dir, seg.run)))
+    if seg.fork_from and not os.path.exists(os.path.join(output_dir, seg.run)):
+      start = position[seg.fork_from]
+    remaining.append(_steps(cfg, seg, start))
+    position[seg.run] = max(start, seg.stop_at or cfg.schedule(seg.num_x).total_steps)
+  done_steps, t_train = 0, time.time()
+  for i, seg in enumerate(segments):
+    model_dir = os.path.join(output_dir, seg.run)
+    if seg.fork_from and not os.path.exists(model_dir):
+      # The shorter schedule continues from the longest run's checkpoint before its decay.
+      shutil.copytree(os.path.join(output_dir, seg.fork_from), model_dir + ".tmp")
+      os.replace(model_dir + ".tmp", model_dir)
+    steps = remaining[i]
+    if not steps:
+      continue
+    rate = (time.time() - t_train) / done_steps if done_steps else None
+    eta = f", study ETA {sum(remaining[i:]) * rate / 60:.0f} min" if rate else ""
+    target = f"step {seg.stop_at}" if seg.stop_at else "the end"
+    print(f"[{i + 1}/{len(segments)}] {seg.run} to {target} ({steps} steps){eta}", flush=True)
+    cmd = [python, "-m", "rethink_tf.train", f"--model_dir={model_dir}"]
+    cmd += [f"--gin_file={f}" for f in (*cfg.detection_gin_files,
+                                         study_plan.init_gin_file(seg.init))]
+    cmd += [f"--gin_param={p}" for p in study_plan.gin_params(cfg, seg, checkpoint)]
+    t = time.time()
+    _run(cmd, os.path.join(output_dir, "logs", f"{seg.run}.log"), f"segment {seg.run}")
+    _record(output_dir, stage=seg.run, stop_at=seg.stop_at, steps=steps,
+            seconds=time.time() - t)
+    done_steps += steps
+  print(f"study runs complete ({(time.time() - t_study) / 60:.1f} min this invocation)",
+        flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# The report.
+
+def _final_metrics(model_dir: str) -> Dict[int, Dict]:
+  """{step: eval_metrics.jsonl row} of a run."""
+  path = os.path.join(model_dir, "eval_metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  rows = [json.loads(line) for line in open(path) if line.strip()]
+  return {r["step"]: r for r in rows}
+
+
+def _ap(row: Optional[Dict], iou_type: str) -> Optional[float]:
+  return row[iou_type]["AP"] if row and iou_type in row else None
+
+
+def reading(cfg: StudyConfig, finals: Dict[str, Dict[int, Optional[float]]],
+            pretrain_images: int, metric_name: str) -> List[str]:
+  """Sentences read off the final APs: `finals[init][num_x]` -> AP (None when missing)."""
+  tol = cfg.catch_up_tolerance
+  out = []
+  scratch, pre = finals["scratch"], finals["pretrained"]
+  xs = [n for n in cfg.schedules if scratch.get(n) is not None and pre.get(n) is not None]
+  if not xs:
+    return [f"No {metric_name} to compare: the runs have no final evaluation."]
+  for n in xs:
+    gap = scratch[n] - pre[n]
+    out.append(f"At {n}x ({cfg.schedule(n).total_steps} iterations) scratch has {metric_name} "
+               f"{scratch[n]:.3f} vs pretrained {pre[n]:.3f} ({gap * 100:+.1f} points).")
+  best_pre_x = max(xs, key=lambda n: pre[n])
+  best_pre = pre[best_pre_x]
+  # The pretrained model's "converged" point: its shortest schedule within tol of its best.
+  pre_x = min(n for n in xs if pre[n] >= best_pre - tol)
+  catch = [n for n in xs if scratch[n] >= best_pre - tol]
+  if catch:
+    n = catch[0]
+    steps_s, steps_p = cfg.schedule(n).total_steps, cfg.schedule(pre_x).total_steps
+    imgs_s = steps_s * cfg.global_batch_size
+    imgs_p = steps_p * cfg.global_batch_size + pretrain_images
+    out.append(
+        f"Scratch caught up: at {n}x it reaches {scratch[n]:.3f}, within {tol * 100:.0f} point(s) "
+        f"of the best pretrained {metric_name} ({best_pre:.3f} at {best_pre_x}x). Pretrained "
+        f"got within that margin at {pre_x}x, so scratch needed {steps_s / steps_p:.1f}x the "
+        f"fine-tuning iterations ({steps_s} vs {steps_p}); counting the images seen in "
+        f"pre-training, scratch saw {imgs_s} images vs {imgs_p} for pretrained "
+        f"({imgs_s / imgs_p:.2f}x).")
+  else:
+    n = max(xs, key=lambda n: scratch[n])
+    out.append(
+        f"Scratch did not catch up within {xs[-1]}x: its best {metric_name} is {scratch[n]:.3f} "
+        f"(at {n}x), {(best_pre - scratch[n]) * 100:.1f} points below the best pretrained "
+        f"{best_pre:.3f} ({best_pre_x}x); the tolerance is {tol * 100:.0f} point(s).")
+  behind = [n for n in xs if scratch[n] < pre[n] - tol]
+  if behind:
+    out.append("Scratch is behind by more than the tolerance at: "
+               + ", ".join(f"{n}x" for n in behind) + ".")
+  return out
+
+
+def write_report(cfg: StudyConfig, output_dir: str,
+                 gin_files: Sequence[str] = ("gin_configs/demo/study.gin",)) -> str:
+  """Figures, tables and reading -> OUTPUT_DIR/report.md; returns its path. `gin_files` are
+  named in the report's command line."""
+  from rethink_tf.tools import compare_curves  # TF and matplotlib: only for the report
+  import matplotlib.pyplot as plt
+
+  longest = cfg.schedules[-1]
+  figures = []
+
+  def curves(name, runs, x, title):
+    runs = [(label, os.path.join(output_dir, d)) for label, d in runs
+            if os.path.isdir(os.path.join(output_dir, d))]
+    result = compare_curves.compare(
+        [compare_curves.Run(label, d, x) for label, d in runs], ["bbox/AP", "segm/AP"], x,
+        os.path.join(output_dir, name + ".png"), os.path.join(output_dir, name + ".md"),
+        os.path.join(output_dir, name + ".csv"))
+    figures.append((title, name, result))
+    return result
+
+  pairs = [(f"{init} {longest}x", study_plan.run_name(init, longest)) for init in INITS]
+  curves("curves_iterations", pairs, "iterations",
+         f"AP against iterations, {longest}x schedule (dotted lines: LR drops; cf. the paper's "
+         "Fig. 1)")
+  curves("curves_images_incl_pretraining", pairs, "images_incl_pretraining",
+         "AP against images seen, including the pre-training's images (cf. Fig. 2)")
+  curves("curves_all_schedules",
+         [(f"{init} {n}x", study_plan.run_name(init, n)) for n in cfg.schedules
+          for init in INITS], "iterations",
+         "Every schedule (the shorter ones fork off the longest before their first LR drop; "
+         "cf. Fig. 3)")
+  if cfg.less_data_schedules:
+    curves("curves_less_data",
+           [(f"{init} {n}x, {cfg.less_data_num_train} images",
+             study_plan.run_name(init, n, cfg.less_data_num_train))
+            for n in cfg.less_data_schedules for init in INITS], "iterations",
+           f"Less data: {cfg.less_data_num_train} training images (cf. Fig. 6)")
+
+  # Final AP per schedule and init.
+  finals = {t: {init: {} for init in INITS} for t in ("bbox", "segm")}
+  for _, init, n in study_plan.schedule_runs(cfg):
+    rows = _final_metrics(os.path.join(output_dir, study_plan.run_name(init, n)))
+    last = rows.get(cfg.schedule(n).total_steps)
+    for t in finals:
+      finals[t][init][n] = _ap(last, t)
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, (t, label) in zip(axes, (("bbox", "box AP"), ("segm", "mask AP"))):
+    for init, marker in zip(INITS, ("o", "s")):
+      xs = [n for n in cfg.schedules if finals[t][init][n] is not None]
+      ax.plot(xs, [finals[t][init][n] for n in xs], marker=marker, label=init)
+      for n in xs:
+        ax.annotate(f"{finals[t][init][n]:.3f}", (n, finals[t][init][n]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xticks(list(cfg.schedules))
+    ax.set_xticklabels([f"{n}x\n{cfg.schedule(n).total_steps} it" for n in cfg.schedules])
+    ax.set_ylabel(f"final {label}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(output_dir, "final_ap_by_schedule.png"), dpi=100)
+  plt.close(fig)
+
+  meta_path = os.path.join(output_dir, "pretrain", "backbone.json")
+  meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+  pretrain_images = int(meta.get("images_seen", 0))
+  times = [json.loads(line) for line in open(os.path.join(output_dir, TIMES_FILE))] \
+      if os.path.exists(os.path.join(output_dir, TIMES_FILE)) else []
+  total_s = sum(t["seconds"] for t in times)
+
+  lines = ["# Rethinking ImageNet pre-training, in miniature", ""]
+  lines += [
+      "Produced by `python -m rethink_tf.tools.study "
+      + " ".join(f"--gin_file={f}" for f in gin_files) + " --output_dir=DIR` on the embedded "
+      "synthetic data. A small Mask R-CNN FPN with GroupNorm "
+      "(the demo model) is trained from a pre-trained backbone and from random initialization "
+      f"at schedules {', '.join(f'{n}x' for n in cfg.schedules)} (1x = {cfg.steps_per_x} "
+      f"iterations at batch {cfg.global_batch_size}; from 2x on the LR drops x0.1 in the last "
+      "2/3 and 2/9 of a 1x, the paper's last 60k and 20k iterations; 1x drops at 2/3 and 8/9, "
+      f"Detectron's), evaluated every {cfg.eval_every_steps} iterations and at the end on the "
+      "validation split (COCO AP by pycocotools).", ""]
+  if meta:
+    lines += [
+        "**Pre-training** (the stand-in for ImageNet): the same backbone as a 10-way "
+        f"classifier on {meta['num_train']} synthetic images of {meta['image_size']} px "
+        f"whose classes are shapes the detector never sees ({', '.join(meta['classes'])}); "
+        f"{meta['steps']} steps at batch {meta['batch_size']} = **{pretrain_images} images "
+        f"seen**, validation top-1 **{meta['val_top1']:.3f}**.", ""]
+  lines += ["## Final AP by schedule", "",
+            "| schedule | iterations | box AP scratch | box AP pretrained | mask AP scratch | "
+            "mask AP pretrained |", "|---|---|---|---|---|---|"]
+
+  def f3(v):
+    return "—" if v is None else f"{v:.3f}"
+
+  for n in cfg.schedules:
+    lines.append(f"| {n}x | {cfg.schedule(n).total_steps} | {f3(finals['bbox']['scratch'][n])} "
+                 f"| {f3(finals['bbox']['pretrained'][n])} | {f3(finals['segm']['scratch'][n])} "
+                 f"| {f3(finals['segm']['pretrained'][n])} |")
+  lines += ["", "![final AP by schedule](final_ap_by_schedule.png)", "", "## Reading", ""]
+  for t, name in (("bbox", "box AP"), ("segm", "mask AP")):
+    lines += [f"**{name}.** " + " ".join(reading(cfg, finals[t], pretrain_images, name)), ""]
+  if cfg.less_data_schedules:
+    for n in cfg.less_data_schedules:
+      row = {}
+      for init in INITS:
+        rows = _final_metrics(os.path.join(
+            output_dir, study_plan.run_name(init, n, cfg.less_data_num_train)))
+        row[init] = (rows.get(cfg.schedule(n).total_steps),
+                     max((r["bbox"]["AP"] for r in rows.values()), default=None))
+      sa, pa = _ap(row["scratch"][0], "bbox"), _ap(row["pretrained"][0], "bbox")
+      if sa is None or pa is None:
+        lines += [f"**Less data ({n}x).** incomplete: a run has no final evaluation.", ""]
+        continue
+      verdict = ("catches up with" if sa >= pa - cfg.catch_up_tolerance else "falls short of")
+      lines += [
+          f"**Less data ({cfg.less_data_num_train} training images, {n}x).** Scratch "
+          f"{verdict} pretrained: final box AP {sa:.3f} vs {pa:.3f} ({(sa - pa) * 100:+.1f} "
+          f"points), mask AP {f3(_ap(row['scratch'][0], 'segm'))} vs "
+          f"{f3(_ap(row['pretrained'][0], 'segm'))}; best box AP along the run "
+          f"{row['scratch'][1]:.3f} vs {row['pretrained'][1]:.3f} (a best above the final value "
+          "is overfitting).", ""]
+  lines += ["## Figures", ""]
+  for title, name, result in figures:
+    lines += [f"### {title}", "", f"![{name}]({name}.png)", ""]
+    lines += [open(os.path.join(output_dir, name + ".md")).read().strip(), ""]
+    for m in result["messages"]:
+      lines += [f"Note: {m}", ""]
+  lines += ["## Time", "",
+            f"Measured on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}"
+            f", {_cpu_model()}), no accelerator. Sum of the stages' wall times: "
+            f"**{total_s / 60:.1f} min**.", "", "| stage | steps | wall time |", "|---|---|---|"]
+  for t in times:
+    what = t["stage"] + (f" (to step {t['stop_at']})" if t.get("stop_at") else "")
+    lines.append(f"| {what} | {t.get('steps', '')} | {t['seconds'] / 60:.1f} min |")
+  lines += ["", "Curves as CSV: `curves_*.csv`. Every number above is read from the runs' "
+            "`eval_metrics.jsonl` and TensorBoard event files by `rethink_tf.tools.study "
+            "--report_only`.", ""]
+  path = os.path.join(output_dir, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+  return path
+
+
+def _cpu_model() -> str:
+  try:
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown CPU"
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  from rethink_tf import config
+  config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+  cfg = StudyConfig()
+  try:
+    study_plan.validate(cfg)
+    if not FLAGS.report_only:
+      run_study(cfg, FLAGS.output_dir)
+  except (StudyError, ValueError) as e:
+    sys.exit(f"study: {e}")
+  print(f"wrote {write_report(cfg, FLAGS.output_dir, FLAGS.gin_file)}", flush=True)
+
+
+if __name__ == "__main__":
+  flags.DEFINE_multi_string("gin_file", ["gin_configs/demo/study.gin"], "Study gin files.")
+  flags.DEFINE_multi_string("gin_param", [], "Extra bindings, e.g. StudyConfig.schedules=(1,2).")
+  flags.DEFINE_string("output_dir", None, "Where the runs and the report go.", required=True)
+  flags.DEFINE_bool("report_only", False, "Only rewrite the report from the runs on disk.")
+  app.run(main)
