@@ -4,8 +4,8 @@ r"""Compares runs the way the paper's figures do: AP against iterations (or imag
       [--metric=bbox/AP --metric=segm/AP] [--x=iterations|images|images_incl_pretraining] \
       --output=FIG.png [--table=TABLE.md] [--csv=CURVES.csv]
 
-Reads each run's TensorBoard event files (`MODEL_DIR/eval` for metrics, `MODEL_DIR/train` for
-the learning rate), plots one panel per metric with a curve per run, marks the learning-rate
+Reads each run's TensorBoard event files (`MODEL_DIR/eval` for metrics) and its schedule
+(`MODEL_DIR/schedule.json`, else the logged learning rate in `MODEL_DIR/train`), plots one panel per metric with a curve per run, marks the learning-rate
 drops and annotates the final values, and writes a table of final and best values per run.
 The global batch comes from the run's operative gin config; the images-incl-pretraining axis
 adds the images the backbone saw before fine-tuning, from the pretrained checkpoint's metadata
@@ -69,7 +69,8 @@ def _gin_value(model_dir: str, binding: str) -> Optional[str]:
   for name in ("operative_config.gin", "config.gin"):
     path = os.path.join(model_dir, name)
     if os.path.exists(path):
-      m = re.search(rf"^{re.escape(binding)}\s*=\s*(.+)$", open(path).read(), flags=re.M)
+      text = re.sub(r"\\\n\s*", "", open(path).read())  # gin wraps long values with "\"
+      m = re.search(rf"^{re.escape(binding)}\s*=\s*(.+)$", text, flags=re.M)
       if m:
         return m.group(1).strip()
   return None
@@ -101,8 +102,12 @@ def pretraining_images(model_dir: str) -> int:
   return int(seen)
 
 
-def lr_drops(train_scalars) -> List[int]:
-  """Steps where the learning rate falls (after warmup), from the logged `learning_rate`."""
+def lr_drops(model_dir: str, train_scalars) -> List[int]:
+  """Steps where the learning rate falls: the schedule's decays from `schedule.json` (written by
+  the trainer), else the first logged step with a lower `learning_rate` than the one before."""
+  path = os.path.join(model_dir, "schedule.json")
+  if os.path.exists(path):
+    return [int(b) for b in json.load(open(path))["boundaries"]]
   points = train_scalars.get("learning_rate", [])
   return [s for (_, a), (s, b) in zip(points, points[1:]) if b < a * 0.999]
 
@@ -115,7 +120,7 @@ class Run:
     if not os.path.isdir(model_dir):
       raise CurveError(f"run {name}: {model_dir} is not a directory")
     self.metrics = read_scalars(os.path.join(model_dir, "eval"))
-    self.drops = lr_drops(read_scalars(os.path.join(model_dir, "train")))
+    self.drops = lr_drops(model_dir, read_scalars(os.path.join(model_dir, "train")))
     self.per_step, self.offset = 1.0, 0.0
     if x != "iterations":
       self.per_step = float(global_batch(model_dir))

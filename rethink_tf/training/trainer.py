@@ -29,6 +29,7 @@ from rethink_tf.training.losses import mask_rcnn_losses
 from rethink_tf.training.schedules import nx_schedule
 
 EVAL_METRICS_FILE = "eval_metrics.jsonl"
+SCHEDULE_FILE = "schedule.json"
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -263,6 +264,7 @@ class Trainer:
     if self.is_chief:
       with open(os.path.join(self.model_dir, "config.gin"), "w") as f:
         f.write(gin.config_str())
+      self._write_schedule()
     step = self.restore_or_initialize()
     total = self.schedule.total_steps
     end = min(total, self.cfg.stop_at_step or total)
@@ -317,6 +319,16 @@ class Trainer:
       with open(os.path.join(self.model_dir, "operative_config.gin"), "w") as f:
         f.write(gin.operative_config_str())
     return metrics
+
+  def _write_schedule(self):
+    """`model_dir/schedule.json`: the run's steps, LR decays and batch, for tools that plot it
+    (the LR scalars are logged every `log_every_steps`, too coarse to place a decay)."""
+    s = self.schedule
+    with open(os.path.join(self.model_dir, SCHEDULE_FILE), "w") as f:
+      json.dump({"total_steps": s.total_steps, "boundaries": list(s.boundaries),
+                 "base_lr": s.base_lr, "warmup_steps": s.warmup_steps,
+                 "decay_factor": s.decay_factor,
+                 "global_batch_size": self.cfg.global_batch_size}, f)
 
   def _log(self, step, end, n, step_start, t_start, t_window, steps_window, losses, writer):
     values = {k: float(v) for k, v in losses.items()}

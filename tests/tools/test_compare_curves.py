@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_TRAIN
+from conftest import REPO_ROOT
 from rethink_tf.tools import compare_curves
 
 
@@ -62,8 +62,9 @@ def test_figure_table_and_csv_match_the_runs_metrics(tiny_reference_run, second_
   pictures = compare_curves.read_images(str(second_run / "eval"), "predictions")
   assert [step for step, _ in pictures] == [10, 20]
   assert all(len(images) == 4 and images[0].shape == (64, 64, 3) for _, images in pictures)
-  # The reference run's LR schedule (tiny: decays at steps 13 and 18) is marked.
-  assert runs[0].drops and all(0 < d <= 20 for d in runs[0].drops)
+  # The LR decays of the tiny schedule (steps 16 and 19) are marked, from schedule.json.
+  assert runs[0].drops == runs[1].drops == [16, 19]
+  assert json.load(open(ref_dir / "schedule.json"))["global_batch_size"] == 2
 
 
 def test_run_without_eval_events_and_unknown_metric(tiny_reference_run, tmp_path):
