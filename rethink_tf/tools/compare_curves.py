@@ -102,12 +102,37 @@ def pretraining_images(model_dir: str) -> int:
   return int(seen)
 
 
+def _schedule_from_config(model_dir: str) -> Optional[List[int]]:
+  """The decays of the run's own saved gin config (`config.gin`), for runs written before the
+  trainer wrote `schedule.json`; None when it cannot be read."""
+  import gin
+  from rethink_tf import config
+  from rethink_tf.training.schedules import nx_schedule
+  from rethink_tf.training.trainer import TrainConfig
+  path = os.path.join(model_dir, "config.gin")
+  if not os.path.exists(path):
+    return None
+  try:
+    with gin.unlock_config():
+      config.parse_gin([path], finalize=False)
+      return list(nx_schedule(global_batch_size=TrainConfig().global_batch_size).boundaries)
+  except Exception as e:  # an unreadable config only costs the exact decay markers
+    logging.warning("%s: cannot derive the schedule (%s); using the logged LR", path, e)
+    return None
+  finally:
+    gin.clear_config()
+
+
 def lr_drops(model_dir: str, train_scalars) -> List[int]:
   """Steps where the learning rate falls: the schedule's decays from `schedule.json` (written by
-  the trainer), else the first logged step with a lower `learning_rate` than the one before."""
+  the trainer) or from the run's `config.gin`, else the first logged step with a lower
+  `learning_rate` than the one before."""
   path = os.path.join(model_dir, "schedule.json")
   if os.path.exists(path):
     return [int(b) for b in json.load(open(path))["boundaries"]]
+  from_config = _schedule_from_config(model_dir)
+  if from_config is not None:
+    return from_config
   points = train_scalars.get("learning_rate", [])
   return [s for (_, a), (s, b) in zip(points, points[1:]) if b < a * 0.999]
 

@@ -5,6 +5,7 @@ events get clear messages; TensorBoard serves the scalars and prediction picture
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -65,6 +66,10 @@ def test_figure_table_and_csv_match_the_runs_metrics(tiny_reference_run, second_
   # The LR decays of the tiny schedule (steps 16 and 19) are marked, from schedule.json.
   assert runs[0].drops == runs[1].drops == [16, 19]
   assert json.load(open(ref_dir / "schedule.json"))["global_batch_size"] == 2
+  # Without schedule.json (runs of earlier versions) the decays come from the run's config.gin.
+  older = tmp_path / "older"
+  shutil.copytree(ref_dir, older, ignore=shutil.ignore_patterns("schedule.json", "ckpt-*"))
+  assert compare_curves.Run("older", str(older), "iterations").drops == [16, 19]
 
 
 def test_run_without_eval_events_and_unknown_metric(tiny_reference_run, tmp_path):
