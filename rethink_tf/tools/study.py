@@ -100,7 +100,9 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable):
   for i, seg in enumerate(segments):
     model_dir = os.path.join(output_dir, seg.run)
     if seg.fork_from and not os.path.exists(model_dir):
-      # The shorter schedule continues from the longest run's checkpoint before its decay.
+      # The shorter schedule continues from the longest run's checkpoint before its decay
+      # (a copy cut short by a kill is redone).
+      shutil.rmtree(model_dir + ".tmp", ignore_errors=True)
       shutil.copytree(os.path.join(output_dir, seg.fork_from), model_dir + ".tmp")
       os.replace(model_dir + ".tmp", model_dir)
     steps = remaining[i]
