@@ -177,6 +177,18 @@ def reading(cfg: StudyConfig, finals: Dict[str, Dict[int, Optional[float]]],
         f"Scratch did not catch up within {xs[-1]}x: its best {metric_name} is {scratch[n]:.3f} "
         f"(at {n}x), {(best_pre - scratch[n]) * 100:.1f} points below the best pretrained "
         f"{best_pre:.3f} ({best_pre_x}x); the tolerance is {tol * 100:.0f} point(s).")
+  # At equal AP: which pretrained schedule first reaches what each scratch schedule reached.
+  matches = []
+  for n in xs:
+    reached = [m for m in xs if pre[m] >= scratch[n]]
+    if reached:
+      m = reached[0]
+      matches.append(f"scratch's {n}x result ({scratch[n]:.3f}) is reached by pretrained at "
+                     f"{m}x ({pre[m]:.3f}): scratch took "
+                     f"{cfg.schedule(n).total_steps / cfg.schedule(m).total_steps:.2f}x the "
+                     "iterations")
+  if matches:
+    out.append("At equal AP: " + "; ".join(matches) + ".")
   behind = [n for n in xs if scratch[n] < pre[n] - tol]
   if behind:
     out.append("Scratch is behind by more than the tolerance at: "

@@ -70,6 +70,12 @@ def test_reading_states_catch_up_and_shortfall():
   assert "scratch needed 2.0x the fine-tuning iterations (600 vs 300)" in text
   assert "scratch saw 4800 images vs 98400 for pretrained (0.05x)" in text
   assert "behind by more than the tolerance at: 1x, 2x, 3x." in text
+  # Pretrained reaches scratch's 3x AP (0.52) at 2x (0.55): scratch took 1.5x the iterations.
+  assert ("At equal AP: scratch's 1x result (0.200) is reached by pretrained at 1x (0.450): "
+          "scratch took 1.00x the iterations; scratch's 2x result (0.400) is reached by "
+          "pretrained at 1x (0.450): scratch took 2.00x the iterations") in text
+  assert ("scratch's 3x result (0.520) is reached by pretrained at 2x (0.550): scratch took "
+          "1.50x the iterations") in text
   short = " ".join(study.reading(cfg, {"scratch": {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.35},
                                        "pretrained": {1: 0.5, 2: 0.5, 3: 0.5, 4: 0.5}}, 0,
                                  "mask AP"))
