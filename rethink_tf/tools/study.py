@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -142,18 +142,25 @@ def _ap(row: Optional[Dict], iou_type: str) -> Optional[float]:
 
 
 def reading(cfg: StudyConfig, finals: Dict[str, Dict[int, Optional[float]]],
-            pretrain_images: int, metric_name: str) -> List[str]:
-  """Sentences read off the final APs: `finals[init][num_x]` -> AP (None when missing)."""
+            pretrain_images: int, metric_name: str,
+            pretrained_points: Sequence[Tuple[int, float]] = ()) -> List[str]:
+  """Sentences read off the final APs: `finals[init][num_x]` -> AP (None when missing).
+  `pretrained_points`: every (step, AP) evaluation of the full-data pretrained runs, to say
+  at which iteration pretrained first reached each scratch result (else its finals are used)."""
   tol = cfg.catch_up_tolerance
   out = []
   scratch, pre = finals["scratch"], finals["pretrained"]
   xs = [n for n in cfg.schedules if scratch.get(n) is not None and pre.get(n) is not None]
   if not xs:
     return [f"No {metric_name} to compare: the runs have no final evaluation."]
+  gaps = {n: scratch[n] - pre[n] for n in xs}
   for n in xs:
-    gap = scratch[n] - pre[n]
     out.append(f"At {n}x ({cfg.schedule(n).total_steps} iterations) scratch has {metric_name} "
-               f"{scratch[n]:.3f} vs pretrained {pre[n]:.3f} ({gap * 100:+.1f} points).")
+               f"{scratch[n]:.3f} vs pretrained {pre[n]:.3f} ({gaps[n] * 100:+.1f} points).")
+  if len(xs) > 1:
+    out.append(f"The gap goes from {gaps[xs[0]] * 100:+.1f} points at {xs[0]}x to "
+               f"{gaps[xs[-1]] * 100:+.1f} at {xs[-1]}x (largest magnitude "
+               f"{max(abs(g) for g in gaps.values()) * 100:.1f}).")
   best_pre_x = max(xs, key=lambda n: pre[n])
   best_pre = pre[best_pre_x]
   # The pretrained model's "converged" point: its shortest schedule within tol of its best.
@@ -177,18 +184,21 @@ def reading(cfg: StudyConfig, finals: Dict[str, Dict[int, Optional[float]]],
         f"Scratch did not catch up within {xs[-1]}x: its best {metric_name} is {scratch[n]:.3f} "
         f"(at {n}x), {(best_pre - scratch[n]) * 100:.1f} points below the best pretrained "
         f"{best_pre:.3f} ({best_pre_x}x); the tolerance is {tol * 100:.0f} point(s).")
-  # At equal AP: which pretrained schedule first reaches what each scratch schedule reached.
+  # At equal AP: the first iteration at which pretrained reached each scratch result.
+  points = sorted(pretrained_points) or sorted((cfg.schedule(m).total_steps, pre[m]) for m in xs)
   matches = []
   for n in xs:
-    reached = [m for m in xs if pre[m] >= scratch[n]]
+    reached = [(step, ap) for step, ap in points if ap >= scratch[n]]
     if reached:
-      m = reached[0]
-      matches.append(f"scratch's {n}x result ({scratch[n]:.3f}) is reached by pretrained at "
-                     f"{m}x ({pre[m]:.3f}): scratch took "
-                     f"{cfg.schedule(n).total_steps / cfg.schedule(m).total_steps:.2f}x the "
-                     "iterations")
-  if matches:
-    out.append("At equal AP: " + "; ".join(matches) + ".")
+      step, ap = reached[0]
+      matches.append(f"scratch's {n}x result ({scratch[n]:.3f}, {cfg.schedule(n).total_steps} "
+                     f"iterations) was reached by pretrained at iteration {step} ({ap:.3f}): "
+                     f"{cfg.schedule(n).total_steps / step:.1f}x the iterations")
+    else:
+      matches.append(f"scratch's {n}x result ({scratch[n]:.3f}) was never reached by pretrained")
+  out.append(f"At equal AP (pretrained is evaluated every {cfg.eval_every_steps} iterations and "
+             "at each schedule's end, so its iterations are upper bounds): "
+             + "; ".join(matches) + ".")
   behind = [n for n in xs if scratch[n] < pre[n] - tol]
   if behind:
     out.append("Scratch is behind by more than the tolerance at: "
@@ -296,7 +306,11 @@ def write_report(cfg: StudyConfig, output_dir: str,
                  f"| {f3(finals['segm']['pretrained'][n])} |")
   lines += ["", "![final AP by schedule](final_ap_by_schedule.png)", "", "## Reading", ""]
   for t, name in (("bbox", "box AP"), ("segm", "mask AP")):
-    lines += [f"**{name}.** " + " ".join(reading(cfg, finals[t], pretrain_images, name)), ""]
+    points = [(step, row[t]["AP"]) for n in cfg.schedules
+              for step, row in _final_metrics(os.path.join(
+                  output_dir, study_plan.run_name("pretrained", n))).items() if t in row]
+    lines += [f"**{name}.** " + " ".join(reading(cfg, finals[t], pretrain_images, name,
+                                                 points)), ""]
   if cfg.less_data_schedules:
     for n in cfg.less_data_schedules:
       row = {}
@@ -310,13 +324,17 @@ def write_report(cfg: StudyConfig, output_dir: str,
         lines += [f"**Less data ({n}x).** incomplete: a run has no final evaluation.", ""]
         continue
       verdict = ("catches up with" if sa >= pa - cfg.catch_up_tolerance else "falls short of")
+      overfit = [f"{init} peaks at {row[init][1]:.3f} before its final {_ap(row[init][0], 'bbox'):.3f}"
+                 for init in INITS if row[init][1] > _ap(row[init][0], "bbox") + 0.005]
+      overfit = ("; ".join(overfit) + " (overfitting)") if overfit else (
+          "no sign of overfitting: each run's best box AP is within half a point of its final")
       lines += [
           f"**Less data ({cfg.less_data_num_train} training images, {n}x).** Scratch "
           f"{verdict} pretrained: final box AP {sa:.3f} vs {pa:.3f} ({(sa - pa) * 100:+.1f} "
           f"points), mask AP {f3(_ap(row['scratch'][0], 'segm'))} vs "
-          f"{f3(_ap(row['pretrained'][0], 'segm'))}; best box AP along the run "
-          f"{row['scratch'][1]:.3f} vs {row['pretrained'][1]:.3f} (a best above the final value "
-          "is overfitting).", ""]
+          f"{f3(_ap(row['pretrained'][0], 'segm'))}; {overfit}. With the full 2000 images "
+          f"the same {n}x schedule gave box AP {f3(finals['bbox']['scratch'].get(n))} (scratch) "
+          f"and {f3(finals['bbox']['pretrained'].get(n))} (pretrained).", ""]
   lines += ["## Figures", ""]
   for title, name, result in figures:
     lines += [f"### {title}", "", f"![{name}]({name}.png)", ""]

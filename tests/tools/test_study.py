@@ -70,12 +70,17 @@ def test_reading_states_catch_up_and_shortfall():
   assert "scratch needed 2.0x the fine-tuning iterations (600 vs 300)" in text
   assert "scratch saw 4800 images vs 98400 for pretrained (0.05x)" in text
   assert "behind by more than the tolerance at: 1x, 2x, 3x." in text
-  # Pretrained reaches scratch's 3x AP (0.52) at 2x (0.55): scratch took 1.5x the iterations.
-  assert ("At equal AP: scratch's 1x result (0.200) is reached by pretrained at 1x (0.450): "
-          "scratch took 1.00x the iterations; scratch's 2x result (0.400) is reached by "
-          "pretrained at 1x (0.450): scratch took 2.00x the iterations") in text
-  assert ("scratch's 3x result (0.520) is reached by pretrained at 2x (0.550): scratch took "
-          "1.50x the iterations") in text
+  assert "The gap goes from -25.0 points at 1x to +0.5 at 4x (largest magnitude 25.0)." in text
+  # Without the pretrained curves, the first pretrained final at or above each scratch final.
+  assert ("At equal AP (pretrained is evaluated every 50 iterations and at each schedule's end, "
+          "so its iterations are upper bounds): scratch's 1x result (0.200, 150 iterations) was reached by pretrained "
+          "at iteration 150 (0.450): 1.0x the iterations; scratch's 2x result (0.400, 300 "
+          "iterations) was reached by pretrained at iteration 150 (0.450): 2.0x") in text
+  with_curves = " ".join(study.reading(
+      cfg, {"scratch": {1: 0.20, 2: 0.40, 3: 0.52, 4: 0.56},
+            "pretrained": {1: 0.45, 2: 0.55, 3: 0.56, 4: 0.555}}, 96000, "box AP",
+      pretrained_points=[(50, 0.15), (100, 0.3), (150, 0.45), (300, 0.55), (450, 0.56)]))
+  assert "scratch's 1x result (0.200, 150 iterations) was reached by pretrained at iteration 100 (0.300): 1.5x" in with_curves
   short = " ".join(study.reading(cfg, {"scratch": {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.35},
                                        "pretrained": {1: 0.5, 2: 0.5, 3: 0.5, 4: 0.5}}, 0,
                                  "mask AP"))
