@@ -77,6 +77,45 @@ class GroupNorm(tf_keras.layers.GroupNormalization):
     return tf.reshape(y, shape)
 
 
+@tf_keras.utils.register_keras_serializable(package="rethink_tf")
+class BatchNorm(tf_keras.layers.BatchNormalization):
+  """`tf_keras.layers.BatchNormalization` (not synchronized) that runs TF's fused kernels on
+  NHWC maps and keeps the moving variance of the *biased* batch variance.
+
+  The Keras layer has two paths and neither fits: `fused=True` feeds the moving variance with
+  the Bessel-corrected variance (torch and Keras' own SyncBN use the biased one, so BN on one
+  replica would drift from SyncBN on several), while `fused=False` computes the moments and the
+  normalization op by op, forward and backward (a tenth of the train step on CPU; and in
+  inference it leaves a Mul/Add after every conv that the graph optimizer cannot fold, where a
+  fused BN is folded into the conv). Here: FusedBatchNormV3 forward and gradient, the returned
+  variance times (n - 1) / n for the moving average, and the inference form that grappler fuses
+  into the preceding conv. Same variables, checkpoints and config as the Keras layer.
+  Input and output [B, H, W, C] (other ranks and symbolic `training` use the Keras path).
+  """
+
+  def call(self, inputs, training=None, mask=None):
+    training = self._get_training_value(training)
+    if (inputs.shape.rank != 4 or self.axis not in ([3], [-1]) or mask is not None
+        or self.synchronized or not isinstance(training, bool)):
+      return super().call(inputs, training=training, mask=mask)
+    gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([inputs.shape[-1]])
+    beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([inputs.shape[-1]])
+    if not training:
+      y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+          inputs, gamma, beta, mean=self.moving_mean, variance=self.moving_variance,
+          epsilon=self.epsilon, is_training=False)
+      return y
+    y, mean, var = tf.compat.v1.nn.fused_batch_norm(inputs, gamma, beta, epsilon=self.epsilon,
+                                                    is_training=True)
+    shape = tf.shape(inputs)
+    n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+    var = var * (n - 1.0) / tf.maximum(n, 1.0)  # undo the op's Bessel correction
+    decay = 1.0 - self.momentum
+    self.moving_mean.assign_sub((self.moving_mean - tf.stop_gradient(mean)) * decay)
+    self.moving_variance.assign_sub((self.moving_variance - tf.stop_gradient(var)) * decay)
+    return y
+
+
 def get_norm(norm: Optional[str], channels: int, name: str = None,
              num_groups: int = 32) -> Optional[tf_keras.layers.Layer]:
   """Returns the normalization layer for `norm` over `channels` channels, or None.
@@ -101,11 +140,9 @@ def get_norm(norm: Optional[str], channels: int, name: str = None,
     return tf_keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                                               synchronized=True, name=name)
   if norm == "BN":
-    # Not fused: the fused kernel feeds the moving variance with the Bessel-corrected batch
-    # variance, the synchronized layer with the biased one. Unfused, BN over 2 images on one
-    # replica updates exactly as SyncBN over 2 replicas of 1 image.
-    return tf_keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                              fused=False, name=name)
+    # Fused kernels with the biased variance in the moving average: BN over 2 images on one
+    # replica updates as SyncBN over 2 replicas of 1 image (see BatchNorm).
+    return BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, fused=False, name=name)
   if norm == "FrozenBN":
     return FrozenBatchNorm(name=name)
   raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")

@@ -37,7 +37,7 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                 rpn_nms_threshold: float = 0.7, roi_samples_per_image: int = 512,
                 roi_positive_fraction: float = 0.25, mask_rois_per_image: Optional[int] = None,
                 detections_per_image: int = 100, score_threshold: float = 0.05,
-                nms_threshold: float = 0.5) -> MaskRCNN:
+                nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0) -> MaskRCNN:
   """Builds Mask R-CNN FPN. `num_classes` counts background (81 for COCO).
 
   `fpn_norm="same"` uses `norm` in the FPN too (the paper's GN models); pass None for
@@ -45,6 +45,7 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
   explicit (no **kwargs), so gin rejects a misspelled binding when it parses the file.
   Without FPN, the RPN has as many channels as the backbone output (512 on VGG-16 conv5, as
   Detectron) and `fpn_channels` is unused; anchors are `anchor_size * anchor_scales * stride`.
+  `roi_chunk_mb` bounds the RoIAlign sample tensors of inference (see `multilevel_roi_align`).
   """
   if backbone not in BACKBONES:
     raise ValueError(f"build_model.backbone {backbone!r} is not one of {BACKBONES}")
@@ -89,4 +90,4 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                   roi_positive_fraction=roi_positive_fraction,
                   mask_rois_per_image=mask_rois_per_image,
                   detections_per_image=detections_per_image, score_threshold=score_threshold,
-                  nms_threshold=nms_threshold)
+                  nms_threshold=nms_threshold, roi_chunk_mb=roi_chunk_mb)

@@ -42,7 +42,7 @@ class MaskRCNN(tf_keras.Model):
                mask_rois_per_image: Optional[int] = None,
                box_pool_size: int = 7, mask_pool_size: int = 14, sampling_ratio: int = 2,
                detections_per_image: int = 100, score_threshold: float = 0.05,
-               nms_threshold: float = 0.5, **kwargs):
+               nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0, **kwargs):
     super().__init__(**kwargs)
     # Under a mixed-precision policy Keras would cast every float input to the compute dtype;
     # boxes and sizes must stay float32 (bf16 cannot hold 800 px to the pixel). The backbone
@@ -72,6 +72,9 @@ class MaskRCNN(tf_keras.Model):
     self.sampling_ratio = sampling_ratio
     self.detections_per_image = detections_per_image
     self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
+    # Inference pools RoIs in chunks whose bilinear samples fit in this budget (None: all at
+    # once); bounds the peak memory of serving and evaluation.
+    self.roi_chunk_bytes = int(roi_chunk_mb * 2 ** 20) if roi_chunk_mb else None
 
   def features(self, images, training):
     """images [B, H, W, 3] -> dict level -> [B, H/2^l, W/2^l, C] (FPN or backbone levels)."""
@@ -80,9 +83,10 @@ class MaskRCNN(tf_keras.Model):
       return {l: feats[l] for l in self.feature_levels}
     return self.fpn(feats, training=training)
 
-  def _pool(self, feats, boxes, size):
+  def _pool(self, feats, boxes, size, training=True):
     return multilevel_roi_align({l: feats[l] for l in self.roi_levels}, boxes, size,
-                                self.sampling_ratio, aligned=True)
+                                self.sampling_ratio, aligned=True,
+                                max_chunk_bytes=None if training else self.roi_chunk_bytes)
 
   def _proposals(self, feats, image_size, training):
     scores, deltas = self.rpn_head(feats)
@@ -144,14 +148,14 @@ class MaskRCNN(tf_keras.Model):
     feats = self.features(images, False)
     image_size = tf.cast(image_size, tf.float32)
     _, _, props, valid = self._proposals(feats, image_size, False)
-    pooled = self._pool(feats, props, self.box_pool_size)
+    pooled = self._pool(feats, props, self.box_pool_size, training=False)
     class_logits, box_deltas = self.box_predictor(self.box_head(pooled, training=False))
     det = postprocess.detect_boxes(props, valid, class_logits, box_deltas, image_size,
                                    self.score_threshold, self.nms_threshold,
                                    self.detections_per_image)
     if self.mask_head is None:
       return det
-    mask_feats = self._pool(feats, det["boxes"], self.mask_pool_size)
+    mask_feats = self._pool(feats, det["boxes"], self.mask_pool_size, training=False)
     mask_logits = _select_class(self.mask_head(mask_feats, training=False), det["classes"])
     det["masks"] = tf.sigmoid(tf.cast(mask_logits, tf.float32))
     return det

@@ -66,3 +66,43 @@ def test_frozen_bn_is_a_fixed_affine_map_in_training():
   expected = (x - [1.0, 2.0, 3.0]) / np.sqrt(np.array([4.0, 1.0, 0.25]) + 1e-5) * [2.0, 1, 1]
   np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=1e-5)
   assert not layer.trainable_variables
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_batchnorm_equals_the_unfused_keras_layer(dtype):
+  """Training output, gradients and moving statistics (biased variance) as Keras' unfused BN;
+  inference with the moving statistics; the fused kernels are what runs."""
+  x = tf.random.normal([2, 6, 5, 8], 1.0, 3.0, seed=4)
+  ours = get_norm("BN", 8)
+  assert type(ours).__name__ == "BatchNorm"
+  ref = tf_keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, fused=False)
+  for layer in (ours, ref):
+    layer.build(x.shape)
+    layer.gamma.assign(np.linspace(0.5, 2.0, 8))
+    layer.beta.assign(np.linspace(-1.0, 1.0, 8))
+  xin = tf.cast(x, dtype)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(xin)
+    y1 = tf.cast(ours(xin, training=True), tf.float32)
+    y2 = tf.cast(ref(tf.cast(xin, tf.float32), training=True), tf.float32)
+    l1, l2 = tf.reduce_sum(y1 * y1 * 0.01), tf.reduce_sum(y2 * y2 * 0.01)
+  tol = 1e-4 if dtype == "float32" else 5e-2
+  np.testing.assert_allclose(y1.numpy(), y2.numpy(), atol=tol, rtol=tol)
+  g1 = tape.gradient(l1, [xin] + ours.trainable_variables)
+  g2 = tape.gradient(l2, [xin] + ref.trainable_variables)
+  for a, b in zip(g1, g2):
+    np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), tf.cast(b, tf.float32).numpy(),
+                               atol=tol, rtol=tol)
+  # Moving statistics: 0.9 * init + 0.1 * batch moments, the variance biased (n = 60).
+  mean, var = tf.nn.moments(tf.cast(xin, tf.float32), [0, 1, 2])
+  np.testing.assert_allclose(ours.moving_mean.numpy(), 0.1 * mean.numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(ours.moving_variance.numpy(), 0.9 + 0.1 * var.numpy(), rtol=1e-4)
+  np.testing.assert_allclose(ours.moving_variance.numpy(), ref.moving_variance.numpy(),
+                             rtol=1e-4)
+  y_inf = tf.cast(ours(xin, training=False), tf.float32).numpy()
+  expected = ((tf.cast(xin, tf.float32).numpy() - ours.moving_mean.numpy())
+              / np.sqrt(ours.moving_variance.numpy() + 1e-5) * ours.gamma.numpy()
+              + ours.beta.numpy())
+  np.testing.assert_allclose(y_inf, expected, atol=tol, rtol=tol)
+  graph = tf.function(lambda t: ours(t, training=True)).get_concrete_function(xin).graph
+  assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
