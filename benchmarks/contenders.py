@@ -195,7 +195,7 @@ def mg_export(size, batch, export_dir):
   export_saved_model_lib.export_inference_graph(
       input_type="image_tensor", batch_size=batch, input_image_size=[size, size], params=cfg,
       checkpoint_path=ckpt, export_dir=export_dir)
-  return os.path.join(export_dir, "saved_model")
+  return export_dir
 
 
 # -- SavedModels ------------------------------------------------------------------------------
@@ -268,6 +268,7 @@ def mg_eval(size, batch, num_images):
   cfg.task.validation_data.global_batch_size = batch
   cfg.task.validation_data.drop_remainder = False
   task, model = _mg_task(cfg)
+  task.build_metrics(training=False)  # creates its COCO evaluator
   dataset = task.build_inputs(cfg.task.validation_data)
   step = tf.function(lambda inputs: task.validation_step(inputs, model))
 

@@ -1,7 +1,7 @@
 r"""Benchmarks our Mask R-CNN against Model Garden's, in the same run on the same machine.
 
-  python -m benchmarks.run --suite=train|infer|export|input|eval|all --size=512 --batch=2 \
-      [--reps=3] [--steps=2] [--precision=float32|mixed_bfloat16] [--jit_compile] \
+  python -m benchmarks.run --suite=all|train,infer,export,input,eval --size=512 --batch=2 \
+      [--reps=3] [--steps=1] [--precision=float32|mixed_bfloat16] [--jit_compile] \
       [--json=FILE] [--markdown=FILE]
 
 Every contender runs in its own process (`benchmarks/worker.py`): built, warmed up (the first
@@ -86,21 +86,25 @@ def _spec(job, impl, **kw):
   return dict(job=job, impl=impl, size=FLAGS.size, batch=FLAGS.batch, **kw)
 
 
-def alternate(contenders: Dict[str, Dict], log_dir: str, warmup: int) -> Dict[str, Dict]:
-  """Builds every contender, times them in alternation; returns per-contender figures."""
+def alternate(contenders: Dict[str, Dict], log_dir: str, warmup: int, reps: int = None,
+              steps: int = None, batch: int = None) -> Dict[str, Dict]:
+  """Builds every contender (each in its process), times them in alternation: `reps` rounds of
+  `steps` calls each; returns per-contender figures (medians over the rounds)."""
+  reps, steps = reps or FLAGS.reps, steps or FLAGS.steps
+  batch = batch or FLAGS.batch
   workers = {}
   try:
     for name, spec in contenders.items():
       workers[name] = Worker(name, dict(spec, warmup=warmup), log_dir)
     times = {name: [] for name in workers}
-    for rep in range(FLAGS.reps):
+    for rep in range(reps):
       for name, w in workers.items():
-        times[name].append(w.run(FLAGS.steps))
-        print(f"  rep {rep + 1}/{FLAGS.reps} {name}: {times[name][-1]:.3f} s/call", flush=True)
+        times[name].append(w.run(steps))
+        print(f"  rep {rep + 1}/{reps} {name}: {times[name][-1]:.3f} s/call", flush=True)
     out = {}
     for name, w in workers.items():
       med = statistics.median(times[name])
-      out[name] = dict(seconds_per_call=med, images_per_s=FLAGS.batch / med,
+      out[name] = dict(seconds_per_call=med, images_per_s=batch / med,
                        seconds_all=times[name], first_call_s=w.ready.get("first_call_s"),
                        build_s=w.ready["build_s"], peak_rss_mb=w.quit(),
                        **{k: v for k, v in w.ready.items()
@@ -196,7 +200,8 @@ def suite_export(log_dir, results):
 
 def suite_input(log_dir, results):
   r = alternate({"ours": _spec("input", "ours", norm=FLAGS.our_bn),
-                 "model_garden": _spec("input", "model_garden")}, log_dir, warmup=3)
+                 "model_garden": _spec("input", "model_garden")}, log_dir, warmup=3,
+                steps=FLAGS.input_batches)
   if "train" in results:
     consumption = results["train"]["figures"][f"ours_{FLAGS.our_bn}"]["images_per_s"]
     source = "train suite of this run"
@@ -248,7 +253,11 @@ def machine() -> Dict:
 
 def main(argv):
   del argv
-  suites = SUITES if FLAGS.suite == "all" else (FLAGS.suite,)
+  suites = SUITES if FLAGS.suite == "all" else tuple(FLAGS.suite.split(","))
+  unknown = [x for x in suites if x not in SUITES]
+  if unknown:
+    sys.exit(f"--suite: unknown {unknown}; choose from {', '.join(SUITES)} or all "
+             "(comma-separated for several)")
   log_dir = FLAGS.worker_logs or tempfile.mkdtemp(prefix="bench_logs_")
   os.makedirs(log_dir, exist_ok=True)
   print(f"worker logs: {log_dir}", flush=True)
@@ -275,15 +284,16 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_enum("suite", "all", SUITES + ("all",), "What to measure.")
+  flags.DEFINE_string("suite", "all", "all, or comma-separated suites: " + ", ".join(SUITES))
   flags.DEFINE_integer("size", 512, "Square padded input size (both models).")
   flags.DEFINE_integer("batch", 2, "Images per step / per inference call.")
   flags.DEFINE_integer("reps", 3, "Alternating repetitions (the median is reported).")
-  flags.DEFINE_integer("steps", 2, "Calls per repetition.")
+  flags.DEFINE_integer("steps", 1, "Calls per repetition (train, infer, export, eval).")
   flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
                     "Compute precision of both models (variables stay float32).")
   flags.DEFINE_bool("jit_compile", False, "Compile our training step with XLA.")
   flags.DEFINE_enum("our_bn", "BN", ["BN", "SyncBN"], "Our BN config compared with theirs.")
+  flags.DEFINE_integer("input_batches", 20, "Input batches per repetition (input).")
   flags.DEFINE_integer("eval_images", 16, "Validation images per evaluation pass (eval).")
   flags.DEFINE_string("json", None, "Write every figure and ratio here.")
   flags.DEFINE_string("markdown", None, "Write the results table here.")

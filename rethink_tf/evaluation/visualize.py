@@ -4,6 +4,7 @@ detections drawn (masks tinted, boxes outlined, one colour per class)."""
 import numpy as np
 
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
+from rethink_tf.evaluation import evaluator
 from rethink_tf.layers.paste_masks import paste_masks
 
 # One colour per contiguous class (cycled), RGB 0-255.
@@ -48,7 +49,8 @@ def prediction_images(model, cfg: InputConfig, num_images: int = 4,
   Returns uint8 [N, padded_h, padded_w, 3] in the model's resized frame (padding black).
   """
   batch = next(iter(make_dataset(cfg, False, num_images, model.anchor_kwargs)))
-  det = {k: v.numpy() for k, v in model.detect(batch["images"], batch["image_size"]).items()}
+  detect = evaluator.detect_function(model)
+  det = {k: v.numpy() for k, v in detect(batch["images"], batch["image_size"]).items()}
   images = batch["images"].numpy()
   sizes = batch["image_size"].numpy().astype(int)
   out = []
