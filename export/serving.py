@@ -126,10 +126,12 @@ class DetectionServer(tf.Module):
     # fixed signature, the detector is one function of the SavedModel that the three
     # signatures call: its graph is stored and loaded once, not once per signature (loading
     # took twice as long with three inlined copies).
+    # Set past tf.Module's attribute tracking: the SavedModel then holds the function only
+    # where the signatures call it, not a second copy as an attribute of the module.
     ph, pw = preprocessing["padded_size"]
-    self._detect_fn = tf.function(model.detect, input_signature=[
+    object.__setattr__(self, "_detect_fn", tf.function(model.detect, input_signature=[
         tf.TensorSpec([batch_size, ph, pw, 3], tf.float32),
-        tf.TensorSpec([batch_size, 2], tf.float32)])
+        tf.TensorSpec([batch_size, 2], tf.float32)]))
     # Tracked so the traced graph's captured variables are saved (the Keras model is not).
     self.model_variables = list(model.variables)
     self.category_ids = tf.Variable(tf.constant([int(c) for c in category_ids], tf.int64),
