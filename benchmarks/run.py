@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List
+from typing import Dict
 
 from absl import app, flags
 

@@ -37,7 +37,7 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                 rpn_nms_threshold: float = 0.7, roi_samples_per_image: int = 512,
                 roi_positive_fraction: float = 0.25, mask_rois_per_image: Optional[int] = None,
                 detections_per_image: int = 100, score_threshold: float = 0.05,
-                nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 16.0) -> MaskRCNN:
+                nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0) -> MaskRCNN:
   """Builds Mask R-CNN FPN. `num_classes` counts background (81 for COCO).
 
   `fpn_norm="same"` uses `norm` in the FPN too (the paper's GN models); pass None for

@@ -42,7 +42,7 @@ class MaskRCNN(tf_keras.Model):
                mask_rois_per_image: Optional[int] = None,
                box_pool_size: int = 7, mask_pool_size: int = 14, sampling_ratio: int = 2,
                detections_per_image: int = 100, score_threshold: float = 0.05,
-               nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 16.0, **kwargs):
+               nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0, **kwargs):
     super().__init__(**kwargs)
     # Under a mixed-precision policy Keras would cast every float input to the compute dtype;
     # boxes and sizes must stay float32 (bf16 cannot hold 800 px to the pixel). The backbone
