@@ -123,11 +123,10 @@ class DetectionServer(tf.Module):
                        "its checkpoint before wrapping it for export")
     # A bound method, not the Keras model: the model itself must not be tracked, or the saver
     # would serialize every Keras layer (slow, and nothing a server needs). Traced once with a
-    # fixed signature, the detector is one function of the SavedModel that the three
-    # signatures call: its graph is stored and loaded once, not once per signature (loading
-    # took twice as long with three inlined copies).
-    # Set past tf.Module's attribute tracking: the SavedModel then holds the function only
-    # where the signatures call it, not a second copy as an attribute of the module.
+    # fixed signature, the detector is one function that the three signatures call, so the
+    # SavedModel stores it once rather than inlined in each signature (saved_model.pb 3.97 ->
+    # 3.63 MB at R50-FPN; the Python loader's time grows with the nodes it re-imports). It is
+    # set past tf.Module's attribute tracking, or the saver adds a copy of its own.
     ph, pw = preprocessing["padded_size"]
     object.__setattr__(self, "_detect_fn", tf.function(model.detect, input_signature=[
         tf.TensorSpec([batch_size, ph, pw, 3], tf.float32),

@@ -85,9 +85,9 @@ class BatchNorm(tf_keras.layers.BatchNormalization):
   The Keras layer has two paths and neither fits: `fused=True` feeds the moving variance with
   the Bessel-corrected variance (torch and Keras' own SyncBN use the biased one, so BN on one
   replica would drift from SyncBN on several), while `fused=False` computes the moments and the
-  normalization op by op, forward and backward (a tenth of the train step on CPU; and in
+  normalization op by op, forward and backward (several passes over every activation; and in
   inference it leaves a Mul/Add after every conv that the graph optimizer cannot fold, where a
-  fused BN is folded into the conv). Here: FusedBatchNormV3 forward and gradient, the returned
+  fused BN is folded into the conv; measured in benchmarks/README.md). Here: FusedBatchNormV3 forward and gradient, the returned
   variance times (n - 1) / n for the moving average, and the inference form that grappler fuses
   into the preceding conv. Same variables, checkpoints and config as the Keras layer.
   Input and output [B, H, W, C] (other ranks and symbolic `training` use the Keras path).
