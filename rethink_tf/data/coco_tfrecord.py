@@ -2,13 +2,16 @@ r"""COCO instance annotations + images -> sharded TFRecords (Model Garden's tf.E
 
   python -m rethink_tf.data.coco_tfrecord --annotations=instances_train2017.json \
       --image_dir=train2017 --output=/data/coco/train --num_shards=32 \
-      [--subset_size=10000 --subset_seed=0]
+      [--subset_size=10000 --subset_seed=0] [--strict]
 
 Each record holds the encoded image (RGB/grayscale JPEG and PNG bytes kept as they are, other
 modes such as CMYK re-encoded as RGB JPEG), `image/source_id` (the COCO image id as a decimal
 string, so 64-bit ids survive), normalized boxes, the COCO category id as label, `is_crowd`,
 the JSON `area`, and one PNG mask per instance at image resolution (polygons, compressed and
 uncompressed RLE all decoded with pycocotools). Images without annotations are kept.
+Every image and annotation is checked first (`coco_validation`): each problem is repaired by a
+stated rule or its record skipped, the end-of-run report counts each kind with example records
+(also written to `{output}-report.json`), and `--strict` makes any problem an error.
 `--subset_size` draws a deterministic random subset of images (the paper's 1k/3.5k/10k/35k
 runs); the same seed gives the same subset.
 """
@@ -17,13 +20,15 @@ import collections
 import io
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+import sys
+from typing import Collection, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 from PIL import Image
-from pycocotools import mask as mask_utils
+
+from rethink_tf.data import coco_validation as validation
 
 
 def _bytes(values):
@@ -38,60 +43,26 @@ def _ints(values):
   return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
 
 
-def annotation_mask(segmentation, height: int, width: int) -> np.ndarray:
-  """Decodes a COCO segmentation (polygons, RLE with list or string counts) -> uint8 [H, W]."""
-  if isinstance(segmentation, list):
-    rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-  elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-    rle = mask_utils.frPyObjects(segmentation, height, width)
-  elif isinstance(segmentation, dict):
-    rle = dict(segmentation)
-    if isinstance(rle["counts"], str):
-      rle["counts"] = rle["counts"].encode("ascii")
-  else:
-    raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
-  return mask_utils.decode(rle).astype(np.uint8)
-
-
-def _encoded_rgb_image(path: str):
-  """Returns (bytes, format, height, width); re-encodes modes TF cannot decode as RGB."""
-  with open(path, "rb") as f:
-    data = f.read()
-  with Image.open(io.BytesIO(data)) as im:
-    fmt, mode, (w, h) = im.format, im.mode, im.size
-    if (fmt == "JPEG" and mode in ("RGB", "L")) or (fmt == "PNG" and mode in ("RGB", "L", "RGBA")):
-      return data, fmt.lower(), h, w
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, format="JPEG", quality=95)
-    return buf.getvalue(), "jpeg", h, w
-
-
 def _png(mask: np.ndarray) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(mask).save(buf, format="PNG")
   return buf.getvalue()
 
 
-def image_example(image: dict, anns: Sequence[dict], image_dir: str, counts: Dict[str, int]):
-  """Builds the tf.train.Example of one image; updates `counts`."""
-  path = os.path.join(image_dir, image["file_name"])
-  encoded, fmt, h, w = _encoded_rgb_image(path)
-  if (h, w) != (image["height"], image["width"]):
-    raise ValueError(f"{path}: image is {h}x{w} but the annotations say "
-                     f"{image['height']}x{image['width']} (image id {image['id']})")
-  boxes, labels, crowd, areas, masks = [], [], [], [], []
-  for a in anns:
-    x, y, bw, bh = a["bbox"]
-    if bw <= 0 or bh <= 0:
-      counts["skipped_empty_box"] += 1
-      continue
-    boxes.append((max(y / h, 0.0), max(x / w, 0.0), min((y + bh) / h, 1.0),
-                  min((x + bw) / w, 1.0)))
-    labels.append(int(a["category_id"]))
-    crowd.append(int(a.get("iscrowd", 0)))
-    areas.append(float(a.get("area", bw * bh)))
-    masks.append(_png(annotation_mask(a["segmentation"], h, w)))
-    counts["crowd" if crowd[-1] else "instances"] += 1
+def image_example(image: dict, anns: Sequence[dict], image_dir: str,
+                  category_ids: Collection[int], report: validation.Report,
+                  counts: Dict[str, int]) -> Optional[tf.train.Example]:
+  """The tf.train.Example of one image, or None when the image is skipped (its problem is in
+  `report`). Annotations are checked and repaired by `coco_validation`; `counts` is updated
+  with what was written."""
+  read = validation.read_image(image, image_dir, report)
+  if read is None:
+    return None
+  encoded, fmt = read
+  h, w = image["height"], image["width"]
+  instances = [i for i in (validation.check_annotation(a, h, w, category_ids, report)
+                           for a in anns) if i is not None]
+  boxes = [(y0 / h, x0 / w, y1 / h, x1 / w) for y0, x0, y1, x1 in (i.box_yxyx for i in instances)]
   ymin, xmin, ymax, xmax = (list(v) for v in zip(*boxes)) if boxes else ([], [], [], [])
   feature = {
       "image/encoded": _bytes([encoded]),
@@ -104,12 +75,14 @@ def image_example(image: dict, anns: Sequence[dict], image_dir: str, counts: Dic
       "image/object/bbox/xmin": _floats(xmin),
       "image/object/bbox/ymax": _floats(ymax),
       "image/object/bbox/xmax": _floats(xmax),
-      "image/object/class/label": _ints(labels),
-      "image/object/is_crowd": _ints(crowd),
-      "image/object/area": _floats(areas),
-      "image/object/mask": _bytes(masks),
+      "image/object/class/label": _ints([i.category_id for i in instances]),
+      "image/object/is_crowd": _ints([int(i.is_crowd) for i in instances]),
+      "image/object/area": _floats([i.area for i in instances]),
+      "image/object/mask": _bytes([_png(i.mask) for i in instances]),
   }
   counts["images"] += 1
+  counts["crowd"] += sum(i.is_crowd for i in instances)
+  counts["instances"] += sum(not i.is_crowd for i in instances)
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -122,39 +95,61 @@ def select_subset(image_ids: Sequence[int], subset_size: Optional[int], seed: in
   return sorted(int(ids[i]) for i in rng.choice(len(ids), subset_size, replace=False))
 
 
-def convert(annotations: str, image_dir: str, output: str, num_shards: int = 1,
-            subset_size: Optional[int] = None, subset_seed: int = 0) -> Dict[str, int]:
-  """Writes `{output}-0000i-of-0000N.tfrecord` shards; returns counts of what was written.
+class ConversionError(ValueError):
+  """`--strict` found problems; nothing was written."""
 
-  Shards are written under a temporary name and renamed when complete, so a failed run never
-  leaves a partial file behind under the final name.
+
+def convert(annotations: str, image_dir: str, output: str, num_shards: int = 1,
+            subset_size: Optional[int] = None, subset_seed: int = 0,
+            strict: bool = False, verbose: bool = False) -> Dict:
+  """Writes `{output}-0000i-of-0000N.tfrecord` shards and `{output}-report.json`.
+
+  Every image and annotation is checked (`coco_validation.PROBLEMS`): problems are repaired
+  or their records skipped and counted in the report; with `strict`, any problem raises a
+  ConversionError naming every record and no shard is written. Shards are written under a
+  temporary name and renamed when all are complete, so a failed run never leaves a partial
+  file under the final name. `verbose` prints the report's summary.
+
+  Returns:
+    {"images", "instances", "crowd", "shards": written counts, "problems": {kind: count}}.
   """
-  with open(annotations) as f:
-    data = json.load(f)
-  images = {int(im["id"]): im for im in data["images"]}
-  by_image = collections.defaultdict(list)
-  for a in data.get("annotations", []):
-    by_image[int(a["image_id"])].append(a)
+  data = validation.load_annotations(annotations)
+  report = validation.Report()
+  images, by_image, category_ids = validation.index_dataset(data, report)
   ids = select_subset(list(images), subset_size, subset_seed)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   names = [f"{output}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
   writers = [tf.io.TFRecordWriter(n + ".tmp") for n in names]
   counts = collections.Counter()
   try:
-    for k, image_id in enumerate(ids):
-      ex = image_example(images[image_id], by_image.get(image_id, []), image_dir, counts)
-      writers[k % num_shards].write(ex.SerializeToString())
+    for image_id in ids:
+      ex = image_example(images[image_id], by_image.get(image_id, []), image_dir, category_ids,
+                         report, counts)
+      if ex is not None:
+        writers[(counts["images"] - 1) % num_shards].write(ex.SerializeToString())
+    for w in writers:
+      w.close()
+    if strict and len(report):
+      raise ConversionError(f"{annotations}: {len(report)} problem(s) with --strict; nothing "
+                            f"was written:\n{report.every_record()}")
+    for n in names:
+      os.replace(n + ".tmp", n)
   except BaseException:
     for w, n in zip(writers, names):
       w.close()
-      os.remove(n + ".tmp")
+      if os.path.exists(n + ".tmp"):
+        os.remove(n + ".tmp")
     raise
-  for w, n in zip(writers, names):
-    w.close()
-    os.replace(n + ".tmp", n)
-  counts = dict(images=counts["images"], instances=counts["instances"], crowd=counts["crowd"],
-                skipped_empty_box=counts["skipped_empty_box"], shards=num_shards)
-  return counts
+  result = dict(images=counts["images"], instances=counts["instances"], crowd=counts["crowd"],
+                shards=num_shards, problems=report.counts)
+  report_path = f"{output}-report.json"
+  with open(report_path + ".tmp", "w") as f:
+    json.dump({"annotations": annotations, "image_dir": image_dir, **result,
+               "problem_records": report.as_dict()}, f, indent=1)
+  os.replace(report_path + ".tmp", report_path)
+  if verbose:
+    print(report.summary(), flush=True)
+  return result
 
 
 FLAGS = flags.FLAGS
@@ -167,17 +162,21 @@ def define_flags():
   flags.DEFINE_integer("num_shards", 1, "Number of output shards.")
   flags.DEFINE_integer("subset_size", None, "Keep a deterministic random subset of K images.")
   flags.DEFINE_integer("subset_seed", 0, "Seed of the subset draw.")
+  flags.DEFINE_bool("strict", False, "Fail (exit 1, nothing written) on any problem in the "
+                    "data instead of repairing or skipping the record.")
   flags.mark_flags_as_required(["annotations", "image_dir", "output"])
 
 
 def main(argv):
   del argv
-  counts = convert(FLAGS.annotations, FLAGS.image_dir, FLAGS.output, FLAGS.num_shards,
-                   FLAGS.subset_size, FLAGS.subset_seed)
+  try:
+    counts = convert(FLAGS.annotations, FLAGS.image_dir, FLAGS.output, FLAGS.num_shards,
+                     FLAGS.subset_size, FLAGS.subset_seed, FLAGS.strict, verbose=True)
+  except ValueError as e:  # a bad file, or --strict: the message names every record
+    sys.exit(f"error: {e}")
   print(f"wrote {counts['images']} images, {counts['instances']} instances and "
-        f"{counts['crowd']} crowd regions to {counts['shards']} shard(s) at {FLAGS.output}"
-        + (f" (skipped {counts['skipped_empty_box']} annotations with an empty box)"
-           if counts["skipped_empty_box"] else ""))
+        f"{counts['crowd']} crowd regions to {counts['shards']} shard(s) at {FLAGS.output}; "
+        f"report: {FLAGS.output}-report.json")
   print(json.dumps(counts))
 
 

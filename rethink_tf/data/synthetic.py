@@ -265,7 +265,8 @@ class SyntheticDataset:
       src = generate_split(self.root, split, n, seed, p["image_size"],
                            max_objects=p["max_objects"])
       counts = coco_tfrecord.convert(src["annotations"], src["image_dir"],
-                                     os.path.join(self.root, split), self.num_shards)
+                                     os.path.join(self.root, split), self.num_shards,
+                                     strict=True)  # generated data has no excuse
       print(f"synthetic {split}: {counts['images']} images, {counts['instances']} instances, "
             f"{counts['crowd']} crowd regions -> {self.root} ({time.time() - t:.1f}s)",
             flush=True)

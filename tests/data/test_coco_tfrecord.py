@@ -28,6 +28,7 @@ def test_converter_accounts_for_everything(testdata, tmp_path, name):
   assert counts["images"] == len(data["images"])
   assert counts["instances"] + counts["crowd"] == len(data["annotations"])
   assert counts["crowd"] == n_crowd
+  assert counts["problems"] == {}
   assert not list(tmp_path.glob("*.tmp"))
 
   coco = load_coco(ann)
@@ -128,12 +129,16 @@ def test_subset_flag_writes_k_images(testdata, tmp_path):
   assert counts["images"] == 2 and len(_records(str(tmp_path / "s"))) == 2
 
 
-def test_size_mismatch_names_the_file(testdata, tmp_path):
+def test_size_mismatch_is_skipped_or_under_strict_an_error_naming_the_file(testdata, tmp_path):
   src = os.path.join(testdata, "coco", "icevision_coco6")
   data = json.load(open(os.path.join(src, "annotations.json")))
   data["images"][0]["height"] += 1
   ann = tmp_path / "bad.json"
   ann.write_text(json.dumps(data))
-  with pytest.raises(ValueError, match=data["images"][0]["file_name"]):
-    coco_tfrecord.convert(str(ann), os.path.join(src, "images"), str(tmp_path / "b"))
-  assert not list(tmp_path.glob("b-*.tfrecord"))  # nothing partial under the final name
+  counts = coco_tfrecord.convert(str(ann), os.path.join(src, "images"), str(tmp_path / "a"))
+  assert counts["images"] == len(data["images"]) - 1
+  assert counts["problems"] == {"size_mismatch": 1}
+  with pytest.raises(coco_tfrecord.ConversionError, match=data["images"][0]["file_name"]):
+    coco_tfrecord.convert(str(ann), os.path.join(src, "images"), str(tmp_path / "b"),
+                          strict=True)
+  assert not list(tmp_path.glob("b-*"))  # nothing partial under the final name

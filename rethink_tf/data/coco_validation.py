@@ -1,0 +1,390 @@
+"""Checks and repairs of COCO images and annotations before they become TFRecords.
+
+Real COCO-format files are messy: missing or truncated images, sizes that disagree with the
+JSON, unknown categories, degenerate polygons, boxes outside the image, malformed RLE,
+duplicate ids. Every such problem is one of the kinds in `PROBLEMS`: it is either repaired by
+the rule stated there or the record (image or annotation) is skipped, and `Report` counts each
+kind with the records it hit. The converter (`coco_tfrecord`) prints the report and, with
+`--strict`, turns any problem into an error.
+
+pycocotools is only handed what passed these checks: it decodes an invalid compressed RLE into
+uninitialized memory and allocates until the kernel kills the process for a polygon with a
+NaN or huge (1e12) coordinate.
+"""
+
+import collections
+import dataclasses
+import io
+import json
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  record: str   # "image" or "annotation": what the problem is about
+  action: str   # "skipped" or "repaired"
+  rule: str     # what was wrong and what the converter does about it
+
+
+PROBLEMS: Dict[str, Problem] = {
+    "malformed_image": Problem(
+        "image", "skipped", "an image entry lacks an integer `id`, a `file_name`, or positive "
+        "integer `height`/`width`; the image and its annotations are skipped"),
+    "duplicate_image_id": Problem(
+        "image", "skipped", "a second image entry with an id already seen: the first is kept, "
+        "the later one skipped"),
+    "missing_image": Problem(
+        "image", "skipped", "the file named by `file_name` does not exist in the image "
+        "directory; the image and its annotations are skipped"),
+    "corrupt_image": Problem(
+        "image", "skipped", "the file does not decode completely (not an image, corrupt or "
+        "truncated); the image and its annotations are skipped"),
+    "size_mismatch": Problem(
+        "image", "skipped", "the decoded image size differs from the JSON `height`/`width`, "
+        "so the annotations' coordinates cannot be trusted; the image is skipped"),
+    "malformed_annotation": Problem(
+        "annotation", "skipped", "an annotation lacks an integer `id`, `image_id` or "
+        "`category_id`, a `bbox` of 4 finite numbers, or a `segmentation`; it is skipped"),
+    "duplicate_annotation_id": Problem(
+        "annotation", "skipped", "a second annotation with an id already seen: the first is "
+        "kept, the later one skipped"),
+    "orphan_annotation": Problem(
+        "annotation", "skipped", "`image_id` names no image of the file; skipped"),
+    "unknown_category": Problem(
+        "annotation", "skipped", "`category_id` is not in the file's `categories`; skipped"),
+    "empty_box": Problem(
+        "annotation", "skipped", "the box has zero or negative width or height (or one too "
+        "small to survive normalization to float32 image coordinates); skipped"),
+    "box_outside_image": Problem(
+        "annotation", "skipped", "the box does not overlap the image; skipped"),
+    "box_clipped": Problem(
+        "annotation", "repaired", "the box extends more than 1 pixel beyond the image: clipped "
+        "to the image (overshoots up to 1 pixel, from rounding, are clipped silently)"),
+    "invalid_polygon": Problem(
+        "annotation", "repaired", "a polygon has fewer than 3 points, an odd number of "
+        "coordinates, or a coordinate that is not finite or lies more than one image size "
+        "outside the image: that polygon is dropped, the annotation keeps its other polygons"),
+    "no_valid_polygon": Problem(
+        "annotation", "skipped", "every polygon of the annotation is invalid (see "
+        "invalid_polygon); skipped"),
+    "malformed_rle": Problem(
+        "annotation", "skipped", "an RLE whose `size` is not the image's [height, width], "
+        "whose `counts` are neither a list of non-negative integers nor a valid compressed "
+        "string, or whose runs do not add up to height x width; skipped"),
+    "empty_mask": Problem(
+        "annotation", "skipped", "a non-crowd instance whose segmentation covers no pixel "
+        "(e.g. a polygon of collinear points); skipped"),
+    "missing_area": Problem(
+        "annotation", "repaired", "`area` is absent, negative or not finite: set to the "
+        "mask's pixel count (a present `area` is kept as is, as COCO evaluation uses it, even "
+        "where it differs from the mask: COCO's crowd regions do)"),
+}
+
+MAX_EXAMPLES = 3  # records quoted per kind in the printed summary
+
+
+class Report:
+  """Problems found during a conversion: kind -> the records it hit, in the order seen."""
+
+  def __init__(self):
+    self.records: Dict[str, List[str]] = collections.defaultdict(list)
+
+  def add(self, kind: str, record: str, detail: str = ""):
+    if kind not in PROBLEMS:
+      raise KeyError(f"unknown problem kind {kind!r}")
+    self.records[kind].append(f"{record}: {detail}" if detail else record)
+
+  @property
+  def counts(self) -> Dict[str, int]:
+    return {k: len(self.records[k]) for k in PROBLEMS if self.records.get(k)}
+
+  def __len__(self) -> int:
+    return sum(self.counts.values())
+
+  def summary(self) -> str:
+    """The end-of-run table: kind, count, action, example records."""
+    if not len(self):
+      return "no problems found"
+    lines = [f"{len(self)} problem(s) found (`--strict` makes any problem an error):"]
+    for kind, n in self.counts.items():
+      examples = "; ".join(self.records[kind][:MAX_EXAMPLES])
+      more = f" (+{n - MAX_EXAMPLES} more)" if n > MAX_EXAMPLES else ""
+      lines.append(f"  {kind:<24} {n:>6}  {PROBLEMS[kind].action:<8}  e.g. {examples}{more}")
+    return "\n".join(lines)
+
+  def every_record(self) -> str:
+    """One line per problem: what `--strict` prints."""
+    return "\n".join(f"  {kind}: {r}" for kind in self.counts for r in self.records[kind])
+
+  def as_dict(self) -> Dict:
+    return {k: {"count": len(self.records[k]), "action": PROBLEMS[k].action,
+                "records": self.records[k]} for k in self.counts}
+
+
+def image_name(image: dict) -> str:
+  return f"image {image.get('id')} ({image.get('file_name', '?')})"
+
+
+def annotation_name(ann: dict) -> str:
+  return f"annotation {ann.get('id')} of image {ann.get('image_id')}"
+
+
+def _int_id(value) -> Optional[int]:
+  """COCO ids are integers (some exceed int32); bools and floats with a fraction are not."""
+  if isinstance(value, bool):
+    return None
+  if isinstance(value, int):
+    return value
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  return None
+
+
+def load_annotations(path: str) -> dict:
+  """Reads a COCO JSON; a file-level defect is a ValueError naming the file (no record can
+  be salvaged from a file that is not JSON or has no image list)."""
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from e
+  if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+    raise ValueError(f"{path}: no `images` list: not a COCO annotation file")
+  if not isinstance(data.get("categories"), list) or not data["categories"]:
+    raise ValueError(f"{path}: no `categories` list: category ids cannot be checked")
+  return data
+
+
+def index_dataset(data: dict, report: Report):
+  """Validates the records' ids and links.
+
+  Returns:
+    (images {id: image entry}, annotations {image id: [annotation, ...]}, category ids).
+  """
+  category_ids = {_int_id(c.get("id")) for c in data["categories"] if isinstance(c, dict)}
+  category_ids.discard(None)
+  images: Dict[int, dict] = {}
+  for im in data["images"]:
+    if not isinstance(im, dict):
+      report.add("malformed_image", f"image entry {im!r:.60}")
+      continue
+    image_id, h, w = _int_id(im.get("id")), _int_id(im.get("height")), _int_id(im.get("width"))
+    if (image_id is None or not isinstance(im.get("file_name"), str) or h is None or w is None
+        or h <= 0 or w <= 0):
+      report.add("malformed_image", image_name(im), "needs integer id, file_name, height, width")
+      continue
+    if image_id in images:
+      report.add("duplicate_image_id", image_name(im),
+                 f"id already used by {images[image_id]['file_name']}")
+      continue
+    images[image_id] = {**im, "id": image_id, "height": h, "width": w}
+  by_image = collections.defaultdict(list)
+  seen = set()
+  for a in data.get("annotations", []):
+    if not isinstance(a, dict):
+      report.add("malformed_annotation", f"annotation entry {a!r:.60}")
+      continue
+    ann_id, image_id = _int_id(a.get("id")), _int_id(a.get("image_id"))
+    missing = [k for k, v in (("id", ann_id), ("image_id", image_id),
+                              ("category_id", _int_id(a.get("category_id")))) if v is None]
+    bbox = a.get("bbox")
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in bbox)):
+      missing.append("bbox")
+    if "segmentation" not in a:
+      missing.append("segmentation")
+    if missing:
+      report.add("malformed_annotation", annotation_name(a), f"bad or missing {missing}")
+      continue
+    if ann_id in seen:
+      report.add("duplicate_annotation_id", annotation_name(a))
+      continue
+    seen.add(ann_id)
+    if image_id not in images:
+      report.add("orphan_annotation", annotation_name(a))
+      continue
+    by_image[image_id].append({**a, "id": ann_id, "image_id": image_id,
+                               "category_id": _int_id(a["category_id"])})
+  return images, by_image, category_ids
+
+
+def read_image(image: dict, image_dir: str, report: Report) -> Optional[Tuple[bytes, str]]:
+  """The image's encoded bytes and format ('jpeg' or 'png'), or None when it is skipped.
+
+  RGB/grayscale JPEG and PNG bytes are kept as they are; other modes (CMYK, palette, 16-bit)
+  are re-encoded as RGB JPEG, which TF decodes. The whole file is decoded once, so a
+  truncated file is caught here rather than in the training input pipeline.
+  """
+  path = os.path.join(image_dir, image["file_name"])
+  name = image_name(image)
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except FileNotFoundError:
+    report.add("missing_image", name, f"{path} does not exist")
+    return None
+  except OSError as e:
+    report.add("missing_image", name, f"{path}: {e.strerror or e}")
+    return None
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      im.load()
+      fmt, mode, (w, h) = im.format, im.mode, im.size
+      if (h, w) != (image["height"], image["width"]):
+        report.add("size_mismatch", name, f"file is {h}x{w}, the JSON says "
+                   f"{image['height']}x{image['width']}")
+        return None
+      if (fmt == "JPEG" and mode in ("RGB", "L")) or (
+          fmt == "PNG" and mode in ("RGB", "L", "RGBA")):
+        return data, fmt.lower()
+      buf = io.BytesIO()
+      im.convert("RGB").save(buf, format="JPEG", quality=95)
+      return buf.getvalue(), "jpeg"
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    report.add("corrupt_image", name, f"{path}: {e}")
+    return None
+
+
+def rle_string_counts(counts: bytes) -> List[int]:
+  """Run lengths of a compressed COCO RLE string (the format of pycocotools' rleToString).
+
+  Each run is a little-endian sequence of 5-bit groups stored as chr(48 + group), bit 0x20
+  marking that another group follows, the last group sign-extended from bit 0x10; from the
+  third run on, the value is a difference to the run two before. Raises ValueError on a
+  character outside the alphabet or a truncated group sequence.
+  """
+  runs: List[int] = []
+  p = 0
+  while p < len(counts):
+    value, shift, more = 0, 0, True
+    while more:
+      if p >= len(counts):
+        raise ValueError("truncated run")
+      c = counts[p] - 48
+      if not 0 <= c < 64:
+        raise ValueError(f"character {chr(counts[p])!r} outside the RLE alphabet")
+      value |= (c & 0x1F) << shift
+      more = bool(c & 0x20)
+      p += 1
+      shift += 5
+      if not more and c & 0x10:
+        value |= -1 << shift
+    if len(runs) > 2:
+      value += runs[-2]
+    runs.append(value)
+  return runs
+
+
+def _checked_rle(seg: dict, h: int, w: int) -> Optional[dict]:
+  """A pycocotools RLE (compressed) equal to `seg`, or None when `seg` is malformed."""
+  size, counts = seg.get("size"), seg.get("counts")
+  if not (isinstance(size, (list, tuple)) and [_int_id(s) for s in size] == [h, w]):
+    return None
+  if isinstance(counts, list):
+    runs = counts
+    if not all(_int_id(c) is not None for c in runs):
+      return None
+  elif isinstance(counts, (str, bytes)):
+    try:
+      raw = counts.encode("ascii") if isinstance(counts, str) else counts
+      runs = rle_string_counts(raw)
+    except (UnicodeEncodeError, ValueError):
+      return None
+  else:
+    return None
+  if any(int(r) < 0 for r in runs) or sum(int(r) for r in runs) != h * w:
+    return None
+  if isinstance(counts, list):
+    return mask_utils.frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w)
+  return {"size": [h, w], "counts": raw}
+
+
+def _polygon_ok(poly, h: int, w: int) -> bool:
+  if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
+    return False
+  for k, v in enumerate(poly):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+      return False
+    limit = w if k % 2 == 0 else h
+    if not -limit <= v <= 2 * limit:
+      return False
+  return True
+
+
+def decode_segmentation(seg, h: int, w: int, name: str,
+                        report: Report) -> Optional[np.ndarray]:
+  """Checks, repairs and decodes a COCO segmentation -> uint8 [h, w] (None when skipped)."""
+  if isinstance(seg, list):
+    polys = [p for p in seg if _polygon_ok(p, h, w)]
+    if len(polys) < len(seg):
+      kind = "invalid_polygon" if polys else "no_valid_polygon"
+      report.add(kind, name, f"{len(seg) - len(polys)} of {len(seg)} polygon(s) invalid")
+      if not polys:
+        return None
+    rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in polys], h, w))
+  elif isinstance(seg, dict):
+    rle = _checked_rle(seg, h, w)
+    if rle is None:
+      report.add("malformed_rle", name, f"size {seg.get('size')!r:.40}, counts of type "
+                 f"{type(seg.get('counts')).__name__}")
+      return None
+  else:
+    report.add("malformed_annotation", name, f"segmentation of type {type(seg).__name__}")
+    return None
+  return mask_utils.decode(rle).astype(np.uint8)
+
+
+@dataclasses.dataclass
+class Instance:
+  """One annotation as written: box in pixels (ymin, xmin, ymax, xmax), the COCO category id,
+  crowd flag, area and mask uint8 [h, w]."""
+  box_yxyx: Tuple[float, float, float, float]
+  category_id: int
+  is_crowd: bool
+  area: float
+  mask: np.ndarray
+
+
+def _positive_extent(lo: float, hi: float, size: int) -> bool:
+  """hi > lo once normalized by the image size in float32, as the record stores them."""
+  return bool(np.float32(hi / size) > np.float32(lo / size))
+
+
+def check_annotation(ann: dict, h: int, w: int, category_ids: Sequence[int],
+                     report: Report) -> Optional[Instance]:
+  """Validates and repairs one annotation of an h x w image (ids already checked by
+  `index_dataset`); None when it is skipped."""
+  name = annotation_name(ann)
+  if ann["category_id"] not in category_ids:
+    report.add("unknown_category", name, f"category_id {ann['category_id']}")
+    return None
+  x, y, bw, bh = (float(v) for v in ann["bbox"])
+  if not (_positive_extent(x, x + bw, w) and _positive_extent(y, y + bh, h)):
+    report.add("empty_box", name, f"bbox {ann['bbox']}")
+    return None
+  x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + bw, float(w)), min(y + bh, float(h))
+  if not (_positive_extent(x0, x1, w) and _positive_extent(y0, y1, h)):
+    report.add("box_outside_image", name, f"bbox {ann['bbox']} in a {h}x{w} image")
+    return None
+  if max(-x, -y, x + bw - w, y + bh - h) > 1.0:
+    report.add("box_clipped", name, f"bbox {ann['bbox']} clipped to a {h}x{w} image")
+  crowd = bool(ann.get("iscrowd", 0))
+  mask = decode_segmentation(ann["segmentation"], h, w, name, report)
+  if mask is None:
+    return None
+  if not crowd and not mask.any():
+    report.add("empty_mask", name)
+    return None
+  area = ann.get("area")
+  if isinstance(area, bool) or not isinstance(area, (int, float)) or not (
+      math.isfinite(area) and area >= 0):
+    report.add("missing_area", name, f"area {area!r}")
+    area = float(mask.sum())
+  return Instance((y0, x0, y1, x1), ann["category_id"], crowd, float(area), mask)
