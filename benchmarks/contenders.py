@@ -77,7 +77,7 @@ def our_train(size, batch, norm="BN", precision="float32", jit_compile=False):
   train_fn = trainer._make_train_fn()
   iterator = iter(trainer._dataset())
   one = tf.constant(1)
-  work = lambda: train_fn(iterator, one)["total_loss"].numpy()
+  work = lambda: train_fn(iterator, one)[0]["total_loss"].numpy()
   return work, {"params": _param_count(trainer.model)}
 
 

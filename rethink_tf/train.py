@@ -21,7 +21,7 @@ from absl import app, flags, logging  # noqa: E402
 from rethink_tf import config  # noqa: E402
 from rethink_tf.flags import define_common_flags  # noqa: E402
 from rethink_tf.training import distribute  # noqa: E402
-from rethink_tf.training.trainer import Trainer  # noqa: E402
+from rethink_tf.training.trainer import CheckpointWriteError, Trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -36,7 +36,11 @@ def main(argv):
   config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
   t0 = time.time()
   strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
-  metrics = Trainer(FLAGS.model_dir, strategy).train()
+  try:
+    metrics = Trainer(FLAGS.model_dir, strategy).train()
+  except (FloatingPointError, CheckpointWriteError) as e:
+    # Expected failures of a long run: the message says what happened and what to do.
+    sys.exit(f"error: {e}")
   if metrics:
     summary = ", ".join(f"{name} AP {metrics[k]['AP']:.3f}"
                         for k, name in (("bbox", "box"), ("segm", "mask")) if k in metrics)

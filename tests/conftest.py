@@ -84,7 +84,7 @@ def run_steps(trainer, n):
   it = iter(trainer._dataset())
   out = []
   for _ in range(n):
-    per_replica = trainer.strategy.run(step, args=(next(it),))
+    per_replica, _ = trainer.strategy.run(step, args=(next(it),))
     out.append({k: float(trainer.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None))
                 for k, v in per_replica.items()})
   return out

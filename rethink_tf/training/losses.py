@@ -6,7 +6,7 @@ replicas' losses (and gradients) then add up to the loss of the whole batch on o
 whatever the split: 2 replicas x 1 image train exactly as 1 replica x 2 images.
 """
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
 
@@ -73,6 +73,13 @@ def mask_loss(mask_logits, mask_targets, mask_weights, global_sum: Reducer = Non
   per_roi = tf.reduce_mean(bce, axis=[2, 3])
   return tf.reduce_sum(per_roi * mask_weights) / _normalizer(tf.reduce_sum(mask_weights),
                                                              global_sum)
+
+
+def loss_names(with_mask: bool) -> List[str]:
+  """The keys of `mask_rcnn_losses`, in its order (the train loop's state needs them before
+  the first step runs)."""
+  return (["rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss", "fast_rcnn_box_loss"]
+          + (["mask_loss"] if with_mask else []) + ["total_loss"])
 
 
 def mask_rcnn_losses(outputs: Dict[str, tf.Tensor], batch: Dict[str, tf.Tensor],

@@ -7,13 +7,13 @@ and pycocotools runs on the host.
 
 import json
 import os
+import re
 import signal
 import threading
 import time
 from typing import Dict, Optional
 
 import gin
-import numpy as np
 import tensorflow as tf
 import tf_keras
 from absl import logging
@@ -23,13 +23,14 @@ from rethink_tf.evaluation import visualize
 from rethink_tf.evaluation.evaluator import run_evaluation
 from rethink_tf.modeling import init as init_lib
 from rethink_tf.modeling.build import build_model
-from rethink_tf.training import distribute
+from rethink_tf.training import distribute, divergence, run_files
 from rethink_tf.training import optimizer as opt_lib
-from rethink_tf.training.losses import mask_rcnn_losses
+from rethink_tf.training.losses import loss_names, mask_rcnn_losses
 from rethink_tf.training.schedules import nx_schedule
 
 EVAL_METRICS_FILE = "eval_metrics.jsonl"
 SCHEDULE_FILE = "schedule.json"
+OPERATIVE_CONFIG_FILE = "operative_config.gin"
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -43,7 +44,7 @@ class TrainConfig:
                log_every_steps: int = 20, steps_per_loop: int = 1, seed: Optional[int] = 0,
                jit_compile: bool = False, eval_batch_size: int = 8,
                stop_at_step: Optional[int] = None, precision: str = "float32",
-               eval_image_summaries: int = 4):
+               eval_image_summaries: int = 4, skip_nonfinite_steps: int = 0):
     self.global_batch_size = global_batch_size
     self.eval_every_steps = eval_every_steps
     self.checkpoint_every_steps = checkpoint_every_steps
@@ -56,12 +57,19 @@ class TrainConfig:
     self.stop_at_step = stop_at_step  # end early (e.g. a time-boxed slice of a long run)
     # Validation images drawn with their detections at every evaluation (0: none).
     self.eval_image_summaries = eval_image_summaries
+    # Steps with a non-finite loss or gradient are never applied; the run stops at the first
+    # one, or once more than this many were skipped (counted over the whole run).
+    self.skip_nonfinite_steps = skip_nonfinite_steps
     if precision not in PRECISIONS:
       raise ValueError(f"TrainConfig.precision {precision!r} is not one of {PRECISIONS}")
     # mixed_*: convs and fcs compute in bfloat16/float16 with float32 variables; GN/BN
     # statistics, RoIAlign sampling, the final logits and the losses stay float32;
     # mixed_float16 adds dynamic loss scaling.
     self.precision = precision
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (e.g. a full disk); the previous one is intact."""
 
 
 def format_metrics(metrics: Dict[str, Dict[str, float]]) -> str:
@@ -141,10 +149,14 @@ class Trainer:
         if self.cfg.precision == "mixed_float16":
           self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(self.optimizer)
         self.optimizer.build(self.model.trainable_variables)
+        self.skipped_steps = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="skipped_nonfinite_steps",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     finally:
       tf_keras.mixed_precision.set_global_policy(previous_policy)
     self.decay_vars = opt_lib.decayed_variables(self.model)
-    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                          skipped_nonfinite_steps=self.skipped_steps)
     # Every worker of a multi-worker job takes part in a save; only the chief's lands in
     # model_dir, the others write to a scratch directory they delete afterwards.
     self.is_chief, task_type, task_id = distribute.worker_info(strategy)
@@ -185,9 +197,10 @@ class Trainer:
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
   def make_replica_step(self):
-    """The per-replica step: batch -> this replica's share of every loss (they sum to the
-    global-batch losses), gradients applied. Runs under `strategy.run`; `_make_train_fn`
-    wraps it in the compiled loop."""
+    """The per-replica step: batch -> (this replica's share of every loss (they sum to the
+    global-batch losses), bool: the gradients were applied). A step whose loss or gradients
+    are not finite on any replica is not applied (`divergence`). Runs under `strategy.run`;
+    `_make_train_fn` wraps it in the compiled loop."""
     model, optimizer = self.model, self.optimizer
     decay_vars = self.decay_vars
     replicas = self.strategy.num_replicas_in_sync
@@ -216,23 +229,40 @@ class Trainer:
 
     def replica_step(batch):
       grads, losses = grad_fn(batch)
-      optimizer.apply_gradients(zip(grads, model.trainable_variables))
-      return losses
+      # Under mixed_float16 the loss-scale optimizer skips non-finite gradients itself (and
+      # lowers the scale): only the loss is checked here.
+      finite = divergence.all_finite(losses["total_loss"] + losses["weight_decay_loss"],
+                                     [] if loss_scaled else grads)
+      if replicas > 1:
+        finite = tf.equal(global_sum(1.0 - tf.cast(finite, tf.float32)), 0.0)
+      applied = divergence.apply_gradients_if(optimizer, zip(grads, model.trainable_variables),
+                                              finite, self.skipped_steps)
+      return losses, applied
 
     return replica_step
 
   def _make_train_fn(self):
     strategy = self.strategy
     replica_step = self.make_replica_step()
+    loss_keys = loss_names(self.model.mask_head is not None) + ["weight_decay_loss"]
 
     @tf.function
     def train_loop(iterator, num_steps):
-      losses = None
+      """Runs up to num_steps steps, ending early after a step that was not applied.
+      Returns (that last step's losses, steps run, bool: its update was applied)."""
+      losses = {k: tf.constant(0.0) for k in loss_keys}
+      done, applied = tf.constant(0), tf.constant(True)
       for _ in tf.range(num_steps):
-        per_replica = strategy.run(replica_step, args=(next(iterator),))
+        if not applied:
+          break
+        per_replica, per_replica_applied = strategy.run(replica_step, args=(next(iterator),))
         losses = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                   for k, v in per_replica.items()}
-      return losses
+        applied = tf.equal(strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                           tf.cast(per_replica_applied, tf.int32), axis=None),
+                           strategy.num_replicas_in_sync)
+        done += 1
+      return losses, done, applied
 
     return train_loop
 
@@ -248,8 +278,8 @@ class Trainer:
                                                self.cfg.eval_image_summaries)
         tf.summary.image("predictions", pictures, max_outputs=len(pictures))
     writer.flush()
-    with open(os.path.join(self.model_dir, EVAL_METRICS_FILE), "a") as f:
-      f.write(json.dumps({"step": step, **metrics}) + "\n")
+    run_files.append_line(os.path.join(self.model_dir, EVAL_METRICS_FILE),
+                          json.dumps({"step": step, **metrics}))
     print(f"eval @ step {step}: {format_metrics(metrics)}", flush=True)
     return metrics
 
@@ -262,8 +292,7 @@ class Trainer:
     """
     tf.io.gfile.makedirs(self.model_dir)
     if self.is_chief:
-      with open(os.path.join(self.model_dir, "config.gin"), "w") as f:
-        f.write(gin.config_str())
+      run_files.write_text(os.path.join(self.model_dir, "config.gin"), gin.config_str())
       self._write_schedule()
     step = self.restore_or_initialize()
     total = self.schedule.total_steps
@@ -289,14 +318,17 @@ class Trainer:
     try:
       while step < end:
         n = min(self.cfg.steps_per_loop, end - step, self._steps_to_next_event(step, end))
-        losses = train_loop(iterator, tf.constant(n))
+        losses, done, applied = train_loop(iterator, tf.constant(n))
         if step == step_start and self.is_chief:
-          with open(os.path.join(self.model_dir, "operative_config.gin"), "w") as f:
-            f.write(gin.operative_config_str())
-        step += n
-        steps_window += n
-        if step % self.cfg.log_every_steps == 0 or step == end or step - n == step_start:
-          self._log(step, end, n, step_start, t_start, t_window, steps_window, losses,
+          run_files.write_text(os.path.join(self.model_dir, OPERATIVE_CONFIG_FILE),
+                               gin.operative_config_str())
+        done = int(done)
+        step += done
+        steps_window += done
+        if not bool(applied):
+          self._skip_or_stop(step, losses, train_writer)
+        elif step % self.cfg.log_every_steps == 0 or step == end or step - done == step_start:
+          self._log(step, end, done, step_start, t_start, t_window, steps_window, losses,
                     train_writer)
           t_window, steps_window = time.time(), 0
         if self._preemption_requested():
@@ -316,26 +348,21 @@ class Trainer:
         signal.signal(signal.SIGTERM, previous_handler)
       train_writer.flush()
     if self.is_chief:
-      with open(os.path.join(self.model_dir, "operative_config.gin"), "w") as f:
-        f.write(gin.operative_config_str())
+      run_files.write_text(os.path.join(self.model_dir, OPERATIVE_CONFIG_FILE),
+                           gin.operative_config_str())
     return metrics
 
   def _write_schedule(self):
     """`model_dir/schedule.json`: the run's steps, LR decays and batch, for tools that plot it
     (the LR scalars are logged every `log_every_steps`, too coarse to place a decay)."""
     s = self.schedule
-    with open(os.path.join(self.model_dir, SCHEDULE_FILE), "w") as f:
-      json.dump({"total_steps": s.total_steps, "boundaries": list(s.boundaries),
-                 "base_lr": s.base_lr, "warmup_steps": s.warmup_steps,
-                 "decay_factor": s.decay_factor,
-                 "global_batch_size": self.cfg.global_batch_size}, f)
+    run_files.write_text(os.path.join(self.model_dir, SCHEDULE_FILE), json.dumps(
+        {"total_steps": s.total_steps, "boundaries": list(s.boundaries), "base_lr": s.base_lr,
+         "warmup_steps": s.warmup_steps, "decay_factor": s.decay_factor,
+         "global_batch_size": self.cfg.global_batch_size}))
 
   def _log(self, step, end, n, step_start, t_start, t_window, steps_window, losses, writer):
     values = {k: float(v) for k, v in losses.items()}
-    if not np.isfinite(values["total_loss"]):
-      raise FloatingPointError(
-          f"non-finite loss at step {step}: {values}; last good checkpoint: "
-          f"{tf.train.latest_checkpoint(self.model_dir)}")
     sps = steps_window / max(time.time() - t_window, 1e-9)
     # The first window includes tracing and compilation; later ones measure the steps.
     rate = sps if step - n != step_start else (step - step_start) / max(
@@ -354,15 +381,53 @@ class Trainer:
           f"{sps:.2f} steps/s {sps * self.cfg.global_batch_size:.1f} img/s | "
           f"ETA {_format_eta((end - step) / max(rate, 1e-9))}", flush=True)
 
+  def _skip_or_stop(self, step: int, losses, writer):
+    """After a step that was not applied (non-finite loss or gradient): a warning while
+    `skip_nonfinite_steps` allows, else a FloatingPointError naming the step, every loss term
+    and the last good checkpoint (nothing is saved after the bad step)."""
+    values = {k: float(v) for k, v in losses.items()}
+    skipped = int(self.skipped_steps.numpy())
+    message = divergence.nonfinite_message(step, values, skipped, self.cfg.skip_nonfinite_steps,
+                                           tf.train.latest_checkpoint(self.model_dir))
+    with writer.as_default(step=step):
+      tf.summary.scalar("skipped_nonfinite_steps", skipped)
+    if skipped > self.cfg.skip_nonfinite_steps:
+      raise FloatingPointError(message)
+    print(f"warning: {message}", flush=True)
+
   def _save(self, step: int):
     """Saves on every worker (a collective); a checkpoint becomes the latest only once it is
     completely written (TF writes the files, then the `checkpoint` state file), so a crash
-    mid-write leaves the previous one restorable."""
+    mid-write leaves the previous one restorable. A failed write (a full disk) removes the
+    new checkpoint's partial files and raises CheckpointWriteError naming the intact one."""
     if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(f"-{step}"):
       return
-    self.manager.save(checkpoint_number=step)
+    try:
+      self.manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as e:
+      raise self._failed_save(step, e) from e
     if not self.is_chief:
       tf.io.gfile.rmtree(self.checkpoint_dir)
+
+  def _failed_save(self, step: int, error: Exception) -> "CheckpointWriteError":
+    prefix = os.path.join(self.checkpoint_dir, f"ckpt-{step}")
+    previous = tf.train.latest_checkpoint(self.checkpoint_dir)  # what the state file says
+    removed = []
+    if previous != prefix:
+      for path in tf.io.gfile.glob(prefix + ".*") + tf.io.gfile.glob(prefix + "_temp*"):
+        try:
+          (tf.io.gfile.rmtree if tf.io.gfile.isdir(path) else tf.io.gfile.remove)(path)
+          removed.append(os.path.basename(path))
+        except (tf.errors.OpError, OSError):
+          pass
+    reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "",  # TF's op-location prefix
+                    getattr(error, "message", None) or str(error))
+    intact = (f"the previous checkpoint {previous} is intact: free space in "
+              f"{self.checkpoint_dir} and run the same command to resume from it"
+              if previous else "no earlier checkpoint exists: the run restarts from step 0")
+    return CheckpointWriteError(
+        f"could not write checkpoint {prefix} at step {step}: {reason.strip()}; "
+        f"removed its partial files {removed}; {intact}")
 
   def _catch_sigterm(self):
     """Turns SIGTERM into a request to save and stop (main thread only); returns the old
