@@ -24,13 +24,14 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
   try:
+    config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     path = resolve_checkpoint(FLAGS.checkpoint, FLAGS.model_dir)
-  except FileNotFoundError as e:
-    sys.exit(str(e))
-  model, cfg = build_for_inference(path)
-  metrics = run_evaluation(model, cfg.prepare())
+    model, cfg = build_for_inference(path)
+    cfg.prepare(training=False)
+  except (FileNotFoundError, config.ConfigError) as e:
+    sys.exit(f"error: {e}")
+  metrics = run_evaluation(model, cfg)
   print(json.dumps({"checkpoint": path, **metrics}))
 
 

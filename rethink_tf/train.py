@@ -4,7 +4,9 @@ r"""Trains Mask R-CNN FPN as bound by gin files.
   python -m rethink_tf.train --gin_file=gin_configs/paper/r50_fpn_gn_scratch_3x.gin \
       --model_dir=gs://bucket/run --strategy=tpu --tpu=my-tpu
 
-Resumes from the latest checkpoint in --model_dir. Evaluates every
+Resumes from the latest checkpoint in --model_dir (refused, unless --allow_config_change, when
+that run's operative config differs). A configuration mistake, a diverged loss or a failed
+checkpoint write ends the run with exit code 1 and one message that says what to do. Evaluates every
 `TrainConfig.eval_every_steps` and at the end of the schedule, appending to
 `model_dir/eval_metrics.jsonl`.
 """
@@ -20,6 +22,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from rethink_tf import config  # noqa: E402
 from rethink_tf.flags import define_common_flags  # noqa: E402
+from rethink_tf.modeling.init import InitError  # noqa: E402
 from rethink_tf.training import distribute  # noqa: E402
 from rethink_tf.training.trainer import CheckpointWriteError, Trainer  # noqa: E402
 
@@ -33,13 +36,15 @@ def main(argv):
     sys.exit("--model_dir is required")
   if FLAGS.cpu_devices:
     distribute.split_cpu(FLAGS.cpu_devices)
-  config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
   t0 = time.time()
-  strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
   try:
-    metrics = Trainer(FLAGS.model_dir, strategy).train()
-  except (FloatingPointError, CheckpointWriteError) as e:
-    # Expected failures of a long run: the message says what happened and what to do.
+    config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
+    metrics = Trainer(FLAGS.model_dir, strategy,
+                      allow_config_change=FLAGS.allow_config_change).train()
+  except (config.ConfigError, InitError, FloatingPointError, CheckpointWriteError) as e:
+    # Configuration mistakes and the expected failures of a long run: the message names the
+    # binding, file or checkpoint and says what to do; a traceback would bury it.
     sys.exit(f"error: {e}")
   if metrics:
     summary = ", ".join(f"{name} AP {metrics[k]['AP']:.3f}"

@@ -12,6 +12,7 @@ import tensorflow as tf
 from official.vision.dataloaders import tf_example_decoder
 
 from rethink_tf.layers.roi_align import roi_align_flat
+from rethink_tf.run_config import ConfigError
 from rethink_tf.modeling import anchors as anchor_lib
 
 # torchvision/detectron2 ImageNet statistics (RGB, 0-255); detectron2's scratch configs use them.
@@ -51,13 +52,30 @@ class InputConfig:
     if any(s % 32 for s in self.padded_size):
       raise ValueError(f"padded_size {self.padded_size} must be multiples of 32 (FPN P5)")
 
-  def prepare(self):
-    """Materializes the embedded dataset when one is configured (generated once, cached)."""
+  def prepare(self, training: bool = True):
+    """Materializes the embedded dataset when one is configured (generated once, cached);
+    otherwise checks that the data bindings are set and point at existing files (a
+    ConfigError naming the binding), so a run fails before it builds a model.
+    `training=False` (evaluation) does not need the training shards."""
     if self.synthetic is not None:
       paths = self.synthetic.prepare()
       self.train_pattern = self.train_pattern or paths["train_pattern"]
       self.val_pattern = self.val_pattern or paths["val_pattern"]
       self.val_annotations = self.val_annotations or paths["val_annotations"]
+      return self
+    required = [("val_pattern", self.val_pattern), ("val_annotations", self.val_annotations),
+                ("category_ids", self.category_ids)]
+    if training:
+      required.insert(0, ("train_pattern", self.train_pattern))
+    missing = [f"InputConfig.{name}" for name, value in required if not value]
+    if missing:
+      raise ConfigError(f"{', '.join(missing)} must be bound: no synthetic dataset is "
+                        "configured (gin_configs/data/coco.gin shows the bindings)")
+    for name, value in required[:-1]:
+      found = tf.io.gfile.glob(value) if name.endswith("pattern") else tf.io.gfile.exists(value)
+      if not found:
+        raise ConfigError(f"InputConfig.{name} = {value!r} matches no file (convert the data "
+                          "with rethink_tf.data.coco_tfrecord, then bind its path)")
     return self
 
   @property

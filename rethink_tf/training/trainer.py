@@ -18,6 +18,7 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
+from rethink_tf import run_config
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.evaluation import visualize
 from rethink_tf.evaluation.evaluator import run_evaluation
@@ -31,6 +32,7 @@ from rethink_tf.training.schedules import nx_schedule
 EVAL_METRICS_FILE = "eval_metrics.jsonl"
 SCHEDULE_FILE = "schedule.json"
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
+CONFIG_CHANGES_FILE = "config_changes.txt"
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -127,8 +129,10 @@ class Trainer:
   """Runs training for the schedule bound in gin; resumes automatically from `model_dir`."""
 
   def __init__(self, model_dir: str, strategy: tf.distribute.Strategy,
-               config: Optional[TrainConfig] = None, input_config: Optional[InputConfig] = None):
+               config: Optional[TrainConfig] = None, input_config: Optional[InputConfig] = None,
+               allow_config_change: bool = False):
     self.model_dir = model_dir
+    self.allow_config_change = allow_config_change
     self.strategy = strategy
     self.cfg = config or TrainConfig()
     self.input_cfg = apply_input_convention((input_config or InputConfig()).prepare())
@@ -291,6 +295,7 @@ class Trainer:
     there, on the examples an uninterrupted run would have seen next.
     """
     tf.io.gfile.makedirs(self.model_dir)
+    self._check_run_config()
     if self.is_chief:
       run_files.write_text(os.path.join(self.model_dir, "config.gin"), gin.config_str())
       self._write_schedule()
@@ -351,6 +356,25 @@ class Trainer:
       run_files.write_text(os.path.join(self.model_dir, OPERATIVE_CONFIG_FILE),
                            gin.operative_config_str())
     return metrics
+
+  def _check_run_config(self):
+    """Refuses (ConfigError) to continue a run in model_dir that was trained with another
+    operative config, unless allow_config_change; allowed changes are printed and appended
+    to `config_changes.txt`. Runs before any training step."""
+    path = os.path.join(self.model_dir, OPERATIVE_CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+      return
+    with tf.io.gfile.GFile(path) as f:
+      previous = f.read()
+    changes = run_config.check_run_config(previous, gin.operative_config_str(), self.model_dir,
+                               self.allow_config_change)
+    if changes and self.is_chief:
+      latest = tf.train.latest_checkpoint(self.model_dir)
+      lines = [f"config changed when resuming from {latest} (--allow_config_change):"]
+      lines += [f"  {k}: {a} -> {b}" for k, a, b in changes]
+      print("\n".join(lines), flush=True)
+      with open(os.path.join(self.model_dir, CONFIG_CHANGES_FILE), "a") as f:
+        f.write("\n".join(lines) + "\n")
 
   def _write_schedule(self):
     """`model_dir/schedule.json`: the run's steps, LR decays and batch, for tools that plot it

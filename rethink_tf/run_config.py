@@ -1,0 +1,63 @@
+"""The run guard: one model_dir, one operative config; and ConfigError, the error of every
+configuration mistake found before training starts.
+
+A run resumed in its model_dir must be the same experiment: `check_run_config` compares the
+operative config saved with the run to the one about to train and lists every binding that
+changed. Only bindings that decide when to log, evaluate, save or stop may change freely.
+"""
+
+import re
+from typing import Dict, List, Tuple
+
+
+class ConfigError(ValueError):
+  """A configuration mistake, found before training starts; the message says what to do."""
+
+
+# Bindings a resumed run may change without --allow_config_change: they decide when to log,
+# evaluate, save or stop, not what is trained.
+RESUMABLE_CHANGES = frozenset(f"TrainConfig.{p}" for p in (
+    "stop_at_step", "eval_every_steps", "log_every_steps", "checkpoint_every_steps",
+    "keep_checkpoints", "steps_per_loop", "eval_batch_size", "eval_image_summaries",
+    "skip_nonfinite_steps"))
+
+
+def bindings(operative_config: str) -> Dict[str, str]:
+  """{'configurable.param' (or macro name): value text} of a gin config string; values that
+  span several lines are joined."""
+  out: Dict[str, str] = {}
+  key = None
+  for line in operative_config.splitlines():
+    if not line.strip() or line.lstrip().startswith("#"):
+      continue
+    m = re.match(r"^([A-Za-z_][\w./]*)\s*=\s*(.*)$", line)
+    if m and not line[0].isspace():
+      key = m.group(1)
+      out[key] = m.group(2).strip()
+    elif key is not None:
+      out[key] += " " + line.strip()
+  return out
+
+
+def config_changes(previous: str, current: str) -> List[Tuple[str, str, str]]:
+  """(binding, previous value, current value) for every binding of `current` whose value
+  differs in `previous`. Bindings `previous` lacks (parameters added to the code since) and
+  `RESUMABLE_CHANGES` are not changes."""
+  old, new = bindings(previous), bindings(current)
+  return [(k, old[k], v) for k, v in sorted(new.items())
+          if k in old and old[k] != v and k not in RESUMABLE_CHANGES]
+
+
+def check_run_config(previous: str, current: str, model_dir: str,
+                     allow_change: bool) -> List[Tuple[str, str, str]]:
+  """Raises a ConfigError listing the changed bindings when `model_dir`'s run (`previous`
+  operative config) was configured differently, unless `allow_change`; returns the changes."""
+  changes = config_changes(previous, current)
+  if changes and not allow_change:
+    listed = "\n".join(f"  {k}: {a} -> {b}" for k, a, b in changes)
+    raise ConfigError(
+        f"{model_dir} holds a run with a different operative config ({len(changes)} "
+        f"binding(s) changed):\n{listed}\nResuming would mix two experiments in one run: use "
+        "a new --model_dir, or pass --allow_config_change to continue this run with the new "
+        "values (recorded in config_changes.txt).")
+  return changes
