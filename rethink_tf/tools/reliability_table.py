@@ -1,0 +1,211 @@
+r"""docs/reliability.md: every bad input the tests try, what happens, and the test that shows it.
+
+  python -m rethink_tf.tools.reliability_table > docs/reliability.md
+  python -m rethink_tf.tools.reliability_table --check     # exit 1 if the page is stale
+
+The converter's rows come from `coco_validation.PROBLEMS` (the rules the converter applies);
+the others from `CASES`. Every row names a test, and `tests/tools/test_reliability_table.py`
+checks that the test exists and that its module contains the row's evidence (the message or
+name it asserts), and that the committed page equals this output.
+"""
+
+import dataclasses
+import os
+import sys
+from typing import List
+
+from absl import app, flags
+
+from rethink_tf.data.coco_validation import PROBLEMS
+
+DOC = os.path.join("docs", "reliability.md")
+CONVERTER_TEST = ("tests/data/test_coco_validation.py::"
+                  "test_every_planted_problem_is_counted_named_and_handled_by_its_rule")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  bad_input: str
+  what_happens: str
+  test: str       # "tests/path.py::test_name"
+  evidence: str   # text the test module contains: the message or name it asserts
+
+
+CASES = {
+    "Data conversion (`python -m rethink_tf.data.coco_tfrecord`), whole files and modes": [
+        Case("annotation file that is not JSON, has no `images` list or no `categories`",
+             "ValueError naming the file and the defect; nothing written",
+             "tests/data/test_coco_validation.py::test_a_bad_file_is_an_error_naming_it",
+             "no `categories` list"),
+        Case("any record problem above, with `--strict`",
+             "exit 1; stderr lists every problem record (`kind: record: detail`); no shard, "
+             "temporary file or report left",
+             "tests/data/test_coco_validation.py::"
+             "test_strict_fails_naming_every_record_and_writes_nothing",
+             "problem(s) with --strict; nothing was written"),
+        Case("random polygons (degenerate, odd-length, NaN/inf/1e12 coordinates), RLEs "
+             "(wrong sums, negative runs, garbage strings, wrong sizes) and boxes "
+             "(hypothesis, 300 examples)",
+             "never crashes; every mask written equals pycocotools' decoding of what was "
+             "kept (pycocotools itself is OOM-killed by a NaN or 1e12 polygon coordinate and "
+             "decodes an invalid compressed RLE into uninitialized memory)",
+             "tests/data/test_coco_validation.py::test_written_masks_equal_pycocotools_decoding",
+             "_pycocotools_mask"),
+        Case("grayscale, CMYK and RGBA images, ids beyond int32, images without annotations",
+             "converted (CMYK re-encoded as RGB JPEG); ids kept exactly",
+             "tests/data/test_coco_tfrecord.py::"
+             "test_grayscale_cmyk_png_64bit_ids_and_empty_images", "2**40"),
+    ],
+    "Training run (`python -m rethink_tf.train`)": [
+        Case("a non-finite loss or gradient at step k",
+             "the step's update is never applied; the run stops with exit 1: `non-finite loss "
+             "at step k (every term=value): ... the last good checkpoint is .../ckpt-j, intact; "
+             "run the same command to resume from it` and what to change; nothing is saved "
+             "after step k-1; resuming continues from ckpt-j",
+             "tests/training/test_divergence.py::"
+             "test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoint",
+             "the last good checkpoint is"),
+        Case("the same, with `TrainConfig.skip_nonfinite_steps = N`",
+             "up to N such steps are skipped with a warning (counted over the run, saved in "
+             "the checkpoint, `skipped_nonfinite_steps` in TensorBoard); the next one stops "
+             "the run as above",
+             "tests/training/test_divergence.py::"
+             "test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoint",
+             "skip_nonfinite_steps = 1 used"),
+        Case("the disk fills during a checkpoint write (a real size-limited tmpfs)",
+             "exit 1: `could not write checkpoint .../ckpt-10 at step 10: ... No space left on "
+             "device; removed its partial files [...]; the previous checkpoint .../ckpt-5 is "
+             "intact: free space ... and run the same command`; ckpt-5 restores",
+             "tests/training/test_full_disk.py::"
+             "test_disk_full_during_checkpoint_write_keeps_the_previous_one_restorable",
+             "No space left on device"),
+        Case("SIGKILL while a checkpoint is being written",
+             "the damaged checkpoint never becomes the latest; the next start resumes from "
+             "the previous one",
+             "tests/training/test_train_and_resume.py::"
+             "test_kill_during_checkpoint_write_keeps_the_previous_checkpoint",
+             "the damaged ckpt-10 never became latest"),
+        Case("SIGTERM (preemption)",
+             "checkpoint at the current step, exit 0; the restarted run logs the losses of "
+             "an uninterrupted one",
+             "tests/training/test_train_and_resume.py::"
+             "test_sigterm_saves_exits_cleanly_and_resumes_identically",
+             "preempted \\(SIGTERM\\)"),
+    ],
+    "Configuration (gin files, `--gin_param`, `--model_dir`)": [
+        Case("a misspelled parameter in a gin file",
+             "ConfigError before any model is built: the configurable, the parameter, "
+             "`did you mean ...?`, the file and line",
+             "tests/test_run_config.py::"
+             "test_misspelled_parameter_in_a_file_names_file_line_and_the_right_name",
+             "(did you mean build_model.width_multiplier?)"),
+        Case("a misspelled configurable in `--gin_param`",
+             "ConfigError with the nearest configurables and the binding",
+             "tests/test_run_config.py::"
+             "test_misspelled_configurable_in_a_param_names_the_binding",
+             "No configurable matching 'TrainConfg'"),
+        Case("an undefined macro; a syntax error",
+             "ConfigError: `the macro %X is used but never bound`; the offending binding",
+             "tests/test_run_config.py::test_undefined_macro_and_syntax_error",
+             "is used but never bound"),
+        Case("real data without its bindings, or patterns that match no file",
+             "ConfigError naming each missing binding, or the binding and its pattern, before "
+             "a model is built",
+             "tests/test_run_config.py::"
+             "test_missing_data_bindings_are_named_before_a_model_is_built", "must be bound"),
+        Case("incompatible choices: scratch with FrozenBN or frozen stages, pretrained "
+             "without a checkpoint",
+             "InitError saying why (the paper's frozen-at-random scratch runs lost 3 AP)",
+             "tests/modeling/test_init_guard_rails.py::"
+             "test_guard_rails_fire_from_gin_before_training", "needs a backbone"),
+        Case("a `--model_dir` whose run had a different operative config",
+             "exit 1 before any step, nothing written: `... holds a run with a different "
+             "operative config` listing each `binding: old -> new`; with "
+             "`--allow_config_change` the run resumes and the changes go to "
+             "`config_changes.txt` (log, eval, checkpoint and stop settings may always change)",
+             "tests/test_run_config.py::"
+             "test_a_model_dir_with_another_config_is_refused_then_allowed",
+             "holds a run with a different operative config"),
+    ],
+    "Weights": [
+        Case("a Detectron pickle that would run code",
+             "refused by the restricted unpickler",
+             "tests/modeling/test_convert_weights.py::test_code_in_a_pickle_is_refused",
+             "refusing to load"),
+        Case("a weight file with missing or unused tensors",
+             "ConversionError naming each tensor",
+             "tests/modeling/test_convert_weights.py::test_missing_and_unused_weights_are_named",
+             "layer3.2.conv2.weight"),
+    ],
+    "Serving (the exported SavedModel, validated in the graph)": [
+        Case(f"request: {case.replace('_', ' ')}",
+             "InvalidArgumentError naming the input and the problem; the model serves the "
+             "next request correctly",
+             "tests/export/test_export.py::test_bad_request_names_the_problem", f'"{case}"')
+        for case in ("empty_string", "not_an_image", "truncated_jpeg", "wrong_dtype",
+                     "wrong_rank", "zero_size_image", "four_channels", "empty_batch",
+                     "example_without_image", "not_an_example")
+    ],
+}
+
+
+def _cell(text: str) -> str:
+  return text.replace("|", "\\|")
+
+
+def render() -> str:
+  lines = [
+      "# Reliability: bad input and what happens",
+      "",
+      "Generated by `python -m rethink_tf.tools.reliability_table` from the converter's rules",
+      "(`rethink_tf/data/coco_validation.py`) and the cases the tests try;",
+      "`tests/tools/test_reliability_table.py` fails when this page, a named test or the",
+      "evidence it asserts disagree. No row loses what was already saved: shards, reports and",
+      "run files are written under a temporary name and renamed, and a checkpoint becomes the",
+      "latest only once it is complete.",
+      "",
+      "## Data conversion: each problem in a record",
+      "",
+      "`python -m rethink_tf.data.coco_tfrecord` checks every image and annotation. Each",
+      "problem is repaired by its rule or its record is skipped, and counted in the end-of-run",
+      "report (also `{output}-report.json`) with example records; `--strict` makes any of them",
+      f"an error. Shown by `{CONVERTER_TEST}`,",
+      "which plants one of each in real COCO data.",
+      "",
+      "| Kind | Record | Action | Rule |",
+      "| --- | --- | --- | --- |",
+  ]
+  for kind, p in PROBLEMS.items():
+    lines.append(f"| `{kind}` | {p.record} | {p.action} | {_cell(p.rule)} |")
+  for section, cases in CASES.items():
+    lines += ["", f"## {section}", "", "| Bad input | What happens | Shown by |",
+              "| --- | --- | --- |"]
+    for c in cases:
+      lines.append(f"| {_cell(c.bad_input)} | {_cell(c.what_happens)} | `{c.test}` |")
+  return "\n".join(lines) + "\n"
+
+
+def all_cases() -> List[Case]:
+  """Every row with its test, the converter's included."""
+  rows = [Case(kind, p.rule, CONVERTER_TEST, f'"{kind}"') for kind, p in PROBLEMS.items()]
+  return rows + [c for cases in CASES.values() for c in cases]
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  text = render()
+  if not FLAGS.check:
+    sys.stdout.write(text)
+    return
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  with open(os.path.join(root, DOC)) as f:
+    if f.read() != text:
+      sys.exit(f"{DOC} is stale: regenerate it with python -m rethink_tf.tools.reliability_table")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_bool("check", False, f"Exit 1 when {DOC} differs from the generated page.")
+  app.run(main)
