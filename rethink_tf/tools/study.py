@@ -116,6 +116,8 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable):
     cmd += [f"--gin_file={f}" for f in (*cfg.detection_gin_files,
                                          study_plan.init_gin_file(seg.init))]
     cmd += [f"--gin_param={p}" for p in study_plan.gin_params(cfg, seg, checkpoint)]
+    if seg.fork_from:  # the fork continues the longer run's prefix with its own schedule
+      cmd.append("--allow_config_change")
     t = time.time()
     _run(cmd, os.path.join(output_dir, "logs", f"{seg.run}.log"), f"segment {seg.run}")
     _record(output_dir, stage=seg.run, stop_at=seg.stop_at, steps=steps,

@@ -49,10 +49,15 @@ def apply_gradients_if(optimizer, grads_and_vars, finite: tf.Tensor,
                                                         args=(list(grads_and_vars), finite))
 
 
+DETECTION_ADVICE = ("lower the learning rate (nx_schedule.base_lr_per_16), lengthen the warmup "
+                    "(nx_schedule.warmup_steps), or allow skipping such steps "
+                    "(TrainConfig.skip_nonfinite_steps = N)")
+
+
 def nonfinite_message(step: int, losses: Dict[str, float], skipped: int, allowed: int,
-                      last_checkpoint: Optional[str]) -> str:
+                      last_checkpoint: Optional[str], advice: str = DETECTION_ADVICE) -> str:
   """The error (or warning) for a non-finite step: the step, every loss term, what happened
-  to the update, the last good checkpoint and what to do."""
+  to the update, the last good checkpoint and what to do (`advice`)."""
   terms = ", ".join(f"{k}={v:.6g}" for k, v in losses.items())
   what = ("loss" if not all(_finite(v) for v in losses.values()) else "gradient")
   head = f"non-finite {what} at step {step} ({terms}): the step's update was not applied"
@@ -62,11 +67,8 @@ def nonfinite_message(step: int, losses: Dict[str, float], skipped: int, allowed
   last = (f"the last good checkpoint is {last_checkpoint}, intact; run the same command to "
           "resume from it" if last_checkpoint else
           "no checkpoint was written yet; the run restarts from step 0")
-  return (f"{head} and the run stopped ({skipped} non-finite step(s), "
-          f"TrainConfig.skip_nonfinite_steps = {allowed}); {last}. If it recurs: lower the "
-          "learning rate (nx_schedule.base_lr_per_16), lengthen the warmup "
-          "(nx_schedule.warmup_steps), or allow skipping such steps "
-          "(TrainConfig.skip_nonfinite_steps = N).")
+  return (f"{head} and the run stopped ({skipped} non-finite step(s), {allowed} allowed); "
+          f"{last}. If it recurs: {advice}.")
 
 
 def _finite(v: float) -> bool:

@@ -25,6 +25,7 @@ from rethink_tf.data import synthetic_classification
 from rethink_tf.data.input_pipeline import PIXEL_MEAN, PIXEL_STD
 from rethink_tf.modeling import init as init_lib
 from rethink_tf.modeling.build import build_model
+from rethink_tf.training import divergence
 from rethink_tf.training import optimizer as opt_lib
 
 BACKBONE_PREFIX = "backbone"
@@ -142,6 +143,7 @@ def pretrain(model_dir: str, cfg: PretrainConfig = None) -> dict:
     ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     print(f"resumed from {manager.latest_checkpoint}", flush=True)
   start = int(optimizer.iterations.numpy())
+  skipped = tf.Variable(0, dtype=tf.int64, trainable=False)
 
   @tf.function
   def train_step(images, labels):
@@ -150,7 +152,9 @@ def pretrain(model_dir: str, cfg: PretrainConfig = None) -> dict:
       ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
       loss = ce + opt_lib.weight_decay_loss(decay_vars, cfg.weight_decay)
     grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    # A non-finite step is never applied; the loop below stops the run at it.
+    divergence.apply_gradients_if(optimizer, zip(grads, model.trainable_variables),
+                                  divergence.all_finite(loss, grads), skipped)
     top1 = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), labels), tf.float32))
     return ce, top1
 
@@ -162,9 +166,10 @@ def pretrain(model_dir: str, cfg: PretrainConfig = None) -> dict:
   for step in range(start + 1, cfg.steps + 1):
     images, labels = next(data)
     ce, top1 = train_step(images, labels)
-    if not np.isfinite(float(ce)):
-      sys.exit(f"pre-training diverged at step {step}: loss {float(ce)}; the last checkpoint "
-               f"is {manager.latest_checkpoint}")
+    if int(skipped.numpy()):
+      sys.exit("pre-training: " + divergence.nonfinite_message(
+          step, {"loss": float(ce)}, int(skipped.numpy()), 0, manager.latest_checkpoint,
+          advice="lower PretrainConfig.base_lr or lengthen PretrainConfig.warmup_steps"))
     if step % cfg.log_every_steps == 0 or step == cfg.steps:
       rate = (step - s0) / max(time.time() - t0, 1e-9)
       lr = float(cfg.lr_at(step))

@@ -149,6 +149,12 @@ def test_study_runs_stages_in_order_forks_copies_and_resumes(tmp_path):
   assert steps["pretrained_2x"] == [50, 100, 150, 200, 250, 300]
   assert steps["scratch_3x"] == list(range(50, 451, 50))
   assert steps["pretrained_2x_200img"] == list(range(50, 301, 50))
+  # Only a fork changes its run's config (the shorter schedule), and says so.
+  forks = {s.run for s in study_plan.plan(cfg) if s.fork_from}
+  assert forks
+  for c in map(json.loads, open(log)):
+    run = next((a.split("/")[-1] for a in c if a.startswith("--model_dir=")), None)
+    assert ("--allow_config_change" in c) == (run in forks), c
   pre = [c for c in map(json.loads, open(log)) if any("pretrained_" in a for a in c)]
   assert all(f"--gin_param=init_config.checkpoint = '{out}/pretrain/backbone'" in c for c in pre)
   times = [json.loads(line) for line in open(out / study.TIMES_FILE)]
