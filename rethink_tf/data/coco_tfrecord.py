@@ -21,6 +21,7 @@ import io
 import json
 import os
 import sys
+import time
 from typing import Collection, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -95,6 +96,9 @@ def select_subset(image_ids: Sequence[int], subset_size: Optional[int], seed: in
   return sorted(int(ids[i]) for i in rng.choice(len(ids), subset_size, replace=False))
 
 
+PROGRESS_EVERY = 1000  # images between progress lines (verbose)
+
+
 class ConversionError(ValueError):
   """`--strict` found problems; nothing was written."""
 
@@ -108,7 +112,7 @@ def convert(annotations: str, image_dir: str, output: str, num_shards: int = 1,
   or their records skipped and counted in the report; with `strict`, any problem raises a
   ConversionError naming every record and no shard is written. Shards are written under a
   temporary name and renamed when all are complete, so a failed run never leaves a partial
-  file under the final name. `verbose` prints the report's summary.
+  file under the final name. `verbose` prints progress and the report's summary.
 
   Returns:
     {"images", "instances", "crowd", "shards": written counts, "problems": {kind: count}}.
@@ -122,7 +126,13 @@ def convert(annotations: str, image_dir: str, output: str, num_shards: int = 1,
   writers = [tf.io.TFRecordWriter(n + ".tmp") for n in names]
   counts = collections.Counter()
   try:
-    for image_id in ids:
+    t0 = time.time()
+    for k, image_id in enumerate(ids):
+      if verbose and k and (k % PROGRESS_EVERY == 0):
+        rate = k / max(time.time() - t0, 1e-9)
+        print(f"{k}/{len(ids)} images, {rate:.1f} images/s, ETA "
+              f"{(len(ids) - k) / rate / 60:.1f} min, {len(report)} problem(s) so far",
+              flush=True)
       ex = image_example(images[image_id], by_image.get(image_id, []), image_dir, category_ids,
                          report, counts)
       if ex is not None:

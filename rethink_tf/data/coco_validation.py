@@ -247,7 +247,10 @@ def read_image(image: dict, image_dir: str, report: Report) -> Optional[Tuple[by
       buf = io.BytesIO()
       im.convert("RGB").save(buf, format="JPEG", quality=95)
       return buf.getvalue(), "jpeg"
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+  except UnidentifiedImageError:
+    report.add("corrupt_image", name, f"{path}: not a recognized image format")
+    return None
+  except (OSError, SyntaxError, ValueError) as e:
     report.add("corrupt_image", name, f"{path}: {e}")
     return None
 
@@ -282,28 +285,30 @@ def rle_string_counts(counts: bytes) -> List[int]:
   return runs
 
 
-def _checked_rle(seg: dict, h: int, w: int) -> Optional[dict]:
-  """A pycocotools RLE (compressed) equal to `seg`, or None when `seg` is malformed."""
+def _checked_rle(seg: dict, h: int, w: int) -> Tuple[Optional[dict], str]:
+  """(a pycocotools RLE equal to `seg`, '') or (None, what is wrong with it)."""
   size, counts = seg.get("size"), seg.get("counts")
   if not (isinstance(size, (list, tuple)) and [_int_id(s) for s in size] == [h, w]):
-    return None
+    return None, f"size {size!r:.40} is not the image's [{h}, {w}]"
   if isinstance(counts, list):
-    runs = counts
-    if not all(_int_id(c) is not None for c in runs):
-      return None
+    if not all(_int_id(c) is not None for c in counts):
+      return None, "counts are not all integers"
+    runs = [int(c) for c in counts]
   elif isinstance(counts, (str, bytes)):
     try:
       raw = counts.encode("ascii") if isinstance(counts, str) else counts
       runs = rle_string_counts(raw)
-    except (UnicodeEncodeError, ValueError):
-      return None
+    except (UnicodeEncodeError, ValueError) as e:
+      return None, f"compressed counts do not parse ({e})"
   else:
-    return None
-  if any(int(r) < 0 for r in runs) or sum(int(r) for r in runs) != h * w:
-    return None
+    return None, f"counts of type {type(counts).__name__}"
+  if any(r < 0 for r in runs):
+    return None, "a run is negative"
+  if sum(runs) != h * w:
+    return None, f"runs add up to {sum(runs)}, not {h} x {w} = {h * w}"
   if isinstance(counts, list):
-    return mask_utils.frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w)
-  return {"size": [h, w], "counts": raw}
+    return mask_utils.frPyObjects({"size": [h, w], "counts": runs}, h, w), ""
+  return {"size": [h, w], "counts": raw}, ""
 
 
 def _polygon_ok(poly, h: int, w: int) -> bool:
@@ -330,10 +335,9 @@ def decode_segmentation(seg, h: int, w: int, name: str,
         return None
     rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in polys], h, w))
   elif isinstance(seg, dict):
-    rle = _checked_rle(seg, h, w)
+    rle, problem = _checked_rle(seg, h, w)
     if rle is None:
-      report.add("malformed_rle", name, f"size {seg.get('size')!r:.40}, counts of type "
-                 f"{type(seg.get('counts')).__name__}")
+      report.add("malformed_rle", name, problem)
       return None
   else:
     report.add("malformed_annotation", name, f"segmentation of type {type(seg).__name__}")

@@ -367,7 +367,7 @@ class Trainer:
     with tf.io.gfile.GFile(path) as f:
       previous = f.read()
     changes = run_config.check_run_config(previous, gin.operative_config_str(), self.model_dir,
-                               self.allow_config_change)
+                                          self.allow_config_change)
     if changes and self.is_chief:
       latest = tf.train.latest_checkpoint(self.model_dir)
       lines = [f"config changed when resuming from {latest} (--allow_config_change):"]
