@@ -72,6 +72,12 @@ CASES = {
              "tests/training/test_divergence.py::"
              "test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoint",
              "skip_nonfinite_steps = 1 used"),
+        Case("a NaN loss on one replica of two (MirroredStrategy)",
+             "the replicas agree (an all-reduce) and none applies the step: weights and "
+             "momentum untouched, the step counter advanced; the next step applies normally",
+             "tests/training/test_divergence.py::"
+             "test_a_nan_on_one_replica_skips_the_step_on_every_replica",
+             "replica_id_in_sync_group"),
         Case("the disk fills during a checkpoint write (a real size-limited tmpfs)",
              "exit 1: `could not write checkpoint .../ckpt-10 at step 10: ... No space left on "
              "device; removed its partial files [...]; the previous checkpoint .../ckpt-5 is "

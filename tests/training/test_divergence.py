@@ -82,3 +82,34 @@ def test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoi
   assert tf.train.latest_checkpoint(model_dir) == os.path.join(model_dir, "ckpt-10")
   assert int(resumed.skipped_steps.numpy()) == 1       # step 3's skip, restored from ckpt-4
   assert all(np.isfinite(v.numpy()).all() for v in resumed.model.variables)
+
+
+def test_a_nan_on_one_replica_skips_the_step_on_every_replica(mirrored_strategy, tmp_path,
+                                                               monkeypatch):
+  """2 replicas: replica 0's loss is NaN at step 1; both agree not to apply it (weights,
+  momentum untouched, step counter advanced), and step 2 applies normally."""
+  real = trainer_lib.mask_rcnn_losses
+  holder = {}
+
+  def poisoned(outputs, batch, global_sum=None):
+    losses = dict(real(outputs, batch, global_sum))
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    bad = tf.logical_and(tf.equal(holder["trainer"].optimizer.iterations, 0),
+                         tf.equal(replica, 0))
+    losses["total_loss"] += tf.where(bad, tf.constant(float("nan")), tf.constant(0.0))
+    return losses
+
+  monkeypatch.setattr(trainer_lib, "mask_rcnn_losses", poisoned)
+  config.parse_gin(["gin_configs/testing/tiny.gin"], ["TrainConfig.global_batch_size = 2"])
+  holder["trainer"] = t = trainer_lib.Trainer(str(tmp_path / "run"), mirrored_strategy)
+  step = t.make_replica_step()
+  batches = iter(t._dataset())
+  before = [v.numpy().copy() for v in t.model.trainable_variables]
+  for expected_applied, expected_moved in ((False, False), (True, True)):
+    _, applied = t.strategy.run(step, args=(next(batches),))
+    assert {bool(a) for a in t.strategy.experimental_local_results(applied)} == {
+        expected_applied}
+    moved = any(not np.array_equal(b, v.numpy())
+                for b, v in zip(before, t.model.trainable_variables))
+    assert moved == expected_moved
+  assert int(t.optimizer.iterations.numpy()) == 2 and int(t.skipped_steps.numpy()) == 1
