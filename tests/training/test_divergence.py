@@ -104,12 +104,14 @@ def test_a_nan_on_one_replica_skips_the_step_on_every_replica(mirrored_strategy,
   holder["trainer"] = t = trainer_lib.Trainer(str(tmp_path / "run"), mirrored_strategy)
   step = t.make_replica_step()
   batches = iter(t._dataset())
-  before = [v.numpy().copy() for v in t.model.trainable_variables]
+  state = [v for v in t.model.trainable_variables + list(t.optimizer.variables)
+           if v is not t.optimizer.iterations]   # weights and momentum slots
+  assert len(state) > len(t.model.trainable_variables)
+  before = [v.numpy().copy() for v in state]
   for expected_applied, expected_moved in ((False, False), (True, True)):
     _, applied = t.strategy.run(step, args=(next(batches),))
     assert {bool(a) for a in t.strategy.experimental_local_results(applied)} == {
         expected_applied}
-    moved = any(not np.array_equal(b, v.numpy())
-                for b, v in zip(before, t.model.trainable_variables))
+    moved = any(not np.array_equal(b, v.numpy()) for b, v in zip(before, state))
     assert moved == expected_moved
   assert int(t.optimizer.iterations.numpy()) == 2 and int(t.skipped_steps.numpy()) == 1
