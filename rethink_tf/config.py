@@ -17,12 +17,13 @@ import gin
 
 # Imported for their gin registrations.
 from rethink_tf.data import input_pipeline, synthetic  # noqa: F401
-from rethink_tf.run_config import ConfigError  # noqa: F401 (raised here, caught by callers)
 from rethink_tf.modeling import build, init  # noqa: F401
+from rethink_tf.run_config import ConfigError  # noqa: F401 (raised here, caught by callers)
 from rethink_tf.tools import study_plan  # noqa: F401
 from rethink_tf.training import optimizer, pretraining, schedules, trainer  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def _registered() -> Dict[str, object]:
   """Registered configurables by name (gin keeps them in a private registry)."""
