@@ -7,8 +7,10 @@ r"""COCO instance annotations + images -> sharded TFRecords (Model Garden's tf.E
 Each record holds the encoded image (RGB/grayscale JPEG and PNG bytes kept as they are, other
 modes such as CMYK re-encoded as RGB JPEG), `image/source_id` (the COCO image id as a decimal
 string, so 64-bit ids survive), normalized boxes, the COCO category id as label, `is_crowd`,
-the JSON `area`, and one PNG mask per instance at image resolution (polygons, compressed and
-uncompressed RLE all decoded with pycocotools). Images without annotations are kept.
+the JSON `area`, one PNG mask per instance at image resolution (polygons, compressed and
+uncompressed RLE all decoded with pycocotools) and, when the categories name keypoints,
+`image/object/keypoints`: K (x, y, v) per instance in pixels (K = the most any category
+has). Images without annotations are kept.
 Every image and annotation is checked first (`coco_validation`): each problem is repaired by a
 stated rule or its record skipped, the end-of-run report counts each kind with example records
 (also written to `{output}-report.json`), and `--strict` makes any problem an error.
@@ -22,7 +24,7 @@ import json
 import os
 import sys
 import time
-from typing import Collection, Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -51,17 +53,17 @@ def _png(mask: np.ndarray) -> bytes:
 
 
 def image_example(image: dict, anns: Sequence[dict], image_dir: str,
-                  category_ids: Collection[int], report: validation.Report,
+                  categories: Mapping[int, int], report: validation.Report,
                   counts: Dict[str, int]) -> Optional[tf.train.Example]:
   """The tf.train.Example of one image, or None when the image is skipped (its problem is in
-  `report`). Annotations are checked and repaired by `coco_validation`; `counts` is updated
-  with what was written."""
+  `report`). Annotations are checked and repaired by `coco_validation`; `categories` maps
+  each category id to its number of keypoints; `counts` is updated with what was written."""
   read = validation.read_image(image, image_dir, report)
   if read is None:
     return None
   encoded, fmt = read
   h, w = image["height"], image["width"]
-  instances = [i for i in (validation.check_annotation(a, h, w, category_ids, report)
+  instances = [i for i in (validation.check_annotation(a, h, w, categories, report)
                            for a in anns) if i is not None]
   boxes = [(y0 / h, x0 / w, y1 / h, x1 / w) for y0, x0, y1, x1 in (i.box_yxyx for i in instances)]
   ymin, xmin, ymax, xmax = (list(v) for v in zip(*boxes)) if boxes else ([], [], [], [])
@@ -81,6 +83,9 @@ def image_example(image: dict, anns: Sequence[dict], image_dir: str,
       "image/object/area": _floats([i.area for i in instances]),
       "image/object/mask": _bytes([_png(i.mask) for i in instances]),
   }
+  if max(categories.values(), default=0):  # K (x, y, v) per instance, in pixels
+    feature["image/object/keypoints"] = _floats(
+        [float(v) for i in instances for v in i.keypoints.reshape(-1)])
   counts["images"] += 1
   counts["crowd"] += sum(i.is_crowd for i in instances)
   counts["instances"] += sum(not i.is_crowd for i in instances)
@@ -119,7 +124,7 @@ def convert(annotations: str, image_dir: str, output: str, num_shards: int = 1,
   """
   data = validation.load_annotations(annotations)
   report = validation.Report()
-  images, by_image, category_ids = validation.index_dataset(data, report)
+  images, by_image, categories = validation.index_dataset(data, report)
   ids = select_subset(list(images), subset_size, subset_seed)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   names = [f"{output}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
@@ -133,7 +138,7 @@ def convert(annotations: str, image_dir: str, output: str, num_shards: int = 1,
         print(f"{k}/{len(ids)} images, {rate:.1f} images/s, ETA "
               f"{(len(ids) - k) / rate / 60:.1f} min, {len(report)} problem(s) so far",
               flush=True)
-      ex = image_example(images[image_id], by_image.get(image_id, []), image_dir, category_ids,
+      ex = image_example(images[image_id], by_image.get(image_id, []), image_dir, categories,
                          report, counts)
       if ex is not None:
         writers[(counts["images"] - 1) % num_shards].write(ex.SerializeToString())

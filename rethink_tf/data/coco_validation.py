@@ -18,7 +18,7 @@ import io
 import json
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -80,6 +80,10 @@ PROBLEMS: Dict[str, Problem] = {
     "empty_mask": Problem(
         "annotation", "skipped", "a non-crowd instance whose segmentation covers no pixel "
         "(e.g. a polygon of collinear points); skipped"),
+    "malformed_keypoints": Problem(
+        "annotation", "repaired", "`keypoints` is not 3 numbers per keypoint of its category, "
+        "or a labeled keypoint has a visibility other than 1 or 2 or lies outside the image: "
+        "the whole list, or that keypoint, becomes unlabeled (v = 0); the instance is kept"),
     "missing_area": Problem(
         "annotation", "repaired", "`area` is absent, negative or not finite: set to the "
         "mask's pixel count (a present `area` is kept as is, as COCO evaluation uses it, even "
@@ -165,10 +169,14 @@ def index_dataset(data: dict, report: Report):
   """Validates the records' ids and links.
 
   Returns:
-    (images {id: image entry}, annotations {image id: [annotation, ...]}, category ids).
+    (images {id: image entry}, annotations {image id: [annotation, ...]},
+     categories {id: number of keypoints its `keypoints` names list, 0 when none}).
   """
-  category_ids = {_int_id(c.get("id")) for c in data["categories"] if isinstance(c, dict)}
-  category_ids.discard(None)
+  categories = {}
+  for c in data["categories"]:
+    if isinstance(c, dict) and _int_id(c.get("id")) is not None:
+      names = c.get("keypoints")
+      categories[_int_id(c["id"])] = len(names) if isinstance(names, list) else 0
   images: Dict[int, dict] = {}
   for im in data["images"]:
     if not isinstance(im, dict):
@@ -212,7 +220,7 @@ def index_dataset(data: dict, report: Report):
       continue
     by_image[image_id].append({**a, "id": ann_id, "image_id": image_id,
                                "category_id": _int_id(a["category_id"])})
-  return images, by_image, category_ids
+  return images, by_image, categories
 
 
 def read_image(image: dict, image_dir: str, report: Report) -> Optional[Tuple[bytes, str]]:
@@ -348,12 +356,14 @@ def decode_segmentation(seg, h: int, w: int, name: str,
 @dataclasses.dataclass
 class Instance:
   """One annotation as written: box in pixels (ymin, xmin, ymax, xmax), the COCO category id,
-  crowd flag, area and mask uint8 [h, w]."""
+  crowd flag, area, mask uint8 [h, w] and keypoints float32 [K, 3] (x, y, v) in pixels (K = 0
+  for categories without keypoints)."""
   box_yxyx: Tuple[float, float, float, float]
   category_id: int
   is_crowd: bool
   area: float
   mask: np.ndarray
+  keypoints: np.ndarray
 
 
 def _positive_extent(lo: float, hi: float, size: int) -> bool:
@@ -361,12 +371,41 @@ def _positive_extent(lo: float, hi: float, size: int) -> bool:
   return bool(np.float32(hi / size) > np.float32(lo / size))
 
 
-def check_annotation(ann: dict, h: int, w: int, category_ids: Sequence[int],
+def check_keypoints(ann: dict, num_keypoints: int, max_keypoints: int, h: int, w: int,
+                    name: str, report: Report) -> np.ndarray:
+  """The annotation's keypoints (its category has `num_keypoints`) as float32
+  [max_keypoints, 3] (x, y, v), repaired (see PROBLEMS["malformed_keypoints"]); unlabeled
+  where absent."""
+  out = np.zeros((max_keypoints, 3), np.float32)
+  raw = ann.get("keypoints")
+  if raw is None or num_keypoints == 0:
+    return out
+  if not (isinstance(raw, list) and len(raw) == 3 * num_keypoints and all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+      for v in raw)):
+    report.add("malformed_keypoints", name, f"{len(raw) if isinstance(raw, list) else raw!r:.20}"
+               f" values for {num_keypoints} keypoints")
+    return out
+  points = np.asarray(raw, np.float32).reshape(num_keypoints, 3)
+  labeled = points[:, 2] != 0
+  ok = (np.isin(points[:, 2], (1, 2)) & (points[:, 0] >= 0) & (points[:, 0] <= w)
+        & (points[:, 1] >= 0) & (points[:, 1] <= h))
+  bad = labeled & ~ok
+  if bad.any():
+    report.add("malformed_keypoints", name, f"keypoint(s) {np.flatnonzero(bad).tolist()} made "
+               "unlabeled")
+  keep = np.flatnonzero(labeled & ok)
+  out[keep] = points[keep]
+  return out
+
+
+def check_annotation(ann: dict, h: int, w: int, categories: Mapping[int, int],
                      report: Report) -> Optional[Instance]:
   """Validates and repairs one annotation of an h x w image (ids already checked by
-  `index_dataset`); None when it is skipped."""
+  `index_dataset`; `categories` maps each id to its number of keypoints); None when it is
+  skipped."""
   name = annotation_name(ann)
-  if ann["category_id"] not in category_ids:
+  if ann["category_id"] not in categories:
     report.add("unknown_category", name, f"category_id {ann['category_id']}")
     return None
   x, y, bw, bh = (float(v) for v in ann["bbox"])
@@ -391,4 +430,6 @@ def check_annotation(ann: dict, h: int, w: int, category_ids: Sequence[int],
       math.isfinite(area) and area >= 0):
     report.add("missing_area", name, f"area {area!r}")
     area = float(mask.sum())
-  return Instance((y0, x0, y1, x1), ann["category_id"], crowd, float(area), mask)
+  keypoints = check_keypoints(ann, categories[ann["category_id"]],
+                              max(categories.values(), default=0), h, w, name, report)
+  return Instance((y0, x0, y1, x1), ann["category_id"], crowd, float(area), mask, keypoints)

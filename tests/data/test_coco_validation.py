@@ -26,6 +26,9 @@ from rethink_tf.data import coco_validation as validation
 SOURCE = "icevision_coco6"
 BASE_ID = 343934        # a 480 x 640 image with one polygon annotation (id 150977)
 BASE_ANN = 150977
+# 17 keypoints (x, y, v) in the 480 x 640 base image; the fourth lies outside it.
+KEYPOINTS = [v for k in range(17) for v in (10.0 + 30 * k, 50.0 + 20 * k, 1 + k % 2)]
+KEYPOINTS[9] = 700.0
 
 
 def _records(prefix):
@@ -91,8 +94,14 @@ def planted_dataset(testdata, tmp_path):
       {k: v for k, v in ann(11).items() if k != "area"},          # missing_area
       ann(12, iscrowd=1, segmentation={"size": [h, w],            # valid compressed RLE crowd
                                        "counts": rle_ok["counts"].decode()}),
+      ann(13, category_id=1, keypoints=[100, 200, 2, 5]),         # malformed_keypoints
+      ann(14, category_id=1, keypoints=KEYPOINTS),                # valid; one outside: v = 0
   ]
-  data = {**data, "images": images, "annotations": data["annotations"] + planted_anns}
+  # Persons name 17 keypoints, so every record carries 17 (x, y, v) per instance.
+  categories = [{**c, "keypoints": [f"k{i}" for i in range(17)]} if c["id"] == 1 else c
+                for c in data["categories"]]
+  data = {**data, "images": images, "annotations": data["annotations"] + planted_anns,
+          "categories": categories}
   path = tmp_path / "planted.json"
   path.write_text(json.dumps(data))
   planted = {
@@ -103,6 +112,7 @@ def planted_dataset(testdata, tmp_path):
       "empty_box": [big + 104], "box_outside_image": [big + 105], "box_clipped": [big + 106],
       "invalid_polygon": [big + 107], "no_valid_polygon": [big + 108],
       "malformed_rle": [big + 109], "empty_mask": [big + 110], "missing_area": [big + 111],
+      "malformed_keypoints": [big + 113, big + 114],
   }
   return str(path), str(image_dir), planted, data
 
@@ -127,10 +137,10 @@ def test_every_planted_problem_is_counted_named_and_handled_by_its_rule(testdata
   base = records[BASE_ID]
   h, w = 480, 640
   # Kept on the base image, in order: its own annotation, box_clipped, invalid_polygon
-  # (repaired), missing_area (repaired), the crowd RLE.
+  # (repaired), missing_area (repaired), the crowd RLE, the two persons with keypoints.
   by_id = {a["id"]: a for a in data["annotations"]}
   big = 2**40
-  kept = [BASE_ANN, big + 106, big + 107, big + 111, big + 112]
+  kept = [BASE_ANN, big + 106, big + 107, big + 111, big + 112, big + 113, big + 114]
   masks = _masks(base)
   assert len(masks) == len(kept)
   boxes = np.stack([_feature(base, f"image/object/bbox/{k}")
@@ -144,7 +154,12 @@ def test_every_planted_problem_is_counted_named_and_handled_by_its_rule(testdata
   assert areas[3] == masks[3].sum()                                     # area from the mask
   assert areas[0] == pytest.approx(by_id[BASE_ANN]["area"])             # JSON area kept
   np.testing.assert_array_equal(masks[4], mask_utils.decode(by_id[big + 112]["segmentation"]))
-  assert _feature(base, "image/object/is_crowd") == [0, 0, 0, 0, 1]
+  assert _feature(base, "image/object/is_crowd") == [0, 0, 0, 0, 1, 0, 0]
+  points = np.reshape(_feature(base, "image/object/keypoints"), (len(kept), 17, 3))
+  assert (points[:5] == 0).all() and (points[5] == 0).all()       # none, or malformed
+  expected = np.reshape(KEYPOINTS, (17, 3)).astype(np.float32)
+  expected[3] = 0                                                  # the one outside the image
+  np.testing.assert_allclose(points[6], expected)
   assert result["crowd"] == 1 + sum(a.get("iscrowd", 0) for a in data["annotations"][:36])
 
 
@@ -156,7 +171,7 @@ def test_strict_fails_naming_every_record_and_writes_nothing(testdata, tmp_path)
                       f"--output={out}", "--strict"], cwd=REPO_ROOT, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 1, r.stderr[-2000:]
-  assert "18 problem(s) with --strict; nothing was written" in r.stderr
+  assert "20 problem(s) with --strict; nothing was written" in r.stderr
   lines = [l.strip() for l in r.stderr.splitlines() if re.match(r"\s+\w+: ", l)]
   for kind, ids in planted.items():
     for record_id in ids:
@@ -295,7 +310,7 @@ def test_written_masks_equal_pycocotools_decoding(example):
   h, w, anns = example
   image = {"id": 1, "file_name": _image_file(h, w), "height": h, "width": w}
   report, counts = validation.Report(), {"images": 0, "instances": 0, "crowd": 0}
-  ex = coco_tfrecord.image_example(image, anns, _IMAGE_DIR, {1}, report, counts)
+  ex = coco_tfrecord.image_example(image, anns, _IMAGE_DIR, {1: 0}, report, counts)
   skipped = {int(m.group(1)) for kind, recs in report.records.items()
              if validation.PROBLEMS[kind].action == "skipped"
              for m in (re.match(r"annotation (\d+)", r) for r in recs) if m}
