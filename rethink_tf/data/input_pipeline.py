@@ -14,6 +14,7 @@ from official.vision.dataloaders import tf_example_decoder
 from rethink_tf.layers.roi_align import roi_align_flat
 from rethink_tf.run_config import ConfigError
 from rethink_tf.modeling import anchors as anchor_lib
+from rethink_tf.modeling import keypoints as keypoint_lib
 
 # torchvision/detectron2 ImageNet statistics (RGB, 0-255); detectron2's scratch configs use them.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -31,7 +32,7 @@ class InputConfig:
                max_instances: int = 100, max_crowd: int = 16, mask_crop_size: int = 56,
                pixel_mean: Sequence[float] = PIXEL_MEAN, pixel_std: Sequence[float] = PIXEL_STD,
                shuffle_buffer: int = 1000, cache: bool = False, synthetic=None,
-               channel_order: str = "RGB"):
+               channel_order: str = "RGB", keypoint_names: Sequence[str] = ()):
     self.train_pattern, self.val_pattern = train_pattern, val_pattern
     self.val_annotations = val_annotations
     self.category_ids = [int(c) for c in category_ids]
@@ -46,6 +47,9 @@ class InputConfig:
       raise ValueError(f"InputConfig.channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
     self.channel_order = channel_order  # BGR for Caffe2-trained (Detectron) weights
     self.shuffle_buffer, self.cache = shuffle_buffer, cache
+    # Keypoint R-CNN: the names of the K keypoints per instance (their left_/right_ prefixes
+    # drive the flip's swap); empty: the records' keypoints are not read.
+    self.keypoint_names = tuple(keypoint_names)
     self.synthetic = synthetic
     if synthetic is not None and not self.category_ids:
       self.category_ids = synthetic.category_ids
@@ -150,6 +154,8 @@ class Parser:
                              cfg.padded_size)
 
   def parse_train(self, index, data, seed: int):
+    """One training example; `data` is the decoder's output (+ "groundtruth_keypoints"
+    [N, K, 3] in original pixels when `cfg.keypoint_names`)."""
     cfg = self.cfg
     seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
     seeds = tf.random.experimental.stateless_split(seed, 3)
@@ -159,6 +165,11 @@ class Parser:
     is_crowd = data["groundtruth_is_crowd"]
     masks = data["groundtruth_instance_masks"]
     crops = box_relative_masks(masks, data["groundtruth_boxes"], cfg.mask_crop_size)
+    if cfg.keypoint_names:
+      points = data["groundtruth_keypoints"]
+      orig = tf.cast(tf.stack([data["width"], data["height"]]), tf.float32)
+      xy = points[..., :2] * (size[::-1] / orig)
+      points = tf.concat([tf.where(points[..., 2:] > 0, xy, 0.0), points[..., 2:]], -1)
     if cfg.flip:
       do_flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
       image = tf.cond(do_flip, lambda: tf.image.flip_left_right(image), lambda: image)
@@ -166,6 +177,9 @@ class Parser:
                          axis=1)
       boxes = tf.where(do_flip, flipped, boxes)
       crops = tf.where(do_flip, tf.reverse(crops, axis=[2]), crops)
+      if cfg.keypoint_names:
+        points = tf.where(do_flip, keypoint_lib.flip_keypoints(
+            points, size[1], keypoint_lib.flip_permutation(cfg.keypoint_names)), points)
     keep = tf.logical_and(boxes[:, 2] - boxes[:, 0] >= 1.0, boxes[:, 3] - boxes[:, 1] >= 1.0)
     valid_class = classes > 0
     inst = tf.logical_and(tf.logical_and(keep, valid_class), tf.logical_not(is_crowd))
@@ -178,7 +192,12 @@ class Parser:
         self.anchors, gt_boxes, gt_classes > 0, crowd_boxes,
         tf.reduce_any(crowd_boxes > 0, axis=-1), seeds[2], **self.rpn_kwargs)
     image = self._normalize_and_pad(image)
-    return dict(images=image, image_size=size,
+    extra = {}
+    if cfg.keypoint_names:
+      extra["gt_keypoints"] = tf.ensure_shape(
+          _pad_to(tf.boolean_mask(points, inst), cfg.max_instances),
+          [cfg.max_instances, len(cfg.keypoint_names), 3])
+    return dict(images=image, image_size=size, **extra,
                 gt_boxes=tf.ensure_shape(gt_boxes, [cfg.max_instances, 4]),
                 gt_classes=tf.ensure_shape(gt_classes, [cfg.max_instances]),
                 gt_masks=tf.ensure_shape(gt_masks, [cfg.max_instances] + [cfg.mask_crop_size] * 2),
@@ -215,8 +234,23 @@ def box_relative_masks(masks, boxes_normalized, size: int):
   return crops[0, ..., 0]
 
 
-def _decoder(include_mask):
-  return tf_example_decoder.TfExampleDecoder(include_mask=include_mask)
+def _decoder(include_mask, num_keypoints: int = 0):
+  """Model Garden's tf.Example decoder, plus `image/object/keypoints` ([N, K, 3]) when
+  num_keypoints > 0."""
+  decoder = tf_example_decoder.TfExampleDecoder(include_mask=include_mask)
+  if not num_keypoints:
+    return decoder
+
+  class WithKeypoints:
+    def decode(self, serialized):
+      data = decoder.decode(serialized)
+      flat = tf.io.parse_single_example(
+          serialized, {"image/object/keypoints": tf.io.VarLenFeature(tf.float32)})
+      data["groundtruth_keypoints"] = tf.reshape(
+          tf.sparse.to_dense(flat["image/object/keypoints"]), [-1, num_keypoints, 3])
+      return data
+
+  return WithKeypoints()
 
 
 def make_dataset(cfg: InputConfig, training: bool, batch_size: int, anchor_kwargs: Dict,
@@ -246,7 +280,8 @@ def make_dataset(cfg: InputConfig, training: bool, batch_size: int, anchor_kwarg
   ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 4) if training else None)
   pipelines = input_context.num_input_pipelines if input_context else 1
   parser = Parser(cfg, anchor_kwargs, rpn_kwargs)
-  decoder = _decoder(include_mask=training)
+  decoder = _decoder(include_mask=training,
+                     num_keypoints=len(cfg.keypoint_names) if training else 0)
   if training:
     seed = int(seed if seed is not None else tf.random.uniform([], 0, 2**31 - 1, tf.int64))
     if cfg.cache:

@@ -115,3 +115,43 @@ def test_missing_files_name_the_pattern(cfg):
   bad = InputConfig(train_pattern="/nonexistent/train-*.tfrecord", padded_size=(64, 64))
   with pytest.raises(FileNotFoundError, match="/nonexistent/train"):
     make_dataset(bad, True, 2, ANCHORS)
+
+
+def test_keypoints_are_resized_flipped_with_left_right_swap_and_padded(tmp_path):
+  """One 128 x 96 image with a person box and 3 keypoints (nose, left eye, right eye) read at
+  64 px: the keypoints scale with the image and, in flipped examples, mirror with the eyes
+  swapped; unlabeled ones stay (0, 0, 0)."""
+  import json
+  from PIL import Image
+  from rethink_tf.data import coco_tfrecord
+  names = ("nose", "left_eye", "right_eye", "left_ear")
+  Image.fromarray(np.full((96, 128, 3), 90, np.uint8)).save(tmp_path / "a.png")
+  person = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 2000.0,
+            "bbox": [20.0, 10.0, 60.0, 70.0],
+            "segmentation": [[20.0, 10.0, 80.0, 10.0, 80.0, 80.0, 20.0, 80.0]],
+            "keypoints": [50.0, 30.0, 2, 40.0, 20.0, 2, 60.0, 22.0, 1, 0, 0, 0]}
+  (tmp_path / "a.json").write_text(json.dumps({
+      "images": [{"id": 1, "file_name": "a.png", "height": 96, "width": 128}],
+      "categories": [{"id": 1, "name": "person", "keypoints": list(names)}],
+      "annotations": [person]}))
+  coco_tfrecord.convert(str(tmp_path / "a.json"), str(tmp_path), str(tmp_path / "kp"),
+                        strict=True)
+  pattern = str(tmp_path / "kp-*.tfrecord")
+  cfg = InputConfig(train_pattern=pattern, val_pattern=pattern, category_ids=(1,),
+                    short_side=48, max_long_side=64, padded_size=(64, 64), max_instances=3,
+                    mask_crop_size=8, shuffle_buffer=1, keypoint_names=names)
+  batches = make_dataset(cfg, True, 1, ANCHORS, seed=0).take(12)
+  scale = 0.5                                           # 96 x 128 -> 48 x 64
+  original = np.reshape(person["keypoints"], (4, 3)).astype(np.float32)
+  plain = original.copy()
+  plain[:3, :2] *= scale
+  flipped = plain[[0, 2, 1, 3]].copy()                  # the eyes swap
+  flipped[:3, 0] = 64.0 - flipped[:3, 0]
+  seen = set()
+  for b in batches:
+    points = b["gt_keypoints"].numpy()[0]
+    assert points.shape == (3, 4, 3) and (points[1:] == 0).all()
+    is_flipped = b["gt_boxes"].numpy()[0, 0, 1] > 17.0  # the box's left edge: 10 or 24 px
+    np.testing.assert_allclose(points[0], flipped if is_flipped else plain, atol=1e-4)
+    seen.add(bool(is_flipped))
+  assert seen == {True, False}
