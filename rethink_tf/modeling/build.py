@@ -12,7 +12,7 @@ import gin
 from rethink_tf.modeling.fpn import FPN
 from rethink_tf.modeling.mask_rcnn import MaskRCNN
 from rethink_tf.modeling.resnet import ResNet
-from rethink_tf.modeling.roi_heads import BoxHead, BoxPredictor, MaskHead
+from rethink_tf.modeling.roi_heads import BoxHead, BoxPredictor, KeypointHead, MaskHead
 from rethink_tf.modeling.rpn import RPNHead
 from rethink_tf.modeling.vgg import VGG16
 
@@ -37,7 +37,9 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                 rpn_nms_threshold: float = 0.7, roi_samples_per_image: int = 512,
                 roi_positive_fraction: float = 0.25, mask_rois_per_image: Optional[int] = None,
                 detections_per_image: int = 100, score_threshold: float = 0.05,
-                nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0) -> MaskRCNN:
+                nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0,
+                num_keypoints: int = 0, keypoint_head_conv_dim: int = 512,
+                keypoint_head_num_conv: int = 8) -> MaskRCNN:
   """Builds Mask R-CNN FPN. `num_classes` counts background (81 for COCO).
 
   `fpn_norm="same"` uses `norm` in the FPN too (the paper's GN models); pass None for
@@ -46,6 +48,7 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
   Without FPN, the RPN has as many channels as the backbone output (512 on VGG-16 conv5, as
   Detectron) and `fpn_channels` is unused; anchors are `anchor_size * anchor_scales * stride`.
   `roi_chunk_mb` bounds the RoIAlign sample tensors of inference (see `multilevel_roi_align`).
+  `num_keypoints` > 0 adds Keypoint R-CNN's head (17 for COCO persons).
   """
   if backbone not in BACKBONES:
     raise ValueError(f"build_model.backbone {backbone!r} is not one of {BACKBONES}")
@@ -78,7 +81,11 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
   if mask_on:
     mask_head = MaskHead(num_classes, head_conv_dim, mask_head_num_conv, norm=norm,
                          name="mask_head", **kw)
-  return MaskRCNN(body, fpn, rpn, box_head, box_predictor, mask_head,
+  keypoint_head = None
+  if num_keypoints:
+    keypoint_head = KeypointHead(num_keypoints, keypoint_head_conv_dim, keypoint_head_num_conv,
+                                 norm=norm, name="keypoint_head", **kw)
+  return MaskRCNN(body, fpn, rpn, box_head, box_predictor, mask_head, keypoint_head,
                   num_classes=num_classes, image_size=image_size, min_level=min_level,
                   max_level=max_level, anchor_size=anchor_size, anchor_scales=anchor_scales,
                   aspect_ratios=aspect_ratios, rpn_pre_nms_topk_train=rpn_pre_nms_topk_train,

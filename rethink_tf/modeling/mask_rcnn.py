@@ -11,6 +11,7 @@ import tf_keras
 
 from rethink_tf.layers.roi_align import multilevel_roi_align
 from rethink_tf.modeling import anchors as anchor_lib
+from rethink_tf.modeling import keypoints as keypoint_lib
 from rethink_tf.modeling import postprocess, roi_sampling
 from rethink_tf.modeling.rpn import generate_proposals
 
@@ -20,7 +21,9 @@ class MaskRCNN(tf_keras.Model):
 
   `fpn=None`: the features are the backbone outputs at levels min_level..max_level (one level
   for VGG-16 conv5: min_level = max_level = 4). `mask_head=None`: no mask branch (Faster
-  R-CNN); training outputs carry no mask terms and detections no masks.
+  R-CNN); training outputs carry no mask terms and detections no masks. `keypoint_head`:
+  Keypoint R-CNN's heatmaps on the same foreground RoIs (training needs gt_keypoints
+  [B, M, K, 3], x/y/v in resized pixels); detections gain keypoints [B, D, K, 3].
 
   Inputs (dict, static shapes; B images padded to `image_size`):
     images [B, H, W, 3] float; image_size [B, 2] float (h, w of the resized image before
@@ -31,7 +34,8 @@ class MaskRCNN(tf_keras.Model):
   `call(training=False)` returns detections (see `detect`).
   """
 
-  def __init__(self, backbone, fpn, rpn_head, box_head, box_predictor, mask_head, *,
+  def __init__(self, backbone, fpn, rpn_head, box_head, box_predictor, mask_head,
+               keypoint_head=None, *,
                num_classes: int, image_size: Sequence[int], min_level: int = 2,
                max_level: int = 6, aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
                anchor_size: float = 8.0, anchor_scales: Sequence[float] = (1.0,),
@@ -42,7 +46,8 @@ class MaskRCNN(tf_keras.Model):
                mask_rois_per_image: Optional[int] = None,
                box_pool_size: int = 7, mask_pool_size: int = 14, sampling_ratio: int = 2,
                detections_per_image: int = 100, score_threshold: float = 0.05,
-               nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0, **kwargs):
+               nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0,
+               keypoint_pool_size: int = 14, **kwargs):
     super().__init__(**kwargs)
     # Under a mixed-precision policy Keras would cast every float input to the compute dtype;
     # boxes and sizes must stay float32 (bf16 cannot hold 800 px to the pixel). The backbone
@@ -50,6 +55,7 @@ class MaskRCNN(tf_keras.Model):
     self._autocast = False
     self.backbone, self.fpn, self.rpn_head = backbone, fpn, rpn_head
     self.box_head, self.box_predictor, self.mask_head = box_head, box_predictor, mask_head
+    self.keypoint_head, self.keypoint_pool_size = keypoint_head, keypoint_pool_size
     self.num_classes = num_classes
     self.image_size = tuple(int(s) for s in image_size)
     self.roi_levels = list(range(min_level, min(max_level, 5) + 1))
@@ -122,6 +128,8 @@ class MaskRCNN(tf_keras.Model):
         roi_classes=s["classes"], roi_box_targets=s["box_targets"], roi_weights=s["weights"],
         num_proposals=tf.reduce_sum(tf.cast(valid, tf.float32), axis=1),
         num_fg_rois=tf.reduce_sum(tf.cast(s["is_fg"], tf.float32), axis=1))
+    if self.keypoint_head is not None:
+      outputs.update(self._keypoint_train_outputs(feats, s, inputs["gt_keypoints"]))
     if self.mask_head is None:
       return outputs
 
@@ -137,12 +145,25 @@ class MaskRCNN(tf_keras.Model):
                    mask_weights=tf.cast(s["is_fg"][:, :num_fg], tf.float32))
     return outputs
 
+  def _keypoint_train_outputs(self, feats, s, gt_keypoints):
+    """Heatmap logits [B, R, K, S, S] of the first R = mask_rois_per_image sampled RoIs
+    (foreground first) with their targets (bins [B, R, K], weights [B, R, K]: labeled keypoints
+    inside foreground RoIs)."""
+    num_fg = self.mask_rois_per_image
+    rois = s["rois"][:, :num_fg]
+    logits = self.keypoint_head(self._pool(feats, rois, self.keypoint_pool_size), training=True)
+    matched = tf.gather(gt_keypoints, s["gt_index"][:, :num_fg], batch_dims=1)
+    bins, valid = keypoint_lib.keypoint_targets(matched, rois, logits.shape[-1])
+    valid *= tf.cast(s["is_fg"][:, :num_fg], tf.float32)[..., None]
+    return dict(keypoint_logits=logits, keypoint_targets=bins, keypoint_weights=valid)
+
   def detect(self, images, image_size):
     """Inference on padded images [B, H, W, 3] with resized sizes [B, 2].
 
     Returns dict: boxes [B, D, 4] yxyx in resized-image pixels, scores [B, D],
     classes [B, D] int32 contiguous 1..K-1, num_detections [B] int32,
     masks [B, D, 28, 28] float probabilities relative to each box (absent without a mask
+    head), keypoints [B, D, K, 3] (x, y, score) in resized-image pixels (with a keypoint
     head).
     """
     feats = self.features(images, False)
@@ -153,6 +174,11 @@ class MaskRCNN(tf_keras.Model):
     det = postprocess.detect_boxes(props, valid, class_logits, box_deltas, image_size,
                                    self.score_threshold, self.nms_threshold,
                                    self.detections_per_image)
+    if self.keypoint_head is not None:
+      logits = self.keypoint_head(
+          self._pool(feats, det["boxes"], self.keypoint_pool_size, training=False),
+          training=False)
+      det["keypoints"] = keypoint_lib.decode_heatmaps(logits, det["boxes"])
     if self.mask_head is None:
       return det
     mask_feats = self._pool(feats, det["boxes"], self.mask_pool_size, training=False)

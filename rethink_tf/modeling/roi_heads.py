@@ -1,4 +1,5 @@
-"""RoI heads: box head (4conv1fc with norm, or 2fc), box predictor, mask head (4conv + deconv)."""
+"""RoI heads: box head (4conv1fc with norm, or 2fc), box predictor, mask head (4conv + deconv),
+keypoint head (8conv + deconv + upsampling)."""
 
 from typing import Optional
 
@@ -105,6 +106,39 @@ class MaskHead(tf_keras.layers.Layer):
       x = conv(x, training=training)
     x = self.predictor(self.deconv(x))
     return tf.reshape(x, [b, n, x.shape[1], x.shape[2], x.shape[3]])
+
+  def get_config(self):
+    return {**super().get_config(), **self._cfg}
+
+
+@tf_keras.utils.register_keras_serializable(package="rethink_tf")
+class KeypointHead(tf_keras.layers.Layer):
+  """Keypoint R-CNN head: 8 x (3x3 conv 512 + norm + ReLU), a 4x4 stride-2 deconv to K
+  heatmaps, then 2x bilinear upsampling (Detectron's keypoint head, GN in the paper's version).
+
+  Input [B, N, 14, 14, C] -> heatmap logits [B, N, K, 56, 56] float32.
+  """
+
+  def __init__(self, num_keypoints: int, conv_dim: int = 512, num_conv: int = 8,
+               norm: Optional[str] = "GN", gn_num_groups: int = 32, **kwargs):
+    super().__init__(**kwargs)
+    self._cfg = dict(num_keypoints=num_keypoints, conv_dim=conv_dim, num_conv=num_conv,
+                     norm=norm, gn_num_groups=gn_num_groups)
+    self.convs = [ConvNorm(conv_dim, 3, norm=norm, gn_num_groups=gn_num_groups,
+                           name=f"conv{i + 1}") for i in range(num_conv)]
+    self.score_lowres = tf_keras.layers.Conv2DTranspose(
+        num_keypoints, 4, strides=2, padding="same", kernel_initializer=msra_fan_out(),
+        dtype="float32", name="score_lowres")  # float32 logits under mixed precision
+
+  def call(self, rois, training=None):
+    b, n = tf.shape(rois)[0], tf.shape(rois)[1]
+    x = _merge_rois(rois)
+    for conv in self.convs:
+      x = conv(x, training=training)
+    x = self.score_lowres(x)
+    x = tf.image.resize(x, [2 * x.shape[1], 2 * x.shape[2]], method="bilinear")
+    x = tf.reshape(x, [b, n, x.shape[1], x.shape[2], x.shape[3]])
+    return tf.transpose(x, [0, 1, 4, 2, 3])
 
   def get_config(self):
     return {**super().get_config(), **self._cfg}

@@ -10,6 +10,8 @@ from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
 
+from rethink_tf.modeling import keypoints as keypoint_lib
+
 Reducer = Optional[Callable[[tf.Tensor], tf.Tensor]]
 
 
@@ -75,11 +77,12 @@ def mask_loss(mask_logits, mask_targets, mask_weights, global_sum: Reducer = Non
                                                              global_sum)
 
 
-def loss_names(with_mask: bool) -> List[str]:
+def loss_names(with_mask: bool, with_keypoints: bool = False) -> List[str]:
   """The keys of `mask_rcnn_losses`, in its order (the train loop's state needs them before
   the first step runs)."""
   return (["rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss", "fast_rcnn_box_loss"]
-          + (["mask_loss"] if with_mask else []) + ["total_loss"])
+          + (["mask_loss"] if with_mask else [])
+          + (["keypoint_loss"] if with_keypoints else []) + ["total_loss"])
 
 
 def mask_rcnn_losses(outputs: Dict[str, tf.Tensor], batch: Dict[str, tf.Tensor],
@@ -98,5 +101,13 @@ def mask_rcnn_losses(outputs: Dict[str, tf.Tensor], batch: Dict[str, tf.Tensor],
   if "mask_logits" in outputs:  # Faster R-CNN models have no mask branch
     losses["mask_loss"] = mask_loss(outputs["mask_logits"], outputs["mask_targets"],
                                     outputs["mask_weights"], global_sum)
+  if "keypoint_logits" in outputs:  # Keypoint R-CNN: normalized by the labeled keypoints
+    logits, weights = outputs["keypoint_logits"], outputs["keypoint_weights"]
+    s = tf.shape(logits)
+    losses["keypoint_loss"] = keypoint_lib.keypoint_loss(
+        tf.reshape(logits, tf.concat([[s[0] * s[1]], s[2:]], 0)),
+        tf.reshape(outputs["keypoint_targets"], [s[0] * s[1], s[2]]),
+        tf.reshape(weights, [s[0] * s[1], s[2]]),
+        _normalizer(tf.reduce_sum(weights), global_sum))
   losses["total_loss"] = tf.add_n(list(losses.values()))
   return losses

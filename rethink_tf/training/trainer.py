@@ -248,7 +248,8 @@ class Trainer:
   def _make_train_fn(self):
     strategy = self.strategy
     replica_step = self.make_replica_step()
-    loss_keys = loss_names(self.model.mask_head is not None) + ["weight_decay_loss"]
+    loss_keys = loss_names(self.model.mask_head is not None,
+                           self.model.keypoint_head is not None) + ["weight_decay_loss"]
 
     @tf.function
     def train_loop(iterator, num_steps):
