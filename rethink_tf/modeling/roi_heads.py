@@ -122,6 +122,7 @@ class KeypointHead(tf_keras.layers.Layer):
   def __init__(self, num_keypoints: int, conv_dim: int = 512, num_conv: int = 8,
                norm: Optional[str] = "GN", gn_num_groups: int = 32, **kwargs):
     super().__init__(**kwargs)
+    self.num_keypoints = num_keypoints
     self._cfg = dict(num_keypoints=num_keypoints, conv_dim=conv_dim, num_conv=num_conv,
                      norm=norm, gn_num_groups=gn_num_groups)
     self.convs = [ConvNorm(conv_dim, 3, norm=norm, gn_num_groups=gn_num_groups,

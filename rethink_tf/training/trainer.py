@@ -111,6 +111,12 @@ def build_for_training(cfg: InputConfig):
   """Builds the gin-configured model and validates the init mode before any training starts."""
   mode, checkpoint, convention = _init_choice()
   model = build_model(num_classes=cfg.num_classes, image_size=cfg.padded_size)
+  num_keypoints = model.keypoint_head.num_keypoints if model.keypoint_head is not None else 0
+  if num_keypoints != len(cfg.keypoint_names):
+    raise run_config.ConfigError(
+        f"build_model.num_keypoints = {num_keypoints} but InputConfig.keypoint_names names "
+        f"{len(cfg.keypoint_names)} keypoints: bind both (the head's outputs are the data's "
+        "keypoints)")
   init_lib.validate(mode, model.backbone.norm, model.backbone.freeze_at, checkpoint)
   if convention and convention.get("stride_in_1x1", False) != model.backbone.stride_in_1x1:
     raise init_lib.InitError(

@@ -61,3 +61,13 @@ def test_keypoint_head_trains_and_detects():
   y1, x1, y2, x2 = (boxes[..., i:i + 1] for i in range(4))
   assert ((points[..., 0] >= x1 - 1e-3) & (points[..., 0] <= x2 + 1e-3)).all()
   assert ((points[..., 1] >= y1 - 1e-3) & (points[..., 1] <= y2 + 1e-3)).all()
+
+
+def test_keypoint_head_without_keypoint_data_is_refused_before_training():
+  import pytest
+  from rethink_tf.run_config import ConfigError
+  from rethink_tf.training.trainer import build_for_training
+  config.parse_gin(["gin_configs/testing/tiny.gin"], ["build_model.num_keypoints = 17"])
+  with pytest.raises(ConfigError, match=r"build_model.num_keypoints = 17 but "
+                     r"InputConfig.keypoint_names names 0 keypoints"):
+    build_for_training(InputConfig(padded_size=(64, 64)))
