@@ -32,7 +32,8 @@ class InputConfig:
                max_instances: int = 100, max_crowd: int = 16, mask_crop_size: int = 56,
                pixel_mean: Sequence[float] = PIXEL_MEAN, pixel_std: Sequence[float] = PIXEL_STD,
                shuffle_buffer: int = 1000, cache: bool = False, synthetic=None,
-               channel_order: str = "RGB", keypoint_names: Sequence[str] = ()):
+               channel_order: str = "RGB", keypoint_names: Sequence[str] = (),
+               keypoint_oks_sigmas: Sequence[float] = ()):
     self.train_pattern, self.val_pattern = train_pattern, val_pattern
     self.val_annotations = val_annotations
     self.category_ids = [int(c) for c in category_ids]
@@ -50,6 +51,13 @@ class InputConfig:
     # Keypoint R-CNN: the names of the K keypoints per instance (their left_/right_ prefixes
     # drive the flip's swap); empty: the records' keypoints are not read.
     self.keypoint_names = tuple(keypoint_names)
+    # Per-keypoint OKS constants of the keypoint AP; empty: COCO's, for its 17 person
+    # keypoints (any other keypoint set must bind them).
+    self.keypoint_oks_sigmas = tuple(float(v) for v in keypoint_oks_sigmas)
+    if self.keypoint_names and len(self.keypoint_oks_sigmas or [0] * 17) != len(
+        self.keypoint_names):
+      raise ConfigError(f"InputConfig.keypoint_oks_sigmas must give one value per keypoint "
+                        f"({len(self.keypoint_names)}; empty means COCO's 17)")
     self.synthetic = synthetic
     if synthetic is not None and not self.category_ids:
       self.category_ids = synthetic.category_ids

@@ -45,7 +45,7 @@ def detect_function(model):
 
 def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
                          max_images: Optional[int] = None) -> List[dict]:
-  """COCO-format results (boxes and RLE masks) for every validation image."""
+  """COCO-format results (boxes, RLE masks, keypoints) for every validation image."""
   ds = make_dataset(cfg, False, batch_size, model.anchor_kwargs)
   detect = detect_function(model)
   results, seen = [], 0
@@ -55,8 +55,13 @@ def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
       boxes, scores, cats, masks = to_original_image(
           det, i, batch["scale"][i].numpy(), batch["orig_size"][i].numpy(), cfg.category_ids,
           with_masks="masks" in det)
+      keypoints = None
+      if "keypoints" in det:  # resized pixels -> original pixels; the score stays
+        n = int(det["num_detections"][i])
+        scale = float(batch["scale"][i])
+        keypoints = det["keypoints"][i, :n] / np.array([scale, scale, 1.0])
       results += coco_evaluator.detections_to_coco(int(batch["source_id"][i]), boxes, scores,
-                                                   cats, masks)
+                                                   cats, masks, keypoints)
       seen += 1
     if max_images and seen >= max_images:
       break
@@ -64,12 +69,18 @@ def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
 
 
 def run_evaluation(model, cfg: InputConfig, batch_size: int = 8) -> Dict[str, Dict[str, float]]:
-  """{"bbox": {12 stats}, "segm": {12 stats}} on the validation split ("segm" only for models
-  with a mask head)."""
+  """{"bbox": {12 stats}, "segm": {12 stats}, "keypoints": {10 stats}} on the validation
+  split ("segm" only for models with a mask head, "keypoints" for models with a keypoint head,
+  OKS with `InputConfig.keypoint_oks_sigmas` or COCO's for its 17 person keypoints)."""
   if not cfg.val_annotations:
     raise ValueError("evaluation needs InputConfig.val_annotations (the COCO JSON of the "
                      "validation split)")
   gt = coco_evaluator.load_coco(cfg.val_annotations)
   results = predict_coco_results(model, cfg, batch_size)
   iou_types = ("bbox", "segm") if model.mask_head is not None else ("bbox",)
-  return {iou: coco_evaluator.evaluate(gt, results, iou) for iou in iou_types}
+  metrics = {iou: coco_evaluator.evaluate(gt, results, iou) for iou in iou_types}
+  if getattr(model, "keypoint_head", None) is not None:
+    boxes_only = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+    metrics["keypoints"] = coco_evaluator.evaluate(
+        gt, boxes_only, "keypoints", kpt_oks_sigmas=cfg.keypoint_oks_sigmas or None)
+  return metrics

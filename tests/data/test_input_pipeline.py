@@ -139,7 +139,8 @@ def test_keypoints_are_resized_flipped_with_left_right_swap_and_padded(tmp_path)
   pattern = str(tmp_path / "kp-*.tfrecord")
   cfg = InputConfig(train_pattern=pattern, val_pattern=pattern, category_ids=(1,),
                     short_side=48, max_long_side=64, padded_size=(64, 64), max_instances=3,
-                    mask_crop_size=8, shuffle_buffer=1, keypoint_names=names)
+                    mask_crop_size=8, shuffle_buffer=1, keypoint_names=names,
+                    keypoint_oks_sigmas=(0.05,) * 4)
   batches = make_dataset(cfg, True, 1, ANCHORS, seed=0).take(12)
   scale = 0.5                                           # 96 x 128 -> 48 x 64
   original = np.reshape(person["keypoints"], (4, 3)).astype(np.float32)

@@ -3,6 +3,7 @@
 import gc
 import weakref
 
+import pytest
 import tensorflow as tf
 import tf_keras
 
@@ -30,3 +31,55 @@ def test_detect_function_is_traced_once_per_model_and_freed_with_it():
   del model, fn
   gc.collect()
   assert ref() is None
+
+
+class _GroundTruthKeypointDetector:
+  """Returns the one ground-truth person of `a.png` (box and keypoints, in the evaluation
+  pipeline's resized pixels: scale 0.5) as its detection."""
+
+  anchor_kwargs = dict(min_level=2, max_level=6, aspect_ratios=(1.0,), anchor_size=4.0)
+  mask_head = None
+  keypoint_head = "present"
+
+  def __init__(self, box_xywh, keypoints):
+    x, y, w, h = box_xywh
+    self.box = tf.constant([[[y, x, y + h, x + w]]], tf.float32) * 0.5
+    points = tf.reshape(tf.constant(keypoints, tf.float32), [1, 1, -1, 3])
+    self.points = tf.concat([points[..., :2] * 0.5, tf.ones_like(points[..., 2:])], -1)
+
+  def detect(self, images, image_size):
+    return {"boxes": self.box, "scores": tf.ones([1, 1]), "classes": tf.ones([1, 1], tf.int32),
+            "num_detections": tf.ones([1], tf.int32), "keypoints": self.points}
+
+
+def test_ground_truth_keypoints_score_keypoint_ap_1_through_the_evaluation(tmp_path):
+  import json
+  import numpy as np
+  from PIL import Image
+  from rethink_tf.data import coco_tfrecord
+  from rethink_tf.data.input_pipeline import InputConfig
+  names = ("nose", "left_eye", "right_eye", "left_ear")
+  Image.fromarray(np.full((96, 128, 3), 90, np.uint8)).save(tmp_path / "a.png")
+  person = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 2000.0,
+            "bbox": [20.0, 10.0, 60.0, 70.0], "num_keypoints": 3,
+            "segmentation": [[20.0, 10.0, 80.0, 10.0, 80.0, 80.0, 20.0, 80.0]],
+            "keypoints": [50.0, 30.0, 2, 40.0, 20.0, 2, 60.0, 22.0, 1, 0, 0, 0]}
+  (tmp_path / "a.json").write_text(json.dumps({
+      "images": [{"id": 1, "file_name": "a.png", "height": 96, "width": 128}],
+      "categories": [{"id": 1, "name": "person", "keypoints": list(names)}],
+      "annotations": [person]}))
+  coco_tfrecord.convert(str(tmp_path / "a.json"), str(tmp_path), str(tmp_path / "val"),
+                        strict=True)
+  cfg = InputConfig(val_pattern=str(tmp_path / "val-*.tfrecord"),
+                    val_annotations=str(tmp_path / "a.json"), category_ids=(1,),
+                    short_side=48, max_long_side=64, padded_size=(64, 64),
+                    keypoint_names=names, keypoint_oks_sigmas=(0.05,) * 4)
+  model = _GroundTruthKeypointDetector(person["bbox"], person["keypoints"])
+  metrics = evaluator.run_evaluation(model, cfg, batch_size=1)
+  assert set(metrics) == {"bbox", "keypoints"}
+  assert metrics["keypoints"]["AP"] == pytest.approx(1.0)
+  assert metrics["bbox"]["AP"] == pytest.approx(1.0)
+  # Keypoints 4 px off (2 resized pixels) are not a perfect match: the check can fail.
+  off = _GroundTruthKeypointDetector(person["bbox"], person["keypoints"])
+  off.points += tf.constant([2.0, 0.0, 0.0])
+  assert evaluator.run_evaluation(off, cfg, batch_size=1)["keypoints"]["AP"] < 0.9
