@@ -47,8 +47,8 @@ def main(argv):
     # binding, file or checkpoint and says what to do; a traceback would bury it.
     sys.exit(f"error: {e}")
   if metrics:
-    summary = ", ".join(f"{name} AP {metrics[k]['AP']:.3f}"
-                        for k, name in (("bbox", "box"), ("segm", "mask")) if k in metrics)
+    names = (("bbox", "box"), ("segm", "mask"), ("keypoints", "keypoint"))
+    summary = ", ".join(f"{name} AP {metrics[k]['AP']:.3f}" for k, name in names if k in metrics)
     print(f"final: {summary} after {(time.time() - t0) / 60:.1f} min", flush=True)
     print(json.dumps(metrics))
 

@@ -75,8 +75,9 @@ class CheckpointWriteError(OSError):
 
 
 def format_metrics(metrics: Dict[str, Dict[str, float]]) -> str:
-  """'box AP 0.601 (AP50 0.850) | mask AP 0.567 (AP50 0.840)'; masks only when evaluated."""
-  names = {"bbox": "box", "segm": "mask"}
+  """'box AP 0.601 (AP50 0.850) | mask AP 0.567 (AP50 0.840)'; masks and keypoints only when
+  evaluated."""
+  names = {"bbox": "box", "segm": "mask", "keypoints": "keypoint"}
   return " | ".join(f"{names[k]} AP {v['AP']:.3f} (AP50 {v['AP50']:.3f})"
                     for k, v in metrics.items())
 
