@@ -34,8 +34,7 @@ def test_keypoint_head_trains_and_detects():
   batch = _batch(model)
   optimizer = tf_keras.optimizers.SGD(0.02, momentum=0.9)
 
-  @tf.function
-  def step():
+  def step():  # eager: 5 eager steps cost a third of tracing one (measured 11 s vs 31 s)
     with tf.GradientTape() as tape:
       outputs = model(batch, training=True)
       losses = mask_rcnn_losses(outputs, batch)
@@ -50,7 +49,7 @@ def test_keypoint_head_trains_and_detects():
   assert list(losses) == loss_names(True, True)
   first = float(losses["keypoint_loss"])
   assert np.isfinite(first) and first > 0
-  for _ in range(6):
+  for _ in range(4):
     _, losses = step()
   assert all(np.isfinite(float(v)) for v in losses.values())
   assert float(losses["keypoint_loss"]) < first                    # it learns the batch
