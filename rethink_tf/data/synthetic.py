@@ -27,6 +27,9 @@ CATEGORIES = [{"id": 1, "name": "circle", "supercategory": "shape"},
               {"id": 2, "name": "square", "supercategory": "shape"},
               {"id": 3, "name": "triangle", "supercategory": "shape"}]
 FORMAT_VERSION = 1  # bump when the generator's output changes, to invalidate caches
+# The optional keypoint task: each shape's extreme points (its topmost, bottommost, leftmost
+# and rightmost vertex); a horizontal flip swaps the left and right ones.
+KEYPOINT_NAMES = ("top", "bottom", "left_point", "right_point")
 
 
 def _shape_polygon(kind: int, cy: float, cx: float, size: float, angle: float) -> np.ndarray:
@@ -102,12 +105,36 @@ def _paint(img, mask, rng, colour):
   img[y0:y1, x0:x1] = np.where(m, tex, img[y0:y1, x0:x1])
 
 
+def extreme_points(poly: np.ndarray) -> np.ndarray:
+  """[4, 2] (x, y): the polygon's top, bottom, leftmost and rightmost vertices."""
+  return poly[[np.argmin(poly[:, 1]), np.argmax(poly[:, 1]), np.argmin(poly[:, 0]),
+               np.argmax(poly[:, 0])]]
+
+
+def _keypoints(poly: np.ndarray, visible: np.ndarray) -> List[float]:
+  """COCO keypoints [x, y, v] * 4 of a shape: v = 2 where the point's 3 x 3 pixel
+  neighbourhood holds part of the annotated (visible) mask, 1 where a later object hides it,
+  0 outside the image (then x = y = 0)."""
+  h, w = visible.shape
+  out = []
+  for x, y in extreme_points(poly):
+    if not (0 <= x <= w and 0 <= y <= h):
+      out += [0.0, 0.0, 0]
+      continue
+    r, c = min(int(y), h - 1), min(int(x), w - 1)
+    seen = visible[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].any()
+    out += [round(float(x), 2), round(float(y), 2), 2 if seen else 1]
+  return out
+
+
 def make_image(rng, size: int, min_obj: int, max_obj: int, min_size: float, max_size: float,
-               crowd_prob: float, empty_prob: float):
-  """One image: uint8 [size, size, 3] and its annotations (category_id, polygons/RLE, crowd)."""
+               crowd_prob: float, empty_prob: float, keypoints: bool = False):
+  """One image: uint8 [size, size, 3] and its annotations (category_id, polygons/RLE, crowd;
+  with `keypoints`, each object's `KEYPOINT_NAMES` as COCO keypoints). The keypoints draw no
+  random numbers: the images and other annotations are the same with or without them."""
   h = w = size
   img = _background(rng, h, w)
-  objects: List[Tuple[int, np.ndarray]] = []   # (category, full mask), in paint order
+  objects: List[Tuple[int, np.ndarray, np.ndarray]] = []   # (category, full mask, polygon)
   occupied = np.zeros((h, w), np.uint8)
   crowd = None
   if rng.random() < crowd_prob:
@@ -130,7 +157,8 @@ def make_image(rng, size: int, min_obj: int, max_obj: int, min_size: float, max_
       kind = int(rng.integers(1, 4))
       s = float(np.exp(rng.uniform(np.log(min_size), np.log(max_size))))
       cy, cx = rng.uniform(s / 3, h - s / 3), rng.uniform(s / 3, w - s / 3)
-      m = _raster(_shape_polygon(kind, cy, cx, s, rng.uniform(0, 2 * np.pi)), h, w)
+      poly = _shape_polygon(kind, cy, cx, s, rng.uniform(0, 2 * np.pi))
+      m = _raster(poly, h, w)
       area = int(m.sum())
       if area < 30:
         continue
@@ -138,27 +166,30 @@ def make_image(rng, size: int, min_obj: int, max_obj: int, min_size: float, max_
       # most half of itself with what lies below.
       if (m & occupied).sum() > 0.5 * area:
         continue
-      ok = all(((full & ~m.astype(bool)).sum() >= 0.5 * full.sum()) for _, full in objects)
+      ok = all(((full & ~m.astype(bool)).sum() >= 0.5 * full.sum()) for _, full, _ in objects)
       if ok:
         break
     else:
       continue
     colour = rng.uniform(0, 255, 3)
     _paint(img, m, rng, colour)
-    objects.append((kind, m.astype(bool)))
+    objects.append((kind, m.astype(bool), poly))
     occupied |= m
   anns = []
-  for i, (kind, full) in enumerate(objects):
+  for i, (kind, full, poly) in enumerate(objects):
     visible = full.copy()
-    for _, later in objects[i + 1:]:
+    for _, later, _ in objects[i + 1:]:
       visible &= ~later
     polys = _mask_to_polygons(visible)
     if not polys or visible.sum() < 20:
       continue
     anns.append({"category_id": kind, "segmentation": polys, "iscrowd": 0})
+    if keypoints:  # visibility as annotated (slivers without a polygon do not count)
+      annotated = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w)))
+      anns[-1]["keypoints"] = _keypoints(poly, annotated.astype(bool))
   if crowd is not None:
     kind, region = crowd
-    for _, full in objects:
+    for _, full, _ in objects:
       region = region & ~full
     if region.sum() > 0:
       # Uncompressed counts list, the form COCO uses for crowd ground truth.
@@ -185,8 +216,9 @@ def _rle_counts(mask: np.ndarray) -> List[int]:
 def generate_split(output_dir: str, split: str, num_images: int, seed: int, image_size: int = 128,
                    min_objects: int = 1, max_objects: int = 6, min_size: float = 10.0,
                    max_size: float = 64.0, crowd_prob: float = 0.05,
-                   empty_prob: float = 0.05) -> Dict[str, str]:
-  """Writes `output_dir/{split}/*.jpg` and `output_dir/instances_{split}.json`.
+                   empty_prob: float = 0.05, keypoints: bool = False) -> Dict[str, str]:
+  """Writes `output_dir/{split}/*.jpg` and `output_dir/instances_{split}.json` (with
+  `keypoints`, every object carries its `KEYPOINT_NAMES` and every category names them).
 
   Returns {"annotations": json path, "image_dir": directory}.
   """
@@ -197,7 +229,7 @@ def generate_split(output_dir: str, split: str, num_images: int, seed: int, imag
   ann_id = 1
   for i in range(num_images):
     img, anns = make_image(rng, image_size, min_objects, max_objects, min_size, max_size,
-                           crowd_prob, empty_prob)
+                           crowd_prob, empty_prob, keypoints)
     image_id = i + 1
     name = f"{split}_{image_id:06d}.jpg"
     buf = io.BytesIO()
@@ -216,10 +248,16 @@ def generate_split(output_dir: str, split: str, num_images: int, seed: int, imag
       annotations.append({"id": ann_id, "image_id": image_id, "category_id": a["category_id"],
                           "segmentation": seg, "iscrowd": a["iscrowd"],
                           "area": float(mask_utils.area(rle)), "bbox": [x, y, bw, bh]})
+      if keypoints:
+        points = a.get("keypoints", [0.0] * 3 * len(KEYPOINT_NAMES))
+        annotations[-1].update(keypoints=points, num_keypoints=sum(
+            1 for v in points[2::3] if v > 0))
       ann_id += 1
   ann_path = os.path.join(output_dir, f"instances_{split}.json")
   with open(ann_path + ".tmp", "w") as f:
-    json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES,
+    categories = ([{**c, "keypoints": list(KEYPOINT_NAMES), "skeleton": []} for c in CATEGORIES]
+                  if keypoints else CATEGORIES)
+    json.dump({"images": images, "annotations": annotations, "categories": categories,
                "info": {"description": "rethink_tf synthetic shapes", "seed": seed,
                         "version": FORMAT_VERSION}}, f)
   os.replace(ann_path + ".tmp", ann_path)
@@ -237,9 +275,11 @@ class SyntheticDataset:
 
   def __init__(self, num_train: int = 2000, num_val: int = 200, seed: int = 0,
                image_size: int = 128, max_objects: int = 6, cache_dir: Optional[str] = None,
-               num_shards: int = 4):
+               num_shards: int = 4, keypoints: bool = False):
     self.params = dict(num_train=num_train, num_val=num_val, seed=seed, image_size=image_size,
                        max_objects=max_objects, version=FORMAT_VERSION)
+    if keypoints:  # only then: the cache key of every existing configuration stays the same
+      self.params["keypoints"] = True
     self.num_shards = num_shards
     key = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:10]
     self.root = os.path.join(cache_dir or default_cache_dir(), f"synthetic_shapes_{key}")
@@ -263,7 +303,7 @@ class SyntheticDataset:
                            ("val", p["num_val"], p["seed"] + 1)):
       t = time.time()
       src = generate_split(self.root, split, n, seed, p["image_size"],
-                           max_objects=p["max_objects"])
+                           max_objects=p["max_objects"], keypoints=p.get("keypoints", False))
       counts = coco_tfrecord.convert(src["annotations"], src["image_dir"],
                                      os.path.join(self.root, split), self.num_shards,
                                      strict=True)  # generated data has no excuse
