@@ -1,9 +1,11 @@
 r"""Evaluates a checkpoint on the validation split (box and mask AP, pycocotools).
 
-  python -m rethink_tf.evaluate --gin_file=F --model_dir=D [--checkpoint=C]
+  python -m rethink_tf.evaluate --gin_file=F --model_dir=D [--checkpoint=C] [--tta]
 
 --checkpoint is a prefix or a directory (its latest checkpoint); without it the latest
 checkpoint of --model_dir is used. Prints the 12 COCO stats of box and mask AP as JSON.
+--tta evaluates with test-time augmentation as bound in gin (`TestTimeAugmentation.scales`,
+`.flip`, `.max_long_side`; Detectron's TEST.BBOX_AUG / MASK_AUG).
 """
 
 import json
@@ -16,6 +18,7 @@ from absl import app, flags  # noqa: E402
 
 from rethink_tf import config  # noqa: E402
 from rethink_tf.evaluation.evaluator import run_evaluation  # noqa: E402
+from rethink_tf.evaluation.tta import TestTimeAugmentation  # noqa: E402
 from rethink_tf.flags import define_common_flags  # noqa: E402
 from rethink_tf.inference import build_for_inference, resolve_checkpoint  # noqa: E402
 
@@ -31,12 +34,15 @@ def main(argv):
     cfg.prepare(training=False)
   except (FileNotFoundError, config.ConfigError) as e:
     sys.exit(f"error: {e}")
-  metrics = run_evaluation(model, cfg)
-  print(json.dumps({"checkpoint": path, **metrics}))
+  tta = TestTimeAugmentation() if FLAGS.tta else None
+  metrics = run_evaluation(model, cfg, tta=tta)
+  print(json.dumps({"checkpoint": path, **({"tta": vars(tta)} if tta else {}), **metrics}))
 
 
 if __name__ == "__main__":
   define_common_flags()
   flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or directory (default: latest in "
                       "--model_dir).")
+  flags.DEFINE_bool("tta", False, "Evaluate with test-time augmentation (flip + the scales "
+                    "bound to TestTimeAugmentation.scales).")
   app.run(main)

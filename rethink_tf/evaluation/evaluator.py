@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.evaluation import coco_evaluator
+from rethink_tf.evaluation.tta import TestTimeAugmentation, tta_detect_function
 from rethink_tf.modeling import postprocess
 
 
@@ -43,22 +44,45 @@ def detect_function(model):
   return fn
 
 
+def _batches(model, cfg: InputConfig, batch_size: int,
+             tta: Optional[TestTimeAugmentation]):
+  """Yields (detections as numpy, the base-scale batch, per-image scale of the detections'
+  frame). With `tta`, the same images at every test scale are zipped into one step and the
+  detections are already in input-image pixels (scale 1)."""
+  if tta is None:
+    detect = detect_function(model)
+    for batch in make_dataset(cfg, False, batch_size, model.anchor_kwargs):
+      det = detect(batch["images"], batch["image_size"])
+      yield {k: v.numpy() for k, v in det.items()}, batch, batch["scale"].numpy()
+    return
+  configs = tta.input_configs(cfg, 2 ** model.feature_levels[-1])
+  augmentations = tta.augmentations(len(configs))
+  detect = tta_detect_function(model)
+  datasets = [make_dataset(c, False, batch_size, model.anchor_kwargs) for c in configs]
+  for batches in tf.data.Dataset.zip(tuple(datasets)):
+    ids = [b["source_id"].numpy().tolist() for b in batches]
+    if any(i != ids[0] for i in ids):  # the scales read the same files in the same order
+      raise RuntimeError(f"test-time augmentation: the scales' batches differ ({ids})")
+    det = detect(list(batches), augmentations)
+    yield ({k: v.numpy() for k, v in det.items()}, batches[0],
+           np.ones([len(ids[0])], np.float32))
+
+
 def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
-                         max_images: Optional[int] = None) -> List[dict]:
-  """COCO-format results (boxes, RLE masks, keypoints) for every validation image."""
-  ds = make_dataset(cfg, False, batch_size, model.anchor_kwargs)
-  detect = detect_function(model)
+                         max_images: Optional[int] = None,
+                         tta: Optional[TestTimeAugmentation] = None) -> List[dict]:
+  """COCO-format results (boxes, RLE masks, keypoints) for every validation image; `tta`
+  evaluates with test-time augmentation."""
   results, seen = [], 0
-  for batch in ds:
-    det = {k: v.numpy() for k, v in detect(batch["images"], batch["image_size"]).items()}
+  for det, batch, det_scale in _batches(model, cfg, batch_size, tta):
     for i in range(det["scores"].shape[0]):
       boxes, scores, cats, masks = to_original_image(
-          det, i, batch["scale"][i].numpy(), batch["orig_size"][i].numpy(), cfg.category_ids,
+          det, i, det_scale[i], batch["orig_size"][i].numpy(), cfg.category_ids,
           with_masks="masks" in det)
       keypoints = None
-      if "keypoints" in det:  # resized pixels -> original pixels; the score stays
+      if "keypoints" in det:  # detection frame -> original pixels; the score stays
         n = int(det["num_detections"][i])
-        scale = float(batch["scale"][i])
+        scale = float(det_scale[i])
         keypoints = det["keypoints"][i, :n] / np.array([scale, scale, 1.0])
       results += coco_evaluator.detections_to_coco(int(batch["source_id"][i]), boxes, scores,
                                                    cats, masks, keypoints)
@@ -68,15 +92,17 @@ def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
   return results
 
 
-def run_evaluation(model, cfg: InputConfig, batch_size: int = 8) -> Dict[str, Dict[str, float]]:
+def run_evaluation(model, cfg: InputConfig, batch_size: int = 8,
+                   tta: Optional[TestTimeAugmentation] = None) -> Dict[str, Dict[str, float]]:
   """{"bbox": {12 stats}, "segm": {12 stats}, "keypoints": {10 stats}} on the validation
   split ("segm" only for models with a mask head, "keypoints" for models with a keypoint head,
-  OKS with `InputConfig.keypoint_oks_sigmas` or COCO's for its 17 person keypoints)."""
+  OKS with `InputConfig.keypoint_oks_sigmas` or COCO's for its 17 person keypoints).
+  `tta`: with test-time augmentation (`evaluation/tta.py`)."""
   if not cfg.val_annotations:
     raise ValueError("evaluation needs InputConfig.val_annotations (the COCO JSON of the "
                      "validation split)")
   gt = coco_evaluator.load_coco(cfg.val_annotations)
-  results = predict_coco_results(model, cfg, batch_size)
+  results = predict_coco_results(model, cfg, batch_size, tta=tta)
   iou_types = ("bbox", "segm") if model.mask_head is not None else ("bbox",)
   metrics = {iou: coco_evaluator.evaluate(gt, results, iou) for iou in iou_types}
   if getattr(model, "keypoint_head", None) is not None:

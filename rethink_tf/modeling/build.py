@@ -9,9 +9,11 @@ from typing import Optional, Sequence
 
 import gin
 
+from rethink_tf.modeling.cascade import CASCADE_BOX_WEIGHTS
 from rethink_tf.modeling.fpn import FPN
 from rethink_tf.modeling.mask_rcnn import MaskRCNN
 from rethink_tf.modeling.resnet import ResNet
+from rethink_tf.modeling.roi_sampling import ROI_BOX_WEIGHTS
 from rethink_tf.modeling.roi_heads import BoxHead, BoxPredictor, KeypointHead, MaskHead
 from rethink_tf.modeling.rpn import RPNHead
 from rethink_tf.modeling.vgg import VGG16
@@ -39,7 +41,9 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                 detections_per_image: int = 100, score_threshold: float = 0.05,
                 nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0,
                 num_keypoints: int = 0, keypoint_head_conv_dim: int = 512,
-                keypoint_head_num_conv: int = 8) -> MaskRCNN:
+                keypoint_head_num_conv: int = 8, cascade_ious: Sequence[float] = (),
+                cascade_box_weights: Sequence[Sequence[float]] = CASCADE_BOX_WEIGHTS
+                ) -> MaskRCNN:
   """Builds Mask R-CNN FPN. `num_classes` counts background (81 for COCO).
 
   `fpn_norm="same"` uses `norm` in the FPN too (the paper's GN models); pass None for
@@ -49,6 +53,9 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
   Detectron) and `fpn_channels` is unused; anchors are `anchor_size * anchor_scales * stride`.
   `roi_chunk_mb` bounds the RoIAlign sample tensors of inference (see `multilevel_roi_align`).
   `num_keypoints` > 0 adds Keypoint R-CNN's head (17 for COCO persons).
+  `cascade_ious` (e.g. (0.5, 0.6, 0.7)) makes the box head Cascade R-CNN's: one stage per IoU,
+  each with its own box head (same architecture) and class-agnostic box predictor, stage k
+  coding boxes with `cascade_box_weights[k]`; empty: the plain Mask R-CNN box head.
   """
   if backbone not in BACKBONES:
     raise ValueError(f"build_model.backbone {backbone!r} is not one of {BACKBONES}")
@@ -76,7 +83,16 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
   rpn = RPNHead(rpn_channels, num_anchors=len(aspect_ratios) * len(anchor_scales), name="rpn")
   box_head = BoxHead(box_head_type, head_conv_dim, head_fc_dim, norm=norm,
                      num_conv=box_head_num_conv, name="box_head", **kw)
-  box_predictor = BoxPredictor(num_classes, name="box_predictor")
+  if len(cascade_ious) == 1:
+    raise ValueError("build_model.cascade_ious needs one IoU per stage and at least 2 stages "
+                     f"(got {tuple(cascade_ious)}); leave it empty for the plain box head")
+  cascade = bool(cascade_ious)
+  box_predictor = BoxPredictor(num_classes, class_agnostic=cascade, name="box_predictor")
+  cascade_heads = [
+      (BoxHead(box_head_type, head_conv_dim, head_fc_dim, norm=norm, num_conv=box_head_num_conv,
+               name=f"box_head_stage{k + 1}", **kw),
+       BoxPredictor(num_classes, class_agnostic=True, name=f"box_predictor_stage{k + 1}"))
+      for k in range(1, len(cascade_ious))]
   mask_head = None
   if mask_on:
     mask_head = MaskHead(num_classes, head_conv_dim, mask_head_num_conv, norm=norm,
@@ -97,4 +113,7 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                   roi_positive_fraction=roi_positive_fraction,
                   mask_rois_per_image=mask_rois_per_image,
                   detections_per_image=detections_per_image, score_threshold=score_threshold,
-                  nms_threshold=nms_threshold, roi_chunk_mb=roi_chunk_mb)
+                  nms_threshold=nms_threshold, roi_chunk_mb=roi_chunk_mb,
+                  cascade_heads=cascade_heads,
+                  cascade_ious=tuple(cascade_ious) or (0.5,),
+                  cascade_box_weights=cascade_box_weights if cascade else (ROI_BOX_WEIGHTS,))

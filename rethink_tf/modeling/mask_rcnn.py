@@ -4,13 +4,14 @@ Without a mask head the same class is Faster R-CNN; without an FPN the RPN and t
 read the backbone's single output level (the original Faster R-CNN on VGG-16 conv5).
 """
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras
 
 from rethink_tf.layers.roi_align import multilevel_roi_align
 from rethink_tf.modeling import anchors as anchor_lib
+from rethink_tf.modeling import cascade as cascade_lib
 from rethink_tf.modeling import keypoints as keypoint_lib
 from rethink_tf.modeling import postprocess, roi_sampling
 from rethink_tf.modeling.rpn import generate_proposals
@@ -24,6 +25,11 @@ class MaskRCNN(tf_keras.Model):
   R-CNN); training outputs carry no mask terms and detections no masks. `keypoint_head`:
   Keypoint R-CNN's heatmaps on the same foreground RoIs (training needs gt_keypoints
   [B, M, K, 3], x/y/v in resized pixels); detections gain keypoints [B, D, K, 3].
+  `cascade_heads`: (box head, class-agnostic box predictor) of Cascade R-CNN's stages 2.. (stage
+  1 is box_head/box_predictor, class-agnostic too); `cascade_ious` and `cascade_box_weights`
+  give each stage's foreground IoU and box coding. The non-trainable `cascade_active` variable
+  (checkpointed) turns the later stages on: while it is False they compute but their losses
+  are zero and inference uses stage 1 alone (the paper adds cascade late in training).
 
   Inputs (dict, static shapes; B images padded to `image_size`):
     images [B, H, W, 3] float; image_size [B, 2] float (h, w of the resized image before
@@ -47,7 +53,11 @@ class MaskRCNN(tf_keras.Model):
                box_pool_size: int = 7, mask_pool_size: int = 14, sampling_ratio: int = 2,
                detections_per_image: int = 100, score_threshold: float = 0.05,
                nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0,
-               keypoint_pool_size: int = 14, **kwargs):
+               keypoint_pool_size: int = 14,
+               cascade_heads: Sequence[Tuple[tf_keras.layers.Layer, tf_keras.layers.Layer]] = (),
+               cascade_ious: Sequence[float] = (0.5,),
+               cascade_box_weights: Sequence[Sequence[float]] = (roi_sampling.ROI_BOX_WEIGHTS,),
+               **kwargs):
     super().__init__(**kwargs)
     # Under a mixed-precision policy Keras would cast every float input to the compute dtype;
     # boxes and sizes must stay float32 (bf16 cannot hold 800 px to the pixel). The backbone
@@ -57,6 +67,17 @@ class MaskRCNN(tf_keras.Model):
     self.box_head, self.box_predictor, self.mask_head = box_head, box_predictor, mask_head
     self.keypoint_head, self.keypoint_pool_size = keypoint_head, keypoint_pool_size
     self.num_classes = num_classes
+    self.num_stages = 1 + len(cascade_heads)
+    if len(cascade_ious) < self.num_stages or len(cascade_box_weights) < self.num_stages:
+      raise ValueError(f"{self.num_stages} box stages need as many cascade_ious "
+                       f"({cascade_ious}) and cascade_box_weights ({cascade_box_weights})")
+    self.cascade_box_heads = [h for h, _ in cascade_heads]
+    self.cascade_box_predictors = [p for _, p in cascade_heads]
+    self.cascade_ious = tuple(float(v) for v in cascade_ious[:self.num_stages])
+    self.cascade_box_weights = tuple(tuple(float(x) for x in w)
+                                     for w in cascade_box_weights[:self.num_stages])
+    if self.num_stages > 1:
+      self.cascade_active = tf.Variable(True, trainable=False, name="cascade_active")
     self.image_size = tuple(int(s) for s in image_size)
     self.roi_levels = list(range(min_level, min(max_level, 5) + 1))
     self.feature_levels = list(range(min_level, max_level + 1))
@@ -97,7 +118,13 @@ class MaskRCNN(tf_keras.Model):
   def _proposals(self, feats, image_size, training):
     scores, deltas = self.rpn_head(feats)
     pre, post = self.rpn_topk[bool(training)]
-    props, valid = generate_proposals(scores, deltas, self.anchors, image_size, pre, post,
+    # Another padded size than the model's (multi-scale test-time augmentation) gets its own
+    # anchors, computed from the static shape of the finest feature level.
+    level = self.feature_levels[0]
+    padded = tuple(int(d) * 2 ** level for d in feats[level].shape[1:3])
+    anchors = (self.anchors if padded == self.image_size
+               else anchor_lib.multilevel_anchors(padded, **self.anchor_kwargs))
+    props, valid = generate_proposals(scores, deltas, anchors, image_size, pre, post,
                                       self.rpn_nms_threshold)
     return scores, deltas, props, valid
 
@@ -117,8 +144,10 @@ class MaskRCNN(tf_keras.Model):
     crowd_valid = tf.reduce_any(crowd > 0, axis=-1)
     s = roi_sampling.sample_rois(props, valid, gt_boxes, gt_classes, gt_valid, crowd,
                                  crowd_valid, self.roi_samples_per_image,
-                                 self.roi_positive_fraction, seeds=inputs.get("sample_seed"))
-    pooled = self._pool(feats, s["rois"], self.box_pool_size)
+                                 self.roi_positive_fraction, fg_iou=self.cascade_ious[0],
+                                 seeds=inputs.get("sample_seed"),
+                                 box_weights=self.cascade_box_weights[0])
+    pooled = self._stage_input(self._pool(feats, s["rois"], self.box_pool_size))
     class_logits, box_deltas = self.box_predictor(self.box_head(pooled, training=True))
     levels = sorted(scores)
     outputs = dict(
@@ -128,6 +157,9 @@ class MaskRCNN(tf_keras.Model):
         roi_classes=s["classes"], roi_box_targets=s["box_targets"], roi_weights=s["weights"],
         num_proposals=tf.reduce_sum(tf.cast(valid, tf.float32), axis=1),
         num_fg_rois=tf.reduce_sum(tf.cast(s["is_fg"], tf.float32), axis=1))
+    if self.num_stages > 1:
+      outputs.update(self._cascade_train_outputs(feats, s, box_deltas, image_size, gt_boxes,
+                                                 gt_classes, gt_valid))
     if self.keypoint_head is not None:
       outputs.update(self._keypoint_train_outputs(feats, s, inputs["gt_keypoints"]))
     if self.mask_head is None:
@@ -144,6 +176,39 @@ class MaskRCNN(tf_keras.Model):
     outputs.update(mask_logits=mask_logits, mask_targets=targets,
                    mask_weights=tf.cast(s["is_fg"][:, :num_fg], tf.float32))
     return outputs
+
+  def _stage_input(self, pooled):
+    """Pooled RoI features entering a box stage: with active cascade stages their gradient
+    is scaled by 1 / num_stages (detectron2)."""
+    if self.num_stages == 1:
+      return pooled
+    scale = tf.where(self.cascade_active, 1.0 / self.num_stages, 1.0)
+    return cascade_lib.scale_gradient(pooled, scale)
+
+  def _stage(self, k: int):
+    """(box head, box predictor) of stage k (0-based)."""
+    if k == 0:
+      return self.box_head, self.box_predictor
+    return self.cascade_box_heads[k - 1], self.cascade_box_predictors[k - 1]
+
+  def _cascade_train_outputs(self, feats, s, box_deltas, image_size, gt_boxes, gt_classes,
+                             gt_valid):
+    """Stages 2..n on the boxes the previous stage regressed: `<key>_stage<k>` for every
+    stage-1 key the losses read, and `cascade_active` (float, multiplies their losses)."""
+    rois, deltas, out = s["rois"], box_deltas, {}
+    for k in range(1, self.num_stages):
+      rois = cascade_lib.refine_boxes(rois, deltas, self.cascade_box_weights[k - 1], image_size)
+      t = cascade_lib.label_boxes(rois, s["weights"], gt_boxes, gt_classes, gt_valid,
+                                  self.cascade_ious[k], self.cascade_box_weights[k])
+      head, predictor = self._stage(k)
+      pooled = self._stage_input(self._pool(feats, rois, self.box_pool_size))
+      logits, deltas = predictor(head(pooled, training=True))
+      out.update({f"class_logits_stage{k + 1}": logits, f"box_deltas_stage{k + 1}": deltas,
+                  f"roi_classes_stage{k + 1}": t["classes"],
+                  f"roi_box_targets_stage{k + 1}": t["box_targets"],
+                  f"roi_weights_stage{k + 1}": t["weights"]})
+    out["cascade_active"] = tf.cast(self.cascade_active, tf.float32)
+    return out
 
   def _keypoint_train_outputs(self, feats, s, gt_keypoints):
     """Heatmap logits [B, R, K, S, S] of the first R = mask_rois_per_image sampled RoIs
@@ -168,23 +233,54 @@ class MaskRCNN(tf_keras.Model):
     """
     feats = self.features(images, False)
     image_size = tf.cast(image_size, tf.float32)
+    boxes, probs = self.box_predictions(feats, image_size)
+    det = postprocess.nms_detections(boxes, probs, self.score_threshold, self.nms_threshold,
+                                     self.detections_per_image)
+    return self.instance_outputs(feats, det)
+
+  def box_predictions(self, feats, image_size):
+    """Every proposal's per-class boxes [B, N, K-1, 4] (resized-image pixels) and scores
+    [B, N, K-1], before NMS. Cascade: the last stage's boxes and the stages' mean score."""
     _, _, props, valid = self._proposals(feats, image_size, False)
-    pooled = self._pool(feats, props, self.box_pool_size, training=False)
-    class_logits, box_deltas = self.box_predictor(self.box_head(pooled, training=False))
-    det = postprocess.detect_boxes(props, valid, class_logits, box_deltas, image_size,
-                                   self.score_threshold, self.nms_threshold,
-                                   self.detections_per_image)
+    rois, deltas, all_probs = props, None, []
+    for k in range(self.num_stages):
+      head, predictor = self._stage(k)
+      if k:
+        rois = cascade_lib.refine_boxes(rois, deltas, self.cascade_box_weights[k - 1],
+                                        image_size)
+      pooled = self._pool(feats, rois, self.box_pool_size, training=False)
+      logits, deltas = predictor(head(pooled, training=False))
+      boxes, probs = postprocess.class_boxes(rois, valid, logits, deltas, image_size,
+                                             self.cascade_box_weights[k])
+      all_probs.append(probs)
+      if k == 0:
+        first_boxes = boxes
+    if self.num_stages == 1:
+      return boxes, probs
+    active = self.cascade_active
+    return (tf.where(active, boxes, first_boxes),
+            tf.where(active, tf.add_n(all_probs) / self.num_stages, all_probs[0]))
+
+  def instance_outputs(self, feats, det):
+    """Adds masks and keypoints of the detected boxes to `det` (see `detect`)."""
     if self.keypoint_head is not None:
-      logits = self.keypoint_head(
-          self._pool(feats, det["boxes"], self.keypoint_pool_size, training=False),
-          training=False)
-      det["keypoints"] = keypoint_lib.decode_heatmaps(logits, det["boxes"])
+      det["keypoints"] = self.keypoint_points(feats, det["boxes"])
     if self.mask_head is None:
       return det
-    mask_feats = self._pool(feats, det["boxes"], self.mask_pool_size, training=False)
-    mask_logits = _select_class(self.mask_head(mask_feats, training=False), det["classes"])
-    det["masks"] = tf.sigmoid(tf.cast(mask_logits, tf.float32))
+    det["masks"] = self.mask_probs(feats, det["boxes"], det["classes"])
     return det
+
+  def keypoint_points(self, feats, boxes):
+    """Keypoints [B, D, K, 3] (x, y, score; resized-image pixels) of boxes [B, D, 4]."""
+    logits = self.keypoint_head(
+        self._pool(feats, boxes, self.keypoint_pool_size, training=False), training=False)
+    return keypoint_lib.decode_heatmaps(logits, boxes)
+
+  def mask_probs(self, feats, boxes, classes):
+    """Mask probabilities [B, D, 28, 28] relative to boxes [B, D, 4] for classes [B, D]."""
+    mask_feats = self._pool(feats, boxes, self.mask_pool_size, training=False)
+    mask_logits = _select_class(self.mask_head(mask_feats, training=False), classes)
+    return tf.sigmoid(tf.cast(mask_logits, tf.float32))
 
 
 def _select_class(mask_logits, classes):

@@ -1,4 +1,5 @@
-"""Inference post-processing: class-specific box decoding, per-class NMS, top detections."""
+"""Inference post-processing: per-class box decoding, per-class NMS, top detections, and the
+move from the model's resized frame to the input image."""
 
 import tensorflow as tf
 
@@ -7,29 +8,53 @@ from rethink_tf.layers.paste_masks import paste_masks
 from rethink_tf.modeling.roi_sampling import ROI_BOX_WEIGHTS
 
 
-def detect_boxes(proposals, proposal_valid, class_logits, box_deltas, image_size,
-                 score_threshold: float = 0.05, nms_threshold: float = 0.5,
-                 max_detections: int = 100):
-  """Detectron's test-time rule: softmax, decode per class, clip, per-class NMS, keep top 100.
+def class_boxes(proposals, proposal_valid, class_logits, box_deltas, image_size,
+                box_weights=ROI_BOX_WEIGHTS):
+  """Per-class boxes and scores of every proposal: softmax, decode, clip (no NMS).
 
   Args:
     proposals: [B, N, 4]; proposal_valid: [B, N] bool.
-    class_logits: [B, N, K]; box_deltas: [B, N, K, 4]; image_size: [B, 2] (h, w).
-  Returns dict:
-    boxes [B, D, 4] pixels of the resized image, scores [B, D], classes [B, D] int32 in
-    1..K-1 (contiguous), num_detections [B] int32. Padding entries have score 0.
+    class_logits: [B, N, K]; box_deltas: [B, N, K, 4] class-specific or [B, N, 1, 4]
+      class-agnostic (Cascade R-CNN); image_size: [B, 2] (h, w).
+  Returns:
+    (boxes [B, N, K-1, 4] clipped, in resized-image pixels; probs [B, N, K-1], zero for invalid
+    proposals). Background (index 0) is dropped.
   """
   probs = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[..., 1:]
   probs = probs * tf.cast(proposal_valid, tf.float32)[..., None]
-  deltas = tf.cast(box_deltas, tf.float32)[:, :, 1:, :]
-  boxes = box_ops.decode_boxes(deltas, proposals[:, :, None, :], ROI_BOX_WEIGHTS)
+  deltas = tf.cast(box_deltas, tf.float32)
+  deltas = deltas[:, :, 1:, :] if deltas.shape[2] > 1 else deltas
+  boxes = box_ops.decode_boxes(deltas, proposals[:, :, None, :], box_weights)
   boxes = box_ops.clip_boxes(boxes, tf.cast(image_size, tf.float32)[:, None, None, :])
+  boxes = tf.broadcast_to(boxes, tf.concat([tf.shape(probs), [4]], 0))
+  return boxes, probs
+
+
+def nms_detections(boxes, probs, score_threshold: float = 0.05, nms_threshold: float = 0.5,
+                   max_detections: int = 100):
+  """Per-class NMS, then the top `max_detections` over all classes.
+
+  Args: boxes [B, N, K-1, 4]; probs [B, N, K-1].
+  Returns dict: boxes [B, D, 4], scores [B, D], classes [B, D] int32 in 1..K-1 (contiguous),
+    num_detections [B] int32. Padding entries have score 0.
+  """
   nmsed_boxes, nmsed_scores, nmsed_classes, num = tf.image.combined_non_max_suppression(
       boxes, probs, max_output_size_per_class=max_detections, max_total_size=max_detections,
       iou_threshold=nms_threshold, score_threshold=score_threshold, pad_per_class=False,
       clip_boxes=False)
   return dict(boxes=nmsed_boxes, scores=nmsed_scores,
               classes=tf.cast(nmsed_classes, tf.int32) + 1, num_detections=num)
+
+
+def detect_boxes(proposals, proposal_valid, class_logits, box_deltas, image_size,
+                 score_threshold: float = 0.05, nms_threshold: float = 0.5,
+                 max_detections: int = 100):
+  """Detectron's test-time rule: softmax, decode per class, clip, per-class NMS, keep top 100.
+
+  Args and returns: as `class_boxes` and `nms_detections`.
+  """
+  boxes, probs = class_boxes(proposals, proposal_valid, class_logits, box_deltas, image_size)
+  return nms_detections(boxes, probs, score_threshold, nms_threshold, max_detections)
 
 
 def to_input_image(boxes, masks, num_detections, scale, image_hw, canvas_hw=None,

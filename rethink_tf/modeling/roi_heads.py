@@ -57,25 +57,30 @@ class BoxPredictor(tf_keras.layers.Layer):
   """Classification over K = num_classes (+ background at index 0) and class-specific boxes.
 
   Input [B, N, D] -> (logits [B, N, K], deltas [B, N, K, 4]); Detectron's layout (4K outputs).
+  `class_agnostic`: one box per RoI, deltas [B, N, 1, 4] (Cascade R-CNN).
   """
 
-  def __init__(self, num_classes: int, **kwargs):
+  def __init__(self, num_classes: int, class_agnostic: bool = False, **kwargs):
     super().__init__(**kwargs)
     self.num_classes = num_classes
+    self.class_agnostic = class_agnostic
+    self._num_boxes = 1 if class_agnostic else num_classes
     # Final logits and deltas in float32 under mixed precision (dtype pins the layer policy).
     self.cls_score = tf_keras.layers.Dense(
         num_classes, kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.01),
         dtype="float32", name="cls_score")
     self.bbox_pred = tf_keras.layers.Dense(
-        4 * num_classes, kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.001),
+        4 * self._num_boxes,
+        kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.001),
         dtype="float32", name="bbox_pred")
 
   def call(self, x):
     b, n = tf.shape(x)[0], tf.shape(x)[1]
-    return self.cls_score(x), tf.reshape(self.bbox_pred(x), [b, n, self.num_classes, 4])
+    return self.cls_score(x), tf.reshape(self.bbox_pred(x), [b, n, self._num_boxes, 4])
 
   def get_config(self):
-    return {**super().get_config(), "num_classes": self.num_classes}
+    return {**super().get_config(), "num_classes": self.num_classes,
+            "class_agnostic": self.class_agnostic}
 
 
 @tf_keras.utils.register_keras_serializable(package="rethink_tf")

@@ -12,7 +12,8 @@ ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # Detectron BBOX_REG_WEIGHTS
 
 def sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, crowd_boxes,
                 crowd_valid, num_samples: int = 512, positive_fraction: float = 0.25,
-                fg_iou: float = 0.5, crowd_ioa: float = 0.7, seeds=None):
+                fg_iou: float = 0.5, crowd_ioa: float = 0.7, seeds=None,
+                box_weights=ROI_BOX_WEIGHTS):
   """Samples RoIs: GT boxes join the proposals; fg IoU >= fg_iou, bg IoU < fg_iou.
 
   Args:
@@ -21,6 +22,7 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, crowd
     crowd_boxes: [B, C, 4]; crowd_valid [B, C]: RoIs inside crowd regions are not sampled.
     seeds: optional [B, 2] int stateless seeds, one per image (static B); without them the
       sampling draws from TF's global random state.
+    box_weights: the box coding's (wy, wx, wh, ww) (Cascade R-CNN's stage 1 may differ).
   Returns dict:
     rois [B, S, 4]; classes [B, S] int32 (0 = background); box_targets [B, S, 4];
     weights [B, S] float (1 for sampled slots); is_fg [B, S] bool; gt_index [B, S] int32.
@@ -53,7 +55,7 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, crowd
   gt_index = tf.gather(matched, idx, batch_dims=1)
   classes = tf.where(is_fg, tf.gather(gt_classes, gt_index, batch_dims=1), 0)
   matched_boxes = tf.gather(gt_boxes, gt_index, batch_dims=1)
-  targets = box_ops.encode_boxes(matched_boxes, rois, ROI_BOX_WEIGHTS)
+  targets = box_ops.encode_boxes(matched_boxes, rois, box_weights)
   targets = tf.where(is_fg[..., None], targets, 0.0)
   return dict(rois=tf.stop_gradient(rois), classes=tf.cast(classes, tf.int32),
               box_targets=tf.stop_gradient(targets), weights=weights, is_fg=is_fg,

@@ -51,14 +51,18 @@ def fast_rcnn_losses(class_logits, box_deltas, roi_classes, roi_box_targets, roi
                      global_sum: Reducer = None):
   """Softmax CE over sampled RoIs; class-specific smooth-L1 on foreground, / sampled RoIs.
 
-  Args: class_logits [B, S, K]; box_deltas [B, S, K, 4]; roi_classes [B, S];
+  Args: class_logits [B, S, K]; box_deltas [B, S, K, 4] (or [B, S, 1, 4], class-agnostic);
+    roi_classes [B, S];
     roi_box_targets [B, S, 4]; roi_weights [B, S].
   """
   norm = _normalizer(tf.reduce_sum(roi_weights), global_sum)
   ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
       labels=roi_classes, logits=tf.cast(class_logits, tf.float32))
   cls_loss = tf.reduce_sum(ce * roi_weights) / norm
-  deltas = tf.gather(tf.cast(box_deltas, tf.float32), roi_classes, axis=2, batch_dims=2)
+  if box_deltas.shape[2] == 1:  # class-agnostic (Cascade R-CNN)
+    deltas = tf.cast(box_deltas[:, :, 0], tf.float32)
+  else:
+    deltas = tf.gather(tf.cast(box_deltas, tf.float32), roi_classes, axis=2, batch_dims=2)
   fg = tf.cast(roi_classes > 0, tf.float32) * roi_weights
   box = tf.reduce_sum(smooth_l1(deltas - roi_box_targets, ROI_SMOOTH_L1_BETA), -1)
   box_loss = tf.reduce_sum(box * fg) / norm
@@ -77,10 +81,13 @@ def mask_loss(mask_logits, mask_targets, mask_weights, global_sum: Reducer = Non
                                                              global_sum)
 
 
-def loss_names(with_mask: bool, with_keypoints: bool = False) -> List[str]:
+def loss_names(with_mask: bool, with_keypoints: bool = False,
+               num_stages: int = 1) -> List[str]:
   """The keys of `mask_rcnn_losses`, in its order (the train loop's state needs them before
-  the first step runs)."""
+  the first step runs). Cascade R-CNN's stages 2..n add `fast_rcnn_*_loss_stage<k>`."""
   return (["rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss", "fast_rcnn_box_loss"]
+          + [f"fast_rcnn_{t}_loss_stage{k}" for k in range(2, num_stages + 1)
+             for t in ("cls", "box")]
           + (["mask_loss"] if with_mask else [])
           + (["keypoint_loss"] if with_keypoints else []) + ["total_loss"])
 
@@ -98,6 +105,14 @@ def mask_rcnn_losses(outputs: Dict[str, tf.Tensor], batch: Dict[str, tf.Tensor],
                               outputs["roi_weights"], global_sum)
   losses = dict(rpn_cls_loss=rpn_cls, rpn_box_loss=rpn_box, fast_rcnn_cls_loss=cls,
                 fast_rcnn_box_loss=box)
+  k = 2
+  while f"class_logits_stage{k}" in outputs:  # Cascade R-CNN; zero until cascade_active
+    cls, box = fast_rcnn_losses(*(outputs[f"{key}_stage{k}"] for key in (
+        "class_logits", "box_deltas", "roi_classes", "roi_box_targets", "roi_weights")),
+                                global_sum=global_sum)
+    losses[f"fast_rcnn_cls_loss_stage{k}"] = cls * outputs["cascade_active"]
+    losses[f"fast_rcnn_box_loss_stage{k}"] = box * outputs["cascade_active"]
+    k += 1
   if "mask_logits" in outputs:  # Faster R-CNN models have no mask branch
     losses["mask_loss"] = mask_loss(outputs["mask_logits"], outputs["mask_targets"],
                                     outputs["mask_weights"], global_sum)

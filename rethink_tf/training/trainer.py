@@ -46,7 +46,8 @@ class TrainConfig:
                log_every_steps: int = 20, steps_per_loop: int = 1, seed: Optional[int] = 0,
                jit_compile: bool = False, eval_batch_size: int = 8,
                stop_at_step: Optional[int] = None, precision: str = "float32",
-               eval_image_summaries: int = 4, skip_nonfinite_steps: int = 0):
+               eval_image_summaries: int = 4, skip_nonfinite_steps: int = 0,
+               cascade_start_step: int = 0):
     self.global_batch_size = global_batch_size
     self.eval_every_steps = eval_every_steps
     self.checkpoint_every_steps = checkpoint_every_steps
@@ -62,6 +63,10 @@ class TrainConfig:
     # Steps with a non-finite loss or gradient are never applied; the run stops at the first
     # one, or once more than this many were skipped (counted over the whole run).
     self.skip_nonfinite_steps = skip_nonfinite_steps
+    # Cascade R-CNN models: stages 2.. train (and take part in inference) from this step on;
+    # before it the model trains and evaluates as its stage 1 (the paper's X152 recipe adds
+    # cascade for the last 270k iterations). Ignored by models without cascade stages.
+    self.cascade_start_step = cascade_start_step
     if precision not in PRECISIONS:
       raise ValueError(f"TrainConfig.precision {precision!r} is not one of {PRECISIONS}")
     # mixed_*: convs and fcs compute in bfloat16/float16 with float32 variables; GN/BN
@@ -165,7 +170,13 @@ class Trainer:
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     finally:
       tf_keras.mixed_precision.set_global_policy(previous_policy)
-    self.decay_vars = opt_lib.decayed_variables(self.model)
+    # Weight decay of Cascade R-CNN's later stages waits for them to start training (their
+    # gradients are zero before; decay alone would shrink their initialization).
+    later = {id(v) for layer in getattr(self.model, "cascade_box_heads", [])
+             + getattr(self.model, "cascade_box_predictors", []) for v in layer.variables}
+    self.decay_vars = [v for v in opt_lib.decayed_variables(self.model) if id(v) not in later]
+    self.cascade_decay_vars = [v for v in opt_lib.decayed_variables(self.model)
+                               if id(v) in later]
     self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                           skipped_nonfinite_steps=self.skipped_steps)
     # Every worker of a multi-worker job takes part in a save; only the chief's lands in
@@ -213,7 +224,7 @@ class Trainer:
     are not finite on any replica is not applied (`divergence`). Runs under `strategy.run`;
     `_make_train_fn` wraps it in the compiled loop."""
     model, optimizer = self.model, self.optimizer
-    decay_vars = self.decay_vars
+    decay_vars, cascade_decay_vars = self.decay_vars, self.cascade_decay_vars
     replicas = self.strategy.num_replicas_in_sync
     loss_scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
 
@@ -226,7 +237,11 @@ class Trainer:
       with tf.GradientTape() as tape:
         losses = mask_rcnn_losses(model(batch, training=True), batch,
                                   global_sum if replicas > 1 else None)
-        losses["weight_decay_loss"] = opt_lib.weight_decay_loss(decay_vars) / replicas
+        decay = opt_lib.weight_decay_loss(decay_vars)
+        if cascade_decay_vars:
+          decay += (opt_lib.weight_decay_loss(cascade_decay_vars)
+                    * tf.cast(model.cascade_active, tf.float32))
+        losses["weight_decay_loss"] = decay / replicas
         loss = losses["total_loss"] + losses["weight_decay_loss"]
         if loss_scaled:
           loss = optimizer.get_scaled_loss(loss)
@@ -256,7 +271,8 @@ class Trainer:
     strategy = self.strategy
     replica_step = self.make_replica_step()
     loss_keys = loss_names(self.model.mask_head is not None,
-                           self.model.keypoint_head is not None) + ["weight_decay_loss"]
+                           self.model.keypoint_head is not None,
+                           self.model.num_stages) + ["weight_decay_loss"]
 
     @tf.function
     def train_loop(iterator, num_steps):
@@ -322,6 +338,7 @@ class Trainer:
     if step >= end:
       print(f"nothing to do: checkpoint is at step {step}, the run ends at {end}")
       return None
+    self._set_cascade(step)
     iterator = iter(self._dataset(start_step=step))
     train_loop = self._make_train_fn()
     metrics = None
@@ -338,6 +355,7 @@ class Trainer:
         done = int(done)
         step += done
         steps_window += done
+        self._set_cascade(step)
         if not bool(applied):
           self._skip_or_stop(step, losses, train_writer)
         elif step % self.cfg.log_every_steps == 0 or step == end or step - done == step_start:
@@ -478,9 +496,25 @@ class Trainer:
     value = self.strategy.experimental_distribute_values_from_function(lambda ctx: flag)
     return int(self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)) > 0
 
+  def _set_cascade(self, step: int):
+    """Turns Cascade R-CNN's later stages on once `step` reaches `cascade_start_step` (also
+    right after a resume; the flag is checkpointed with the model)."""
+    if self.model.num_stages == 1:
+      return
+    active = step >= self.cfg.cascade_start_step
+    if bool(self.model.cascade_active.numpy()) != active:
+      self.model.cascade_active.assign(active)
+      state = "train from" if active else "wait for"
+      print(f"cascade: stages 2-{self.model.num_stages} {state} step "
+            f"{self.cfg.cascade_start_step} (now {step})", flush=True)
+
   def _steps_to_next_event(self, step: int, end: int) -> int:
-    """Steps until the next log, checkpoint or evaluation, so a loop call never skips one."""
+    """Steps until the next log, checkpoint, evaluation or cascade start, so a loop call
+    never skips one."""
     periods = [self.cfg.log_every_steps, self.cfg.checkpoint_every_steps]
     if self.cfg.eval_every_steps:
       periods.append(self.cfg.eval_every_steps)
-    return max(1, min(p - step % p for p in periods if p))
+    steps = min(p - step % p for p in periods if p)
+    if self.model.num_stages > 1 and step < self.cfg.cascade_start_step:
+      steps = min(steps, self.cfg.cascade_start_step - step)
+    return max(1, steps)
