@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.evaluation import coco_evaluator
-from rethink_tf.evaluation.tta import TestTimeAugmentation, tta_detect_function
+from rethink_tf.evaluation.tta import TestTimeAugmentation, detect_tta
 from rethink_tf.modeling import postprocess
 
 
@@ -57,13 +57,12 @@ def _batches(model, cfg: InputConfig, batch_size: int,
     return
   configs = tta.input_configs(cfg, 2 ** model.feature_levels[-1])
   augmentations = tta.augmentations(len(configs))
-  detect = tta_detect_function(model)
   datasets = [make_dataset(c, False, batch_size, model.anchor_kwargs) for c in configs]
   for batches in tf.data.Dataset.zip(tuple(datasets)):
     ids = [b["source_id"].numpy().tolist() for b in batches]
     if any(i != ids[0] for i in ids):  # the scales read the same files in the same order
       raise RuntimeError(f"test-time augmentation: the scales' batches differ ({ids})")
-    det = detect(list(batches), augmentations)
+    det = detect_tta(model, batches, augmentations)
     yield ({k: v.numpy() for k, v in det.items()}, batches[0],
            np.ones([len(ids[0])], np.float32))
 

@@ -25,8 +25,9 @@ class TestTimeAugmentation:
   """Which augmentations to run. The base scale (`InputConfig.short_side`) always runs.
 
   scales: extra test short sides (Detectron's TEST.BBOX_AUG.SCALES).
-  max_long_side: the long-side cap of the extra scales (TEST.BBOX_AUG.MAX_SIZE); None scales
-    `InputConfig.max_long_side` with the short side.
+  max_long_side: a cap on the long side of the extra scales (TEST.BBOX_AUG.MAX_SIZE); each
+    scale's long side is at most `InputConfig.max_long_side` scaled with its short side (800 /
+    1333 -> 1200 / 2000), and each pads to a square that holds it (static shapes).
   flip: also run every scale flipped (H_FLIP and SCALE_H_FLIP).
   """
 
@@ -47,8 +48,9 @@ class TestTimeAugmentation:
         continue
       c = copy.copy(cfg)
       c.short_side = short
-      c.max_long_side = self.max_long_side or int(round(cfg.max_long_side * short /
-                                                        cfg.short_side))
+      c.max_long_side = int(round(cfg.max_long_side * short / cfg.short_side))
+      if self.max_long_side:
+        c.max_long_side = min(c.max_long_side, self.max_long_side)
       side = size_divisor * math.ceil(c.max_long_side / size_divisor)
       c.padded_size = (side, side)
       configs.append(c)
@@ -85,50 +87,73 @@ def detect_tta(model, batches: Sequence[Dict[str, tf.Tensor]],
                augmentations: Sequence[Tuple[int, bool]]) -> Dict[str, tf.Tensor]:
   """Detections of the same images seen at several scales (one evaluation batch per scale).
 
+  Like Detectron, the masks pass recomputes each augmentation's features instead of keeping
+  all of them: memory stays that of one augmentation. Each step is a tf.function per model,
+  traced once per scale and flip.
+
   Args:
     batches: evaluation batches of the same images, one per scale (images [B, H_s, W_s, 3],
       image_size [B, 2], scale [B]: resized / input size).
     augmentations: (index into batches, flipped) pairs; the first one gives keypoints.
   Returns the dict of `MaskRCNN.detect`, but boxes and keypoints in *input-image* pixels.
   """
-  feats, all_boxes, all_probs = [], [], []
-  for i, flipped in augmentations:
-    b = batches[i]
-    image_size = tf.cast(b["image_size"], tf.float32)
-    images = flip_images(b["images"], image_size) if flipped else b["images"]
-    f = model.features(images, False)
-    boxes, probs = model.box_predictions(f, image_size)              # [B, N, K-1, 4]
-    if flipped:
-      boxes = flip_boxes(boxes, image_size[:, 1])
-    feats.append(f)
-    all_boxes.append(_scale(boxes, 1.0 / b["scale"]))
-    all_probs.append(probs)
-  det = postprocess.nms_detections(tf.concat(all_boxes, 1), tf.concat(all_probs, 1),
-                                   model.score_threshold, model.nms_threshold,
-                                   model.detections_per_image)
+  fns = _functions(model)
+  boxes, probs = zip(*(fns["boxes"](batches[i], flipped) for i, flipped in augmentations))
+  det = fns["nms"](tf.concat(boxes, 1), tf.concat(probs, 1))
   if model.mask_head is not None:
-    masks = []
-    for f, (i, flipped) in zip(feats, augmentations):
-      b = batches[i]
-      boxes = _scale(det["boxes"], b["scale"])
-      if flipped:
-        boxes = flip_boxes(boxes, tf.cast(b["image_size"], tf.float32)[:, 1])
-      m = model.mask_probs(f, boxes, det["classes"])
-      masks.append(tf.reverse(m, axis=[-1]) if flipped else m)
+    masks = [fns["masks"](batches[i], flipped, det["boxes"], det["classes"])
+             for i, flipped in augmentations]
     det["masks"] = tf.add_n(masks) / len(masks)
   if model.keypoint_head is not None:
-    i, _ = augmentations[0]
-    boxes = _scale(det["boxes"], batches[i]["scale"])
-    points = model.keypoint_points(feats[0], boxes)
-    scale = tf.cast(batches[i]["scale"], tf.float32)[:, None, None]
-    det["keypoints"] = tf.concat([points[..., :2] / scale[..., None], points[..., 2:]], -1)
+    i, flipped = augmentations[0]
+    det["keypoints"] = fns["keypoints"](batches[i], flipped, det["boxes"])
   return det
 
 
-def tta_detect_function(model):
-  """`detect_tta` as one tf.function per model (traced once per set of batch shapes)."""
-  fn = model.__dict__.get("_tta_function")
-  if fn is None:
-    fn = tf.function(lambda batches, augs: detect_tta(model, batches, augs))
-    object.__setattr__(model, "_tta_function", fn)
-  return fn
+def _functions(model):
+  """The steps of `detect_tta` as tf.functions, created once per model."""
+  fns = model.__dict__.get("_tta_functions")
+  if fns is not None:
+    return fns
+
+  def features(batch, flipped):
+    image_size = tf.cast(batch["image_size"], tf.float32)
+    images = flip_images(batch["images"], image_size) if flipped else batch["images"]
+    return model.features(images, False), image_size
+
+  def to_frame(boxes, batch, flipped):
+    """Input-image boxes [B, D, 4] -> the augmentation's frame."""
+    boxes = _scale(boxes, batch["scale"])
+    if flipped:
+      boxes = flip_boxes(boxes, tf.cast(batch["image_size"], tf.float32)[:, 1])
+    return boxes
+
+  def aug_boxes(batch, flipped):
+    feats, image_size = features(batch, flipped)
+    boxes, probs = model.box_predictions(feats, image_size)          # [B, N, K-1, 4]
+    if flipped:
+      boxes = flip_boxes(boxes, image_size[:, 1])
+    return _scale(boxes, 1.0 / batch["scale"]), probs
+
+  def nms(boxes, probs):
+    return postprocess.nms_detections(boxes, probs, model.score_threshold,
+                                      model.nms_threshold, model.detections_per_image)
+
+  def aug_masks(batch, flipped, boxes, classes):
+    feats, _ = features(batch, flipped)
+    masks = model.mask_probs(feats, to_frame(boxes, batch, flipped), classes)
+    return tf.reverse(masks, axis=[-1]) if flipped else masks     # box-relative, unflipped
+
+  def aug_keypoints(batch, flipped, boxes):
+    if flipped:
+      raise ValueError("keypoints come from the first, unflipped augmentation")
+    feats, _ = features(batch, False)
+    points = model.keypoint_points(feats, to_frame(boxes, batch, False))
+    scale = tf.cast(batch["scale"], tf.float32)[:, None, None, None]
+    return tf.concat([points[..., :2] / scale, points[..., 2:]], -1)
+
+  fns = {"boxes": tf.function(aug_boxes), "nms": tf.function(nms),
+         "masks": tf.function(aug_masks), "keypoints": tf.function(aug_keypoints)}
+  # Not Keras-tracked (checkpoints and exports stay as they are).
+  object.__setattr__(model, "_tta_functions", fns)
+  return fns
