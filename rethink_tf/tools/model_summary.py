@@ -4,7 +4,8 @@ r"""Per-module and total parameter counts of the gin-configured model, as JSON.
 
 prints {"modules": {"backbone": N, "fpn": N, "rpn": N, "box_head": N, "box_predictor": N,
 "mask_head": N, "mask_predictor": N}, "total": N, "trainable": N} ("fpn" and the mask modules
-only when the model has them). The model is built at a small input size: parameter counts do
+only when the model has them; Cascade R-CNN adds "box_head_stage<k>" and
+"box_predictor_stage<k>", Keypoint R-CNN "keypoint_head" and "keypoint_predictor"). The model is built at a small input size: parameter counts do
 not depend on it.
 """
 
@@ -25,8 +26,10 @@ FLAGS = flags.FLAGS
 
 
 def _count(variables) -> int:
-  """Parameters among `variables`: BN moving statistics are buffers (torch counts neither)."""
-  return int(sum(np.prod(v.shape) for v in variables if "moving_" not in v.name))
+  """Parameters among `variables`: BN moving statistics are buffers (torch counts neither), and
+  so is the cascade's on/off flag."""
+  return int(sum(np.prod(v.shape) for v in variables
+                 if "moving_" not in v.name and v.dtype.is_floating))
 
 
 def summarize(model) -> dict:
@@ -42,6 +45,16 @@ def summarize(model) -> dict:
     modules["mask_head"] = _count([v for v in model.mask_head.variables
                                    if id(v) not in pred_ids])
     modules["mask_predictor"] = _count(mask_pred)
+  for k, (head, predictor) in enumerate(zip(model.cascade_box_heads,
+                                            model.cascade_box_predictors)):
+    modules[f"box_head_stage{k + 2}"] = _count(head.variables)
+    modules[f"box_predictor_stage{k + 2}"] = _count(predictor.variables)
+  if model.keypoint_head is not None:
+    kp_pred = model.keypoint_head.score_lowres.variables
+    pred_ids = {id(v) for v in kp_pred}
+    modules["keypoint_head"] = _count([v for v in model.keypoint_head.variables
+                                       if id(v) not in pred_ids])
+    modules["keypoint_predictor"] = _count(kp_pred)
   return {"modules": modules, "total": _count(model.variables),
           "trainable": _count(model.trainable_variables)}
 

@@ -66,21 +66,33 @@ def test_reference_backbone_formula_matches_torchvision():
   assert vgg16_body() + vgg_fc == TORCHVISION["vgg16"]
 
 
-def mask_rcnn_fpn_reference(depth, groups, width_per_group, num_classes=81, c=256):
+def mask_rcnn_fpn_reference(depth, groups, width_per_group, num_classes=81, c=256,
+                            mask_on=True, num_keypoints=0, cascade_stages=1):
   """Detectron's Mask R-CNN FPN with norm in FPN and heads (GN or SyncBN): FPN laterals 1x1 and
   outputs 3x3 without bias on C2..C5, P6 by subsampling; RPN 3x3 conv + 1x1 objectness (3) and
   deltas (12) with bias; 4conv1fc box head (no conv bias) + fc 1024; predictor cls K and
-  class-specific boxes 4K; mask head 4 convs + 2x2 deconv with bias, 1x1 predictor to K."""
+  class-specific boxes 4K; mask head 4 convs + 2x2 deconv with bias, 1x1 predictor to K.
+  Keypoint R-CNN (Detectron): 8 convs 3x3 512 with norm, no bias; a 4x4 deconv predictor to
+  the keypoints with bias. Cascade R-CNN (detectron2): every stage a box head of the same
+  shape and a class-agnostic predictor (cls K, boxes 4)."""
   fpn = sum(cin * c + norm_params(c) for cin in (256, 512, 1024, 2048))
   fpn += 4 * (9 * c * c + norm_params(c))
   rpn = (9 * c * c + c) + (c * 3 + 3) + (c * 12 + 12)
   box_head = 4 * (9 * c * c + norm_params(c)) + (c * 7 * 7 * 1024 + 1024)
-  box_pred = (1024 * num_classes + num_classes) + (1024 * 4 * num_classes + 4 * num_classes)
+  boxes = 4 if cascade_stages > 1 else 4 * num_classes
+  box_pred = (1024 * num_classes + num_classes) + (1024 * boxes + boxes)
   mask_head = 4 * (9 * c * c + norm_params(c)) + (4 * c * c + c)
   mask_pred = c * num_classes + num_classes
-  return dict(backbone=resnet_body(depth, groups, width_per_group), fpn=fpn, rpn=rpn,
-              box_head=box_head, box_predictor=box_pred, mask_head=mask_head,
-              mask_predictor=mask_pred)
+  ref = dict(backbone=resnet_body(depth, groups, width_per_group), fpn=fpn, rpn=rpn,
+             box_head=box_head, box_predictor=box_pred)
+  if mask_on:
+    ref.update(mask_head=mask_head, mask_predictor=mask_pred)
+  for k in range(2, cascade_stages + 1):
+    ref.update({f"box_head_stage{k}": box_head, f"box_predictor_stage{k}": box_pred})
+  if num_keypoints:
+    ref["keypoint_head"] = sum(9 * cin * 512 + norm_params(512) for cin in [c] + [512] * 7)
+    ref["keypoint_predictor"] = 16 * 512 * num_keypoints + num_keypoints
+  return ref
 
 
 def faster_rcnn_vgg16_reference(num_classes=81, anchors=15):
@@ -106,8 +118,11 @@ def _architecture(path):
     frozen = sum(9 * cin * c + c for cin, c in [(3, 64), (64, 64), (64, 128), (128, 128)]
                  [:2 * b.get("freeze_at", 0)])
   else:
-    ref = mask_rcnn_fpn_reference(b.get("depth", 50), b.get("groups", 1),
-                                  b.get("width_per_group", 64))
+    ref = mask_rcnn_fpn_reference(
+        b.get("depth", 50), b.get("groups", 1), b.get("width_per_group", 64),
+        num_classes=len(gin.query_parameter("InputConfig.category_ids")) + 1,
+        mask_on=b.get("mask_on", True), num_keypoints=b.get("num_keypoints", 0),
+        cascade_stages=max(1, len(b.get("cascade_ious", ()))))
     frozen = 0
   key = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in b.items()
                      if not k.startswith(("rpn_pre", "rpn_post", "detections", "roi_"))))
@@ -126,7 +141,8 @@ def test_every_paper_preset_matches_its_reference_architecture():
     assert summary["total"] == sum(ref.values()), path
     assert summary["trainable"] == summary["total"] - frozen, path
     gin.clear_config()
-  assert len(seen) >= 5  # R50, R101, X152, SyncBN R50, VGG-16 (scratch and frozen conv1-2)
+  # R50, R101, X152, SyncBN R50, VGG-16 (scratch and frozen conv1-2), X152 cascade, keypoints
+  assert len(seen) >= 8
 
 
 def test_cli_prints_the_r50_gn_counts():

@@ -99,3 +99,30 @@ def test_evaluate_with_test_time_augmentation(run):
   for iou_type in ("bbox", "segm", "keypoints"):
     ap = result[iou_type]["AP"]
     assert np.isfinite(ap) and -1.0 <= ap <= 1.0
+
+
+def test_one_augmentation_tta_gives_the_plain_detections(run):
+  """TTA with only the unflipped base scale is the plain evaluation, result for result (boxes,
+  scores, masks and keypoints of the cascade keypoint model)."""
+  import gin
+  from rethink_tf import config
+  from rethink_tf.evaluation.evaluator import predict_coco_results
+  from rethink_tf.evaluation.tta import TestTimeAugmentation
+  from rethink_tf.inference import build_for_inference
+  model_dir, _ = run
+  config.parse_gin(["gin_configs/testing/tiny.gin"], PARAMS)
+  model, cfg = build_for_inference(tf.train.latest_checkpoint(str(model_dir)),
+                                   score_threshold=0.0)
+  cfg.prepare(training=False)
+  gin.clear_config()
+  key = lambda r: (r["image_id"], -r["score"], r["bbox"])
+  plain = sorted(predict_coco_results(model, cfg, 4), key=key)
+  tta = sorted(predict_coco_results(model, cfg, 4, tta=TestTimeAugmentation(flip=False)),
+               key=key)
+  assert len(plain) == len(tta) > 0
+  for a, b in zip(plain, tta):
+    assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+    assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+    np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)
+    np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=1e-3)
+    assert a["segmentation"] == b["segmentation"]
