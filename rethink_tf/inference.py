@@ -1,36 +1,15 @@
 """A gin-configured detector restored from a checkpoint, for evaluation and export."""
 
 import os
-from typing import Optional, Tuple
+from typing import Tuple
 
 import tensorflow as tf
 import tf_keras
 
 from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.modeling.build import build_model
+from rethink_tf.training.run_files import resolve_checkpoint  # noqa: F401 (part of this API)
 from rethink_tf.training.trainer import apply_input_convention
-
-
-def resolve_checkpoint(checkpoint: Optional[str], model_dir: Optional[str] = None) -> str:
-  """A checkpoint prefix from a prefix, a directory (its latest checkpoint) or a model_dir.
-
-  Raises FileNotFoundError naming what was looked at.
-  """
-  for path in (checkpoint, model_dir):
-    if not path:
-      continue
-    if tf.io.gfile.isdir(path):
-      latest = tf.train.latest_checkpoint(path)
-      if latest:
-        return latest
-      raise FileNotFoundError(f"no checkpoint in directory {path} (no 'checkpoint' index file "
-                              "naming one)")
-    if tf.io.gfile.exists(path + ".index"):
-      return path
-    raise FileNotFoundError(f"checkpoint {path}: neither a directory nor a checkpoint prefix "
-                            f"({path}.index does not exist)")
-  raise FileNotFoundError("no checkpoint: pass --checkpoint (a prefix or a directory) or a "
-                          "--model_dir that holds one")
 
 
 def build_for_inference(checkpoint: str, **model_overrides) -> Tuple[tf_keras.Model, InputConfig]:

@@ -3,10 +3,11 @@ mid-write (a full disk, a kill) never leaves a truncated or half-replaced file.
 
 Whole files are written under a temporary name and renamed over the old one (tf.io.gfile, so
 a `gs://` model_dir works too); a line appended to a JSONL file is rolled back if it could not
-be written whole.
+be written whole. `resolve_checkpoint` finds the checkpoint a path or a run directory means.
 """
 
 import os
+from typing import Optional
 
 import tensorflow as tf
 
@@ -36,3 +37,25 @@ def append_line(path: str, line: str):
     except OSError:
       f.truncate(size)
       raise
+
+
+def resolve_checkpoint(checkpoint: Optional[str], model_dir: Optional[str] = None) -> str:
+  """A checkpoint prefix from a prefix, a directory (its latest checkpoint) or a model_dir.
+
+  Raises FileNotFoundError naming what was looked at.
+  """
+  for path in (checkpoint, model_dir):
+    if not path:
+      continue
+    if tf.io.gfile.isdir(path):
+      latest = tf.train.latest_checkpoint(path)
+      if latest:
+        return latest
+      raise FileNotFoundError(f"no checkpoint in directory {path} (no 'checkpoint' index file "
+                              "naming one)")
+    if tf.io.gfile.exists(path + ".index"):
+      return path
+    raise FileNotFoundError(f"checkpoint {path}: neither a directory nor a checkpoint prefix "
+                            f"({path}.index does not exist)")
+  raise FileNotFoundError("no checkpoint: pass --checkpoint (a prefix or a directory) or a "
+                          "--model_dir that holds one")

@@ -23,6 +23,7 @@ from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.evaluation import visualize
 from rethink_tf.evaluation.evaluator import run_evaluation
 from rethink_tf.modeling import init as init_lib
+from rethink_tf.modeling import warm_start as warm_start_lib
 from rethink_tf.modeling.build import build_model
 from rethink_tf.training import distribute, divergence, run_files
 from rethink_tf.training import optimizer as opt_lib
@@ -47,7 +48,8 @@ class TrainConfig:
                jit_compile: bool = False, eval_batch_size: int = 8,
                stop_at_step: Optional[int] = None, precision: str = "float32",
                eval_image_summaries: int = 4, skip_nonfinite_steps: int = 0,
-               cascade_start_step: int = 0):
+               cascade_start_step: int = 0, warm_start_checkpoint: Optional[str] = None,
+               warm_start_keeps_step: bool = True):
     self.global_batch_size = global_batch_size
     self.eval_every_steps = eval_every_steps
     self.checkpoint_every_steps = checkpoint_every_steps
@@ -67,6 +69,12 @@ class TrainConfig:
     # before it the model trains and evaluates as its stage 1 (the paper's X152 recipe adds
     # cascade for the last 270k iterations). Ignored by models without cascade stages.
     self.cascade_start_step = cascade_start_step
+    # A new run (no checkpoint in model_dir yet) starts from another run's checkpoint: the
+    # variables that fit are restored, the others keep their init (modeling/warm_start.py);
+    # with warm_start_keeps_step the schedule continues at that checkpoint's step (e.g. a
+    # plain run's step 135k continued as Cascade R-CNN).
+    self.warm_start_checkpoint = warm_start_checkpoint
+    self.warm_start_keeps_step = warm_start_keeps_step
     if precision not in PRECISIONS:
       raise ValueError(f"TrainConfig.precision {precision!r} is not one of {PRECISIONS}")
     # mixed_*: convs and fcs compute in bfloat16/float16 with float32 variables; GN/BN
@@ -129,6 +137,16 @@ def build_for_training(cfg: InputConfig):
         f"{checkpoint} was converted with stride_in_1x1={convention['stride_in_1x1']} but the "
         f"model binds build_model.stride_in_1x1 = {model.backbone.stride_in_1x1}")
   return model, mode, checkpoint
+
+
+def _abbreviate(names, limit: int = 4) -> str:
+  """Groups names by their first two path components: '[a/b (3), c/d (1)]'."""
+  groups = {}
+  for n in names:
+    key = "/".join(n.split(" ")[0].split("/")[:2])
+    groups[key] = groups.get(key, 0) + 1
+  items = [f"{k} ({v})" for k, v in groups.items()]
+  return "[" + ", ".join(items[:limit]) + (", ..." if len(items) > limit else "") + "]"
 
 
 def _dummy_build(model, cfg: InputConfig):
@@ -199,12 +217,25 @@ class Trainer:
       logging.info("resumed from %s at step %d", latest, step)
       print(f"resumed from {latest} at step {step}", flush=True)
       return step
+    if self.cfg.warm_start_checkpoint:
+      return self._warm_start(self.cfg.warm_start_checkpoint)
     if self.init_mode is init_lib.InitMode.PRETRAINED:
       init_lib.restore_pretrained(self.model, self.init_checkpoint)
       print(f"initialized the backbone from {self.init_checkpoint}", flush=True)
     else:
       print("training from scratch (random initialization)", flush=True)
     return 0
+
+  def _warm_start(self, checkpoint: str) -> int:
+    report = warm_start_lib.warm_start(self.model, run_files.resolve_checkpoint(checkpoint))
+    step = report["step"] if self.cfg.warm_start_keeps_step else 0
+    self.optimizer.iterations.assign(step)
+    print(f"warm start from {checkpoint}: restored {len(report['restored'])} variables; "
+          f"kept initialized: {len(report['new'])} new "
+          f"{_abbreviate(report['new'])} and {len(report['shape_mismatch'])} of another "
+          f"shape {_abbreviate(report['shape_mismatch'])}; starting at step {step}",
+          flush=True)
+    return step
 
   def _dataset(self, start_step: int = 0):
     """The training stream from `start_step` on: examples already trained on are skipped."""
