@@ -1,5 +1,6 @@
-"""Keypoint R-CNN in the model: the head's shapes, targets from the sampled RoIs, a finite loss
-that a few steps on one batch lower, and keypoints decoded inside the detected boxes."""
+"""Keypoint R-CNN in the model: the head's shapes, targets from the sampled RoIs, a finite loss,
+and keypoints decoded inside the detected boxes (training end to end, with the loss falling:
+tests/training/test_cascade_keypoint_training.py)."""
 
 import numpy as np
 import tensorflow as tf
@@ -34,7 +35,7 @@ def test_keypoint_head_trains_and_detects():
   batch = _batch(model)
   optimizer = tf_keras.optimizers.SGD(0.02, momentum=0.9)
 
-  def step():  # eager: 5 eager steps cost a third of tracing one (measured 11 s vs 31 s)
+  def step():  # eager: cheaper than tracing a step
     with tf.GradientTape() as tape:
       outputs = model(batch, training=True)
       losses = mask_rcnn_losses(outputs, batch)
@@ -47,12 +48,8 @@ def test_keypoint_head_trains_and_detects():
   assert outputs["keypoint_targets"].shape == outputs["keypoint_weights"].shape
   assert float(tf.reduce_sum(outputs["keypoint_weights"])) > 0     # labeled, in fg RoIs
   assert list(losses) == loss_names(True, True)
-  first = float(losses["keypoint_loss"])
-  assert np.isfinite(first) and first > 0
-  for _ in range(4):
-    _, losses = step()
   assert all(np.isfinite(float(v)) for v in losses.values())
-  assert float(losses["keypoint_loss"]) < first                    # it learns the batch
+  assert float(losses["keypoint_loss"]) > 0
 
   det = model.detect(batch["images"], batch["image_size"])
   points, boxes = det["keypoints"].numpy(), det["boxes"].numpy()
