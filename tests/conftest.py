@@ -44,6 +44,15 @@ def roi_ref():
   return np.load(os.path.join(TESTDATA, "roi_align_ref.npz"))
 
 
+# The tiny config with every head: Cascade R-CNN's 3 box stages and a 4-keypoint head on the
+# synthetic keypoint task.
+TINY_CASCADE_KEYPOINTS = [
+    "build_model.cascade_ious = (0.5, 0.6, 0.7)", "SyntheticDataset.keypoints = True",
+    "InputConfig.keypoint_names = ('top', 'bottom', 'left_point', 'right_point')",
+    "InputConfig.keypoint_oks_sigmas = (0.05, 0.05, 0.05, 0.05)",
+    "build_model.num_keypoints = 4", "build_model.keypoint_head_conv_dim = 32",
+    "build_model.keypoint_head_num_conv = 2"]
+
 # The tiny config's reference run: 20 steps from scratch, evaluated at steps 10 and 20.
 TINY_TRAIN = [sys.executable, "-m", "rethink_tf.train", "--gin_file=gin_configs/testing/tiny.gin"]
 TINY_REFERENCE_ARGS = ["--gin_param=TrainConfig.eval_every_steps=10"]

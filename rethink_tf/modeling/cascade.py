@@ -51,4 +51,5 @@ def label_boxes(rois, roi_weights, gt_boxes, gt_classes, gt_valid, fg_iou: float
 def scale_gradient(x, scale: float):
   """Identity forward; the gradient is multiplied by `scale` (detectron2 scales each stage's
   pooled features by 1 / num_stages, so the shared FPN sees the stages' mean)."""
+  scale = tf.cast(scale, x.dtype)
   return x * scale + tf.stop_gradient(x) * (1.0 - scale)

@@ -11,17 +11,12 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import REPO_ROOT, TINY_TRAIN
-from rethink_tf.data.synthetic import KEYPOINT_NAMES
+from conftest import REPO_ROOT, TINY_CASCADE_KEYPOINTS, TINY_TRAIN
 
 # The tiny config (20 steps of batch 2 on 64 px images) + cascade from step 10 + keypoints.
-PARAMS = ["build_model.cascade_ious = (0.5, 0.6, 0.7)", "TrainConfig.cascade_start_step = 10",
-          "SyntheticDataset.keypoints = True",
-          f"InputConfig.keypoint_names = {tuple(KEYPOINT_NAMES)}",
-          "InputConfig.keypoint_oks_sigmas = (0.05, 0.05, 0.05, 0.05)",
-          "build_model.num_keypoints = 4", "build_model.keypoint_head_conv_dim = 32",
-          "build_model.keypoint_head_num_conv = 2", "TrainConfig.eval_every_steps = 20",
-          "TrainConfig.checkpoint_every_steps = 5", "TrainConfig.eval_image_summaries = 0"]
+PARAMS = TINY_CASCADE_KEYPOINTS + [
+    "TrainConfig.cascade_start_step = 10", "TrainConfig.eval_every_steps = 20",
+    "TrainConfig.checkpoint_every_steps = 5", "TrainConfig.eval_image_summaries = 0"]
 GIN_ARGS = [f"--gin_param={p}" for p in PARAMS]
 
 

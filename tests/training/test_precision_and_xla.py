@@ -1,12 +1,13 @@
 """The XLA-compiled train loop equals the plain step; bfloat16 and float16 mixed precision train with
-float32 statistics, logits and losses."""
+float32 statistics, logits and losses. The XLA and bfloat16 tests run the tiny model with every
+head (Cascade R-CNN's stages, keypoints, masks)."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
-from conftest import copy_weights, run_steps
+from conftest import TINY_CASCADE_KEYPOINTS, copy_weights, run_steps
 from rethink_tf import config
 from rethink_tf.layers.norm import GroupNorm
 from rethink_tf.training import distribute
@@ -22,8 +23,8 @@ def test_xla_train_loop_matches_the_plain_step(tmp_path):
   """The trainer's loop with its step under jit_compile=True (the proof of static shapes:
   forward, gradients and the optimizer update compile as one XLA computation) gives the plain
   step's losses and weights."""
-  plain = _trainer(tmp_path, "plain")
-  xla = _trainer(tmp_path, "xla", ["TrainConfig.jit_compile = True"])
+  plain = _trainer(tmp_path, "plain", TINY_CASCADE_KEYPOINTS)
+  xla = _trainer(tmp_path, "xla", TINY_CASCADE_KEYPOINTS + ["TrainConfig.jit_compile = True"])
   copy_weights(plain, xla)
   a = run_steps(plain, 1)[0]
   before = [v.numpy().copy() for v in xla.model.trainable_variables]
@@ -31,7 +32,8 @@ def test_xla_train_loop_matches_the_plain_step(tmp_path):
   assert int(done) == 1 and bool(applied)
   b = {k: float(v) for k, v in losses.items()}
   assert set(b) >= {"rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss", "fast_rcnn_box_loss",
-                    "mask_loss", "total_loss", "weight_decay_loss"}
+                    "fast_rcnn_cls_loss_stage3", "mask_loss", "keypoint_loss", "total_loss",
+                    "weight_decay_loss"}
   assert int(xla.optimizer.iterations.numpy()) == 1
   moved = sum(not np.array_equal(u, v.numpy())
               for u, v in zip(before, xla.model.trainable_variables))
@@ -46,11 +48,13 @@ def test_xla_train_loop_matches_the_plain_step(tmp_path):
 @pytest.mark.parametrize("precision,compute", [("mixed_bfloat16", tf.bfloat16),
                                                ("mixed_float16", tf.float16)])
 def test_mixed_precision_step(precision, compute, tmp_path):
-  t = _trainer(tmp_path, precision, [f"TrainConfig.precision = '{precision}'"])
+  every_head = TINY_CASCADE_KEYPOINTS if precision == "mixed_bfloat16" else []
+  t = _trainer(tmp_path, precision, every_head + [f"TrainConfig.precision = '{precision}'"])
   assert tf_keras.mixed_precision.global_policy().name == "float32"  # restored after build
   model = t.model
   assert model.backbone.stem.conv.compute_dtype == compute.name
-  assert all(v.dtype == tf.float32 for v in model.variables)
+  assert all(v.dtype == tf.float32 for v in model.variables if v is not getattr(
+      model, "cascade_active", None))                   # the cascade's on/off flag is bool
   for layer in (model.box_predictor.cls_score, model.box_predictor.bbox_pred,
                 model.mask_head.predictor, model.rpn_head.objectness, model.rpn_head.deltas):
     assert layer.compute_dtype == "float32", layer.name
