@@ -32,6 +32,13 @@ def _count(variables) -> int:
                  if "moving_" not in v.name and v.dtype.is_floating))
 
 
+def _head_and_predictor(name: str, head, predictor) -> dict:
+  """{name_head: the head's convs, name_predictor: its final layer} (Detectron's split)."""
+  pred_ids = {id(v) for v in predictor.variables}
+  return {f"{name}_head": _count([v for v in head.variables if id(v) not in pred_ids]),
+          f"{name}_predictor": _count(predictor.variables)}
+
+
 def summarize(model) -> dict:
   """Counts of a built MaskRCNN, split as Detectron's modules (absent modules omitted)."""
   modules = {"backbone": _count(model.backbone.variables)}
@@ -40,21 +47,14 @@ def summarize(model) -> dict:
   modules.update(rpn=_count(model.rpn_head.variables), box_head=_count(model.box_head.variables),
                  box_predictor=_count(model.box_predictor.variables))
   if model.mask_head is not None:
-    mask_pred = model.mask_head.predictor.variables
-    pred_ids = {id(v) for v in mask_pred}
-    modules["mask_head"] = _count([v for v in model.mask_head.variables
-                                   if id(v) not in pred_ids])
-    modules["mask_predictor"] = _count(mask_pred)
+    modules.update(_head_and_predictor("mask", model.mask_head, model.mask_head.predictor))
   for k, (head, predictor) in enumerate(zip(model.cascade_box_heads,
                                             model.cascade_box_predictors)):
     modules[f"box_head_stage{k + 2}"] = _count(head.variables)
     modules[f"box_predictor_stage{k + 2}"] = _count(predictor.variables)
   if model.keypoint_head is not None:
-    kp_pred = model.keypoint_head.score_lowres.variables
-    pred_ids = {id(v) for v in kp_pred}
-    modules["keypoint_head"] = _count([v for v in model.keypoint_head.variables
-                                       if id(v) not in pred_ids])
-    modules["keypoint_predictor"] = _count(kp_pred)
+    modules.update(_head_and_predictor("keypoint", model.keypoint_head,
+                                       model.keypoint_head.score_lowres))
   return {"modules": modules, "total": _count(model.variables),
           "trainable": _count(model.trainable_variables)}
 
