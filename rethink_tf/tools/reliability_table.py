@@ -132,6 +132,16 @@ CASES = {
              "tests/test_run_config.py::"
              "test_a_model_dir_with_another_config_is_refused_then_allowed",
              "holds a run with a different operative config"),
+        Case("a keypoint head without keypoint data (or the other way round)",
+             "ConfigError before training: `build_model.num_keypoints = K but "
+             "InputConfig.keypoint_names names N keypoints`",
+             "tests/modeling/test_keypoint_rcnn.py::"
+             "test_keypoint_head_without_keypoint_data_is_refused_before_training",
+             "InputConfig.keypoint_names names 0 keypoints"),
+        Case("a Cascade R-CNN with one IoU",
+             "ValueError: one IoU per stage and at least 2 stages",
+             "tests/modeling/test_cascade.py::test_one_stage_cascade_is_refused",
+             "at least 2 stages"),
     ],
     "Weights": [
         Case("a Detectron pickle that would run code",
@@ -142,6 +152,15 @@ CASES = {
              "ConversionError naming each tensor",
              "tests/modeling/test_convert_weights.py::test_missing_and_unused_weights_are_named",
              "layer3.2.conv2.weight"),
+        Case("a warm-start checkpoint that does not exist",
+             "FileNotFoundError naming the missing `.index`, before any step",
+             "tests/training/test_warm_start.py::test_a_missing_warm_start_checkpoint_is_named",
+             "nothing/ckpt-5.index does not exist"),
+        Case("a warm-start checkpoint of a different model (plain vs cascade)",
+             "the variables that fit by path and shape are restored, the others keep their "
+             "initialization; the counts and names are printed",
+             "tests/training/test_warm_start.py::test_plain_checkpoint_continues_as_cascade",
+             "warm start from"),
     ],
     "Serving (the exported SavedModel, validated in the graph)": [
         Case(f"request: {case.replace('_', ' ')}",
