@@ -88,8 +88,9 @@ def render(results: Dict, params: List[str], machine: str) -> str:
            f"on {machine}" + (f" with `{' '.join(params)}`" if params else "") + ". Each model "
            "is the CPU demo model (gin_configs/demo/), trained from random initialization for "
            "the demo schedule with the same seed; AP is pycocotools' on the synthetic "
-           "validation split (200 images). One run per arm: runs of the same configuration differ by a "
-           "few points (README), so differences of that size are noise.", "",
+           "validation split (200 images). One run per arm: runs of the same configuration "
+           "differ by a few points (README), so differences of that size are noise.", "",
+           *_reading(results), "",
            "## Box and mask AP", "",
            "| model | test | box AP | AP50 | AP75 | mask AP | eval time (s) |",
            "|---|---|---:|---:|---:|---:|---:|"]
@@ -115,6 +116,29 @@ def render(results: Dict, params: List[str], machine: str) -> str:
   for arm, entry in results.items():
     lines.append(f"| {arm} | `{entry['gin_file']}` | {entry['train_seconds']:.0f} |")
   return "\n".join(lines) + "\n"
+
+
+def _points(a: Optional[float], b: Optional[float]) -> str:
+  return "-" if a is None or b is None else f"{100 * (a - b):+.1f}"
+
+
+def _reading(results: Dict) -> List[str]:
+  """The differences the tables exist for, in AP points."""
+  box = lambda arm, test, stat: results.get(arm, {}).get(test, {}).get("bbox", {}).get(stat)
+  segm = lambda arm, test: results.get(arm, {}).get(test, {}).get("segm", {}).get("AP")
+  out = []
+  if "plain" in results and "cascade" in results:
+    out.append(f"- Cascade vs plain, single scale: box AP75 "
+               f"{_points(box('cascade', 'single', 'AP75'), box('plain', 'single', 'AP75'))}"
+               f", box AP {_points(box('cascade', 'single', 'AP'), box('plain', 'single', 'AP'))}"
+               f", AP50 {_points(box('cascade', 'single', 'AP50'), box('plain', 'single', 'AP50'))}"
+               " points.")
+  for arm in ("plain", "cascade"):
+    if "tta" in results.get(arm, {}):
+      out.append(f"- Test-time augmentation vs single scale ({arm}): box AP "
+                 f"{_points(box(arm, 'tta', 'AP'), box(arm, 'single', 'AP'))}, mask AP "
+                 f"{_points(segm(arm, 'tta'), segm(arm, 'single'))} points.")
+  return out
 
 
 def _machine() -> str:
