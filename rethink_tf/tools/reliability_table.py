@@ -138,6 +138,11 @@ CASES = {
              "tests/modeling/test_keypoint_rcnn.py::"
              "test_keypoint_head_without_keypoint_data_is_refused_before_training",
              "InputConfig.keypoint_names names 0 keypoints"),
+        Case("`TrainConfig.cascade_start_step` on a model without cascade stages",
+             "ConfigError before any step, naming the binding that adds the stages",
+             "tests/training/test_warm_start.py::"
+             "test_a_cascade_start_step_without_cascade_stages_is_refused",
+             "cascade_start_step = 5 but the model has no cascade"),
         Case("a Cascade R-CNN with one IoU",
              "ValueError: one IoU per stage and at least 2 stages",
              "tests/modeling/test_cascade.py::test_one_stage_cascade_is_refused",

@@ -192,6 +192,10 @@ class Trainer:
     # gradients are zero before; decay alone would shrink their initialization).
     later = {id(v) for layer in getattr(self.model, "cascade_box_heads", [])
              + getattr(self.model, "cascade_box_predictors", []) for v in layer.variables}
+    if self.cfg.cascade_start_step and self.model.num_stages == 1:
+      raise run_config.ConfigError(
+          f"TrainConfig.cascade_start_step = {self.cfg.cascade_start_step} but the model has "
+          "no cascade stages: bind build_model.cascade_ious = (0.5, 0.6, 0.7)")
     self.decay_vars = [v for v in opt_lib.decayed_variables(self.model) if id(v) not in later]
     self.cascade_decay_vars = [v for v in opt_lib.decayed_variables(self.model)
                                if id(v) in later]

@@ -1,7 +1,8 @@
-"""Warm start: a Cascade R-CNN run starts from a plain run's checkpoint. Every variable the two
-models share by path and shape is restored (all of backbone, FPN, RPN, box head, classifier and
-mask head), the class-agnostic regressor and stages 2-3 keep their initialization, and the
-schedule continues at the checkpoint's step."""
+"""Cascade R-CNN joined late. Warm start: a cascade run starts from a plain run's checkpoint;
+every variable the two models share by path and shape is restored (all of backbone, FPN, RPN,
+box head, classifier and mask head), the class-agnostic regressor and stages 2-3 keep their
+initialization, and the schedule continues at the checkpoint's step. A cascade start step on a
+model without cascade stages is refused."""
 
 import numpy as np
 import pytest
@@ -54,3 +55,10 @@ def test_a_missing_warm_start_checkpoint_is_named(tmp_path):
   t = Trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
   with pytest.raises(FileNotFoundError, match="nothing/ckpt-5.index does not exist"):
     t.restore_or_initialize()
+
+
+def test_a_cascade_start_step_without_cascade_stages_is_refused(tmp_path):
+  from rethink_tf.run_config import ConfigError
+  config.parse_gin(["gin_configs/testing/tiny.gin"], ["TrainConfig.cascade_start_step = 5"])
+  with pytest.raises(ConfigError, match="cascade_start_step = 5 but the model has no cascade"):
+    Trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
