@@ -67,7 +67,7 @@ class TrainConfig:
     self.skip_nonfinite_steps = skip_nonfinite_steps
     # Cascade R-CNN models: stages 2.. train (and take part in inference) from this step on;
     # before it the model trains and evaluates as its stage 1 (the paper's X152 recipe adds
-    # cascade for the last 270k iterations). Ignored by models without cascade stages.
+    # cascade for the last 270k iterations). A model without cascade stages refuses it.
     self.cascade_start_step = cascade_start_step
     # A new run (no checkpoint in model_dir yet) starts from another run's checkpoint: the
     # variables that fit are restored, the others keep their init (modeling/warm_start.py);
