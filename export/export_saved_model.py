@@ -9,8 +9,9 @@ one more than the highest version already in D. The export is written under a te
 and renamed when complete, so a server watching D never loads half a model, and an existing
 version is never overwritten. Signatures and outputs: see export/serving.py and the README.
 `--checkpoint` is a prefix or a run directory (its latest checkpoint). Category names come from
---label_map (a COCO JSON or {"id": "name"}), else the data config (synthetic shapes, the
-validation JSON when present, COCO's 80 names).
+--label_map (a COCO JSON or {"id": "name"}), else the categories.json beside a converted
+detector's checkpoint, else the data config (synthetic shapes, the validation JSON when present,
+COCO's 80 names).
 """
 
 import json
@@ -51,6 +52,8 @@ def export(checkpoint: str, export_dir: str, batch_size=None, max_detections: in
                                    score_threshold=score_threshold)
   known = ({c["id"]: c["name"] for c in synthetic.CATEGORIES} if cfg.synthetic is not None
            else None)
+  # A converted detector names its classes beside its checkpoint.
+  label_map = label_map or categories.checkpoint_categories(checkpoint)
   names, missing = categories.category_names(cfg.category_ids, label_map, cfg.val_annotations,
                                              known)
   if missing:
@@ -64,7 +67,8 @@ def export(checkpoint: str, export_dir: str, batch_size=None, max_detections: in
   os.makedirs(export_dir, exist_ok=True)
   preprocessing = dict(short_side=cfg.short_side, max_long_side=cfg.max_long_side,
                        padded_size=list(cfg.padded_size), pixel_mean=list(cfg.pixel_mean),
-                       pixel_std=list(cfg.pixel_std), channel_order=cfg.channel_order)
+                       pixel_std=list(cfg.pixel_std), channel_order=cfg.channel_order,
+                       jpeg_dct_method=cfg.jpeg_dct_method)
   with tempfile.TemporaryDirectory() as scratch:
     cat_path = os.path.join(scratch, "categories.json")
     with open(cat_path, "w") as f:

@@ -28,7 +28,7 @@ from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 
-from rethink_tf.data.input_pipeline import normalize_and_pad, resize_for_model
+from rethink_tf.data.input_pipeline import decode_image, normalize_and_pad, resize_for_model
 from rethink_tf.modeling import postprocess
 
 SIGNATURES = ("serving_default", "image_bytes", "tf_example")
@@ -67,7 +67,8 @@ def _contains(data, pattern: bytes):
   return tf.reduce_any(if_match)
 
 
-def decode_checked(encoded, index, name: str, empty: str = "empty string (0 bytes)"):
+def decode_checked(encoded, index, name: str, empty: str = "empty string (0 bytes)",
+                   jpeg_dct_method: str = ""):
   """Decodes one encoded image to uint8 [H, W, 3] after checks that name what is wrong.
 
   TF's own decode errors ("Input is empty", "Invalid JPEG data or crop window") do not say
@@ -95,7 +96,7 @@ def decode_checked(encoded, index, name: str, empty: str = "empty string (0 byte
   is_complete = _fail_unless(complete, message(
       "truncated image: a {}-byte JPEG/PNG without its end marker (file cut short?)", length))
   with tf.control_dependencies([is_complete]):
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image = decode_image(encoded, jpeg_dct_method, expand_animations=False)
   image.set_shape([None, None, 3])
   return image
 
@@ -107,7 +108,8 @@ class DetectionServer(tf.Module):
     model: `MaskRCNN` with variables created and restored (its `detect` is traced; the Keras
       object itself is not serialized, only its variables).
     preprocessing: dict with short_side, max_long_side, padded_size, pixel_mean, pixel_std,
-      channel_order (the evaluation-time `InputConfig` values).
+      channel_order and optionally jpeg_dct_method (the evaluation-time `InputConfig`
+      values).
     category_ids: [K-1] dataset ids of contiguous classes 1..K-1; category_names: same length.
     binary_masks: detection_masks as uint8 {0, 1} (True) or float32 probabilities (False).
     batch_size: fixed batch of every signature, or None for any batch.
@@ -221,7 +223,9 @@ class DetectionServer(tf.Module):
     rank_ok = _check_rank(image_bytes, 1, "image_bytes", "a string vector [batch]")
     with tf.control_dependencies([rank_ok]):
       image_bytes = tf.identity(image_bytes)
-    return self._detect(lambda i, b: decode_checked(b, i, "image_bytes"), image_bytes)
+    dct = self._pre.get("jpeg_dct_method", "")
+    return self._detect(lambda i, b: decode_checked(b, i, "image_bytes", jpeg_dct_method=dct),
+                        image_bytes)
 
   def _serve_examples(self, examples):
     rank_ok = _check_rank(examples, 1, "examples", "a string vector [batch]")
@@ -232,7 +236,8 @@ class DetectionServer(tf.Module):
     encoded = features[IMAGE_FEATURE]
     return self._detect(
         lambda i, b: decode_checked(b, i, "examples",
-                                    f"no {IMAGE_FEATURE} feature, or an empty one"), encoded)
+                                    f"no {IMAGE_FEATURE} feature, or an empty one",
+                                    self._pre.get("jpeg_dct_method", "")), encoded)
 
   def signatures(self, names: Sequence[str] = SIGNATURES):
     """{name: concrete function} for `tf.saved_model.save(..., signatures=...)`; each name

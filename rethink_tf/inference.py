@@ -6,6 +6,7 @@ from typing import Tuple
 import tensorflow as tf
 import tf_keras
 
+from rethink_tf.data import categories
 from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.modeling.build import build_model
 from rethink_tf.training.run_files import resolve_checkpoint  # noqa: F401 (part of this API)
@@ -20,6 +21,7 @@ def build_for_inference(checkpoint: str, **model_overrides) -> Tuple[tf_keras.Mo
   the synthetic dataset is not generated (call `cfg.prepare()` to evaluate on it).
   """
   cfg = apply_input_convention(InputConfig())
+  categories.check_checkpoint_categories(checkpoint, cfg.category_ids)
   model = build_model(num_classes=cfg.num_classes, image_size=cfg.padded_size)
   for name, value in model_overrides.items():
     if not hasattr(model, name):

@@ -121,3 +121,22 @@ def tiny_pretrained_run(tmp_path_factory):
                                      f"--model_dir={model_dir}", *TINY_REFERENCE_ARGS],
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
   return pre_dir, model_dir, p, t
+
+
+def served_coco_results(loaded, records):
+  """COCO results from an exported model's tf_example signature on serialized records (one
+  batch, like the evaluator's batch of 8)."""
+  import tensorflow as tf
+  from rethink_tf.evaluation import coco_evaluator
+  out = {k: v.numpy() for k, v in
+         loaded.signatures["tf_example"](examples=tf.constant(records)).items()}
+  results = []
+  for i, record in enumerate(records):
+    ex = tf.train.Example.FromString(record)
+    image_id = int(ex.features.feature["image/source_id"].bytes_list.value[0])
+    n = int(out["num_detections"][i])
+    h, w = out["image_size"][i]
+    results += coco_evaluator.detections_to_coco(
+        image_id, out["detection_boxes"][i, :n], out["detection_scores"][i, :n],
+        out["detection_classes"][i, :n], out["detection_masks"][i, :n, :h, :w])
+  return results

@@ -67,3 +67,29 @@ def category_names(category_ids: Sequence[int], label_map: Optional[str] = None,
     if all(int(c) in names for c in category_ids):
       return [names[int(c)] for c in category_ids], []
   return [str(int(c)) for c in category_ids], [int(c) for c in category_ids]
+
+
+# Written beside a checkpoint by `rethink_tf.modeling.convert_detector`: the classes in the
+# model's order, {"categories": [{"id", "name", "contiguous_id"}, ...]}.
+CHECKPOINT_CATEGORIES = "categories.json"
+
+
+def checkpoint_categories(checkpoint: str) -> Optional[str]:
+  """The categories file beside a checkpoint prefix, or None."""
+  path = os.path.join(os.path.dirname(checkpoint), CHECKPOINT_CATEGORIES)
+  return path if os.path.exists(path) else None
+
+
+def check_checkpoint_categories(checkpoint: str, category_ids: Sequence[int]):
+  """A checkpoint that names its classes must be used with the same category ids, in the same
+  order (a data config binding other ids would map every class to the wrong category)."""
+  path = checkpoint_categories(checkpoint)
+  if path is None:
+    return
+  with open(path) as f:
+    ids = [int(c["id"]) for c in json.load(f)["categories"]]
+  if ids != [int(c) for c in category_ids]:
+    raise ValueError(f"{path} lists the model's classes as category ids {ids[:10]}"
+                     f"{'...' if len(ids) > 10 else ''} but InputConfig.category_ids is "
+                     f"{list(category_ids)[:10]}{'...' if len(category_ids) > 10 else ''}: "
+                     "bind the same ids in the same order (the data gin file overrides them?)")

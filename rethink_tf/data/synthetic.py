@@ -288,19 +288,22 @@ class SyntheticDataset:
   def category_ids(self) -> List[int]:
     return [c["id"] for c in CATEGORIES]
 
-  def prepare(self) -> Dict[str, str]:
-    """Generates and converts on first use; returns train/val patterns and val annotations."""
+  def prepare(self, splits=("train", "val")) -> Dict[str, str]:
+    """Generates and converts the `splits` not yet in the cache; returns train/val patterns
+    and val annotations. Evaluation prepares ("val",) alone."""
     from rethink_tf.data import coco_tfrecord  # the same converter as real COCO
-    done = os.path.join(self.root, "DONE")
     out = {"train_pattern": os.path.join(self.root, "train-*.tfrecord"),
            "val_pattern": os.path.join(self.root, "val-*.tfrecord"),
            "val_annotations": os.path.join(self.root, "instances_val.json")}
-    if os.path.exists(done):
+    if os.path.exists(os.path.join(self.root, "DONE")):  # every split
       return out
     os.makedirs(self.root, exist_ok=True)
     p = self.params
     for split, n, seed in (("train", p["num_train"], p["seed"]),
                            ("val", p["num_val"], p["seed"] + 1)):
+      done = os.path.join(self.root, f"DONE-{split}")
+      if split not in splits or os.path.exists(done):
+        continue
       t = time.time()
       src = generate_split(self.root, split, n, seed, p["image_size"],
                            max_objects=p["max_objects"], keypoints=p.get("keypoints", False))
@@ -310,6 +313,9 @@ class SyntheticDataset:
       print(f"synthetic {split}: {counts['images']} images, {counts['instances']} instances, "
             f"{counts['crowd']} crowd regions -> {self.root} ({time.time() - t:.1f}s)",
             flush=True)
-    with open(done, "w") as f:
-      json.dump(self.params, f)
+      with open(done, "w") as f:
+        json.dump(self.params, f)
+    if all(os.path.exists(os.path.join(self.root, f"DONE-{s}")) for s in ("train", "val")):
+      with open(os.path.join(self.root, "DONE"), "w") as f:
+        json.dump(self.params, f)
     return out

@@ -2,19 +2,42 @@
 
 Encoding/decoding and IoU come from Model Garden (`official.vision.ops.box_ops`); this module
 adds the few things it lacks and holds the one conversion to COCO's `xywh`.
+
+Coordinates are continuous (a box's width is x2 - x1, detectron2 and Model Garden) unless a
+function is given `plus_one=1`: Detectron's legacy convention, where boxes hold inclusive
+pixel indices, a width is x2 - x1 + 1 and boxes clip to [0, w - 1] (`utils/boxes.py`:
+`bbox_transform`, `bbox_transform_inv`, `clip_tiled_boxes`). Converted Detectron models run
+with it; everything else uses 0.
 """
 
 import numpy as np
 import tensorflow as tf
 from official.vision.ops import box_ops as mg_box_ops
 
-encode_boxes = mg_box_ops.encode_boxes
-decode_boxes = mg_box_ops.decode_boxes
+
+def encode_boxes(boxes, anchors, weights=None, plus_one: float = 0.0):
+  """Targets (dy, dx, dh, dw) of [..., 4] boxes w.r.t. anchors (scaled by `weights`)."""
+  if not plus_one:
+    return mg_box_ops.encode_boxes(boxes, anchors, weights)
+  one = tf.constant([0.0, 0.0, plus_one, plus_one], anchors.dtype)
+  return mg_box_ops.encode_boxes(tf.cast(boxes, anchors.dtype) + one, anchors + one, weights)
 
 
-def clip_boxes(boxes_yxyx, image_size):
-  """Clips [..., 4] boxes to [0, h] x [0, w]; image_size broadcastable to [..., 2] (h, w)."""
-  image_size = tf.cast(image_size, boxes_yxyx.dtype)
+def decode_boxes(deltas, anchors, weights=None, plus_one: float = 0.0):
+  """Boxes [..., 4] from deltas (dy, dx, dh, dw) on anchors; dh, dw clamped at log(1000/16).
+
+  With `plus_one`, Detectron's rule: an inclusive box [y1, y2] is the continuous [y1, y2 + 1],
+  decoded as such and mapped back (its "- 1" on the far corner)."""
+  if not plus_one:
+    return mg_box_ops.decode_boxes(deltas, anchors, weights)
+  one = tf.constant([0.0, 0.0, plus_one, plus_one], anchors.dtype)
+  return mg_box_ops.decode_boxes(deltas, anchors + one, weights) - one
+
+
+def clip_boxes(boxes_yxyx, image_size, plus_one: float = 0.0):
+  """Clips [..., 4] boxes to [0, h] x [0, w] ([0, h - 1] x [0, w - 1] with `plus_one`);
+  image_size broadcastable to [..., 2] (h, w)."""
+  image_size = tf.cast(image_size, boxes_yxyx.dtype) - plus_one
   h, w = image_size[..., 0:1], image_size[..., 1:2]
   y1, x1, y2, x2 = tf.split(boxes_yxyx, 4, axis=-1)
   return tf.concat([tf.clip_by_value(y1, 0.0, h), tf.clip_by_value(x1, 0.0, w),

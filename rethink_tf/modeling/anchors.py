@@ -10,6 +10,7 @@ reproducible.
 
 from typing import Dict, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 from official.vision.ops import anchor as mg_anchor
 
@@ -21,13 +22,22 @@ RPN_BOX_WEIGHTS = None  # Detectron RPN uses unit weights for (dy, dx, dh, dw).
 def multilevel_anchors(image_size: Sequence[int], min_level: int = 2, max_level: int = 6,
                        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
                        anchor_size: float = 8.0,
-                       anchor_scales: Sequence[float] = (1.0,)) -> Dict[int, tf.Tensor]:
+                       anchor_scales: Sequence[float] = (1.0,), offset: float = 0.5,
+                       detectron_rounding: bool = False) -> Dict[int, tf.Tensor]:
   """Anchors per level, dict level -> [H_l * W_l * A, 4] float32 [y1, x1, y2, x2] pixels.
 
   A = len(anchor_scales) * len(aspect_ratios); anchor sizes are
-  `anchor_size * scale * stride`. The order within a level is (row, column, scale, ratio),
-  the order of the RPN head's outputs.
+  `anchor_size * scale * stride`; an aspect ratio is width / height (Model Garden's; detectron2
+  and Detectron use height / width, so their (0.5, 1, 2) is our (2, 1, 0.5) in that order).
+  The order within a level is (row, column, scale, ratio), the order of the RPN head's outputs.
+  Cell (i, j) centres its anchors at ((i + offset) * stride, (j + offset) * stride): 0.5 is
+  Model Garden's and this project's default, detectron2's `ANCHOR_GENERATOR.OFFSET` is 0.0.
+  `detectron_rounding`: Detectron's `generate_anchors` (integer widths and heights, inclusive
+  "+1" coordinates, centred at (stride - 1) / 2; `offset` is then unused).
   """
+  if detectron_rounding:
+    return _detectron_anchors(image_size, min_level, max_level, aspect_ratios, anchor_size,
+                              anchor_scales)
   per_scale = []
   for scale in anchor_scales:
     gen = mg_anchor.Anchor(min_level, max_level, 1, list(aspect_ratios), anchor_size * scale,
@@ -37,7 +47,51 @@ def multilevel_anchors(image_size: Sequence[int], min_level: int = 2, max_level:
   for k in per_scale[0]:
     h, w = per_scale[0][k].shape[:2]
     grids = [tf.reshape(boxes[k], [h, w, len(aspect_ratios), 4]) for boxes in per_scale]
-    out[int(k)] = tf.reshape(tf.concat(grids, axis=2), [-1, 4])
+    boxes = tf.reshape(tf.concat(grids, axis=2), [-1, 4])
+    # Model Garden centres at (i + 0.5) * stride.
+    out[int(k)] = boxes + (offset - 0.5) * 2.0 ** int(k)
+  return out
+
+
+def detectron_cell_anchors(stride: int, sizes: Sequence[float],
+                           aspect_ratios: Sequence[float]) -> np.ndarray:
+  """Detectron's cell anchors [len(ratios) * len(sizes), 4] (x1, y1, x2, y2), inclusive.
+
+  `modeling/generate_anchors.py`: a stride x stride base box [0, 0, stride - 1, stride - 1];
+  per ratio (height / width) w = round(sqrt(stride^2 / ratio)), h = round(w * ratio); each
+  scaled by size / stride about the centre (stride - 1) / 2. Order: ratio-major, then size.
+  """
+  ctr = 0.5 * (stride - 1)
+
+  def boxes(ws, hs):
+    return np.stack([ctr - 0.5 * (ws - 1), ctr - 0.5 * (hs - 1),
+                     ctr + 0.5 * (ws - 1), ctr + 0.5 * (hs - 1)], axis=-1)
+
+  ratios = np.asarray(aspect_ratios, np.float64)
+  ws = np.round(np.sqrt(stride * stride / ratios))
+  hs = np.round(ws * ratios)
+  scales = np.asarray(sizes, np.float64) / stride
+  return np.concatenate([boxes(w * scales, h * scales) for w, h in zip(ws, hs)], axis=0)
+
+
+def _detectron_anchors(image_size, min_level, max_level, aspect_ratios, anchor_size,
+                       anchor_scales):
+  """Detectron's FPN anchors: cell anchors shifted by (j * stride, i * stride), as yxyx.
+
+  Our `aspect_ratios` are width / height; Detectron's generator takes height / width."""
+  out = {}
+  for level in range(min_level, max_level + 1):
+    stride = 2 ** level
+    # Detectron orders a cell's anchors ratio-major; ours (and the RPN head's channels for
+    # converted weights) scale-major, so build one size at a time.
+    cells = np.stack([detectron_cell_anchors(stride, [anchor_size * s * stride],
+                                             [1.0 / r for r in aspect_ratios])
+                      for s in anchor_scales], axis=0)              # [S, R, 4] xyxy
+    cells = cells.reshape(-1, 4)[:, [1, 0, 3, 2]]                  # yxyx, scale-major
+    h, w = -(-image_size[0] // stride), -(-image_size[1] // stride)
+    ys, xs = np.meshgrid(np.arange(h) * stride, np.arange(w) * stride, indexing="ij")
+    shifts = np.stack([ys, xs, ys, xs], axis=-1).reshape(-1, 1, 4)
+    out[level] = tf.constant((shifts + cells[None]).reshape(-1, 4), tf.float32)
   return out
 
 

@@ -31,7 +31,8 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                 fpn_channels: int = 256, fpn_norm: Optional[str] = "same",
                 box_head_type: str = "4conv1fc", head_conv_dim: int = 256,
                 head_fc_dim: int = 1024, box_head_num_conv: int = 4,
-                mask_head_num_conv: int = 4, anchor_size: float = 8.0,
+                mask_head_num_conv: int = 4, mask_head_conv_dim: Optional[int] = None,
+                anchor_size: float = 8.0,
                 anchor_scales: Sequence[float] = (1.0,),
                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
                 rpn_pre_nms_topk_train: int = 2000, rpn_post_nms_topk_train: int = 1000,
@@ -42,8 +43,15 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                 nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0,
                 num_keypoints: int = 0, keypoint_head_conv_dim: int = 512,
                 keypoint_head_num_conv: int = 8, cascade_ious: Sequence[float] = (),
-                cascade_box_weights: Sequence[Sequence[float]] = CASCADE_BOX_WEIGHTS
-                ) -> MaskRCNN:
+                cascade_box_weights: Sequence[Sequence[float]] = CASCADE_BOX_WEIGHTS,
+                head_norm: Optional[str] = "same", keypoint_head_norm: Optional[str] = "same",
+                class_agnostic_box_regression: bool = False,
+                box_pool_size: int = 7, mask_pool_size: int = 14, keypoint_pool_size: int = 14,
+                box_sampling_ratio: int = 2, mask_sampling_ratio: int = 2,
+                keypoint_sampling_ratio: int = 2, max_adaptive_samples: int = 4,
+                roi_align_aligned: bool = True, roi_level_epsilon: Optional[float] = None,
+                anchor_offset: float = 0.5, box_plus_one: bool = False,
+                rpn_per_level_post_nms_topk: bool = False) -> MaskRCNN:
   """Builds Mask R-CNN FPN. `num_classes` counts background (81 for COCO).
 
   `fpn_norm="same"` uses `norm` in the FPN too (the paper's GN models); pass None for
@@ -56,11 +64,30 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
   `cascade_ious` (e.g. (0.5, 0.6, 0.7)) makes the box head Cascade R-CNN's: one stage per IoU,
   each with its own box head (same architecture) and class-agnostic box predictor, stage k
   coding boxes with `cascade_box_weights[k]`; empty: the plain Mask R-CNN box head.
+
+  Conventions of other implementations, each a binding whose default is this project's
+  (docs/architecture.md names the source line each follows; `convert_detector` sets them):
+  `mask_head_conv_dim` (None: `head_conv_dim`),
+  `head_norm` / `keypoint_head_norm` ("same" = `norm`; detectron2 gives every head its own
+  NORM and its keypoint head none), `class_agnostic_box_regression`, the RoIAlign of each head
+  (`*_pool_size`, `*_sampling_ratio`: 0 = adaptive, at most `max_adaptive_samples` per bin and
+  axis; `roi_align_aligned`: detectron2's ROIAlignV2 half-pixel shift, False for
+  Detectron's RoIAlign), `roi_level_epsilon` (see `layers.roi_align.assign_levels`),
+  `anchor_offset` (0.5: centres at (i + 0.5) * stride; detectron2's OFFSET 0.0),
+  `box_plus_one` (Detectron's "+1" box widths, its rounded anchors; inference only) and
+  `rpn_per_level_post_nms_topk` (Detectron keeps the post-NMS top-k per level, then overall).
   """
   if backbone not in BACKBONES:
     raise ValueError(f"build_model.backbone {backbone!r} is not one of {BACKBONES}")
   if fpn_norm == "same":
     fpn_norm = norm
+  if head_norm == "same":
+    head_norm = norm
+  if keypoint_head_norm == "same":
+    keypoint_head_norm = head_norm
+  if box_plus_one and cascade_ious:
+    raise ValueError("build_model.box_plus_one (Detectron's box convention) has no Cascade "
+                     "R-CNN: Detectron has none; leave cascade_ious empty")
   kw = dict(gn_num_groups=gn_num_groups)
   if backbone == "resnet":
     body = ResNet(depth=depth, groups=groups, width_per_group=width_per_group, norm=norm,
@@ -81,26 +108,29 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
     (level, rpn_channels), = body.out_channels.items()
     min_level = max_level = level
   rpn = RPNHead(rpn_channels, num_anchors=len(aspect_ratios) * len(anchor_scales), name="rpn")
-  box_head = BoxHead(box_head_type, head_conv_dim, head_fc_dim, norm=norm,
+  box_head = BoxHead(box_head_type, head_conv_dim, head_fc_dim, norm=head_norm,
                      num_conv=box_head_num_conv, name="box_head", **kw)
   if len(cascade_ious) == 1:
     raise ValueError("build_model.cascade_ious needs one IoU per stage and at least 2 stages "
                      f"(got {tuple(cascade_ious)}); leave it empty for the plain box head")
   cascade = bool(cascade_ious)
-  box_predictor = BoxPredictor(num_classes, class_agnostic=cascade, name="box_predictor")
+  box_predictor = BoxPredictor(num_classes,
+                               class_agnostic=cascade or class_agnostic_box_regression,
+                               name="box_predictor")
   cascade_heads = [
-      (BoxHead(box_head_type, head_conv_dim, head_fc_dim, norm=norm, num_conv=box_head_num_conv,
-               name=f"box_head_stage{k + 1}", **kw),
+      (BoxHead(box_head_type, head_conv_dim, head_fc_dim, norm=head_norm,
+               num_conv=box_head_num_conv, name=f"box_head_stage{k + 1}", **kw),
        BoxPredictor(num_classes, class_agnostic=True, name=f"box_predictor_stage{k + 1}"))
       for k in range(1, len(cascade_ious))]
   mask_head = None
   if mask_on:
-    mask_head = MaskHead(num_classes, head_conv_dim, mask_head_num_conv, norm=norm,
+    mask_head = MaskHead(num_classes, mask_head_conv_dim or head_conv_dim, mask_head_num_conv,
+                         norm=head_norm,
                          name="mask_head", **kw)
   keypoint_head = None
   if num_keypoints:
     keypoint_head = KeypointHead(num_keypoints, keypoint_head_conv_dim, keypoint_head_num_conv,
-                                 norm=norm, name="keypoint_head", **kw)
+                                 norm=keypoint_head_norm, name="keypoint_head", **kw)
   return MaskRCNN(body, fpn, rpn, box_head, box_predictor, mask_head, keypoint_head,
                   num_classes=num_classes, image_size=image_size, min_level=min_level,
                   max_level=max_level, anchor_size=anchor_size, anchor_scales=anchor_scales,
@@ -114,6 +144,14 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                   mask_rois_per_image=mask_rois_per_image,
                   detections_per_image=detections_per_image, score_threshold=score_threshold,
                   nms_threshold=nms_threshold, roi_chunk_mb=roi_chunk_mb,
+                  box_pool_size=box_pool_size, mask_pool_size=mask_pool_size,
+                  keypoint_pool_size=keypoint_pool_size, box_sampling_ratio=box_sampling_ratio,
+                  mask_sampling_ratio=mask_sampling_ratio,
+                  keypoint_sampling_ratio=keypoint_sampling_ratio,
+                  max_adaptive_samples=max_adaptive_samples, roi_align_aligned=roi_align_aligned,
+                  roi_level_epsilon=roi_level_epsilon, anchor_offset=anchor_offset,
+                  box_plus_one=box_plus_one,
+                  rpn_per_level_post_nms_topk=rpn_per_level_post_nms_topk,
                   cascade_heads=cascade_heads,
                   cascade_ious=tuple(cascade_ious) or (0.5,),
                   cascade_box_weights=cascade_box_weights if cascade else (ROI_BOX_WEIGHTS,))

@@ -50,10 +50,14 @@ class MaskRCNN(tf_keras.Model):
                rpn_post_nms_topk_test: int = 1000, rpn_nms_threshold: float = 0.7,
                roi_samples_per_image: int = 512, roi_positive_fraction: float = 0.25,
                mask_rois_per_image: Optional[int] = None,
-               box_pool_size: int = 7, mask_pool_size: int = 14, sampling_ratio: int = 2,
+               box_pool_size: int = 7, mask_pool_size: int = 14, keypoint_pool_size: int = 14,
+               box_sampling_ratio: int = 2, mask_sampling_ratio: int = 2,
+               keypoint_sampling_ratio: int = 2, max_adaptive_samples: int = 4,
+               roi_align_aligned: bool = True, roi_level_epsilon: Optional[float] = None,
+               anchor_offset: float = 0.5, box_plus_one: bool = False,
+               rpn_per_level_post_nms_topk: bool = False,
                detections_per_image: int = 100, score_threshold: float = 0.05,
                nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0,
-               keypoint_pool_size: int = 14,
                cascade_heads: Sequence[Tuple[tf_keras.layers.Layer, tf_keras.layers.Layer]] = (),
                cascade_ious: Sequence[float] = (0.5,),
                cascade_box_weights: Sequence[Sequence[float]] = (roi_sampling.ROI_BOX_WEIGHTS,),
@@ -65,7 +69,7 @@ class MaskRCNN(tf_keras.Model):
     self._autocast = False
     self.backbone, self.fpn, self.rpn_head = backbone, fpn, rpn_head
     self.box_head, self.box_predictor, self.mask_head = box_head, box_predictor, mask_head
-    self.keypoint_head, self.keypoint_pool_size = keypoint_head, keypoint_pool_size
+    self.keypoint_head = keypoint_head
     self.num_classes = num_classes
     self.num_stages = 1 + len(cascade_heads)
     if len(cascade_ious) < self.num_stages or len(cascade_box_weights) < self.num_stages:
@@ -82,13 +86,18 @@ class MaskRCNN(tf_keras.Model):
     self.roi_levels = list(range(min_level, min(max_level, 5) + 1))
     self.feature_levels = list(range(min_level, max_level + 1))
     # The input pipeline labels anchors with the same arguments (one source of truth).
+    # Detectron's "+1" box convention (converted Detectron models; see layers/box_ops.py):
+    # 1.0 or 0.0, added to widths in box coding, clipping, NMS and level assignment.
+    self.box_plus_one = 1.0 if box_plus_one else 0.0
     self.anchor_kwargs = dict(min_level=min_level, max_level=max_level,
                               aspect_ratios=tuple(aspect_ratios), anchor_size=anchor_size,
-                              anchor_scales=tuple(anchor_scales))
+                              anchor_scales=tuple(anchor_scales), offset=anchor_offset,
+                              detectron_rounding=bool(box_plus_one))
     self.anchors = anchor_lib.multilevel_anchors(self.image_size, **self.anchor_kwargs)
     self.rpn_topk = {True: (rpn_pre_nms_topk_train, rpn_post_nms_topk_train),
                      False: (rpn_pre_nms_topk_test, rpn_post_nms_topk_test)}
     self.rpn_nms_threshold = rpn_nms_threshold
+    self.rpn_per_level_post_nms_topk = rpn_per_level_post_nms_topk
     self.roi_samples_per_image = roi_samples_per_image
     self.roi_positive_fraction = roi_positive_fraction
     # Foreground RoIs fed to the mask head: all of them (Detectron) by default; a smaller
@@ -96,7 +105,14 @@ class MaskRCNN(tf_keras.Model):
     self.mask_rois_per_image = min(mask_rois_per_image or roi_samples_per_image,
                                    int(roi_samples_per_image * roi_positive_fraction))
     self.box_pool_size, self.mask_pool_size = box_pool_size, mask_pool_size
-    self.sampling_ratio = sampling_ratio
+    self.keypoint_pool_size = keypoint_pool_size
+    # RoIAlign per head: (output size, samples per bin; 0 = adaptive, detectron2's model zoo).
+    self.poolers = {"box": (box_pool_size, box_sampling_ratio),
+                    "mask": (mask_pool_size, mask_sampling_ratio),
+                    "keypoint": (keypoint_pool_size, keypoint_sampling_ratio)}
+    self.pooler_kwargs = dict(aligned=roi_align_aligned, level_epsilon=roi_level_epsilon,
+                              box_plus_one=self.box_plus_one,
+                              max_adaptive_samples=max_adaptive_samples)
     self.detections_per_image = detections_per_image
     self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
     # Inference pools RoIs in chunks whose bilinear samples fit in this budget (None: all at
@@ -110,10 +126,13 @@ class MaskRCNN(tf_keras.Model):
       return {l: feats[l] for l in self.feature_levels}
     return self.fpn(feats, training=training)
 
-  def _pool(self, feats, boxes, size, training=True):
+  def _pool(self, feats, boxes, head: str, training=True):
+    """RoIAlign of boxes [B, N, 4] for `head` ("box", "mask", "keypoint") -> [B, N, S, S, C]."""
+    size, sampling_ratio = self.poolers[head]
     return multilevel_roi_align({l: feats[l] for l in self.roi_levels}, boxes, size,
-                                self.sampling_ratio, aligned=True,
-                                max_chunk_bytes=None if training else self.roi_chunk_bytes)
+                                sampling_ratio,
+                                max_chunk_bytes=None if training else self.roi_chunk_bytes,
+                                **self.pooler_kwargs)
 
   def _proposals(self, feats, image_size, training):
     scores, deltas = self.rpn_head(feats)
@@ -125,7 +144,8 @@ class MaskRCNN(tf_keras.Model):
     anchors = (self.anchors if padded == self.image_size
                else anchor_lib.multilevel_anchors(padded, **self.anchor_kwargs))
     props, valid = generate_proposals(scores, deltas, anchors, image_size, pre, post,
-                                      self.rpn_nms_threshold)
+                                      self.rpn_nms_threshold, self.rpn_per_level_post_nms_topk,
+                                      self.box_plus_one)
     return scores, deltas, props, valid
 
   def call(self, inputs: Dict[str, tf.Tensor], training=None):
@@ -147,7 +167,7 @@ class MaskRCNN(tf_keras.Model):
                                  self.roi_positive_fraction, fg_iou=self.cascade_ious[0],
                                  seeds=inputs.get("sample_seed"),
                                  box_weights=self.cascade_box_weights[0])
-    pooled = self._stage_input(self._pool(feats, s["rois"], self.box_pool_size))
+    pooled = self._stage_input(self._pool(feats, s["rois"], "box"))
     class_logits, box_deltas = self.box_predictor(self.box_head(pooled, training=True))
     levels = sorted(scores)
     outputs = dict(
@@ -168,7 +188,7 @@ class MaskRCNN(tf_keras.Model):
     num_fg = self.mask_rois_per_image
     mask_rois = s["rois"][:, :num_fg]
     mask_classes = s["classes"][:, :num_fg]
-    mask_feats = self._pool(feats, mask_rois, self.mask_pool_size)
+    mask_feats = self._pool(feats, mask_rois, "mask")
     mask_logits = self.mask_head(mask_feats, training=True)
     mask_logits = _select_class(mask_logits, mask_classes)
     targets = roi_sampling.mask_targets(mask_rois, s["gt_index"][:, :num_fg], gt_boxes,
@@ -201,7 +221,7 @@ class MaskRCNN(tf_keras.Model):
       t = cascade_lib.label_boxes(rois, s["weights"], gt_boxes, gt_classes, gt_valid,
                                   self.cascade_ious[k], self.cascade_box_weights[k])
       head, predictor = self._stage(k)
-      pooled = self._stage_input(self._pool(feats, rois, self.box_pool_size))
+      pooled = self._stage_input(self._pool(feats, rois, "box"))
       logits, deltas = predictor(head(pooled, training=True))
       out.update({f"class_logits_stage{k + 1}": logits, f"box_deltas_stage{k + 1}": deltas,
                   f"roi_classes_stage{k + 1}": t["classes"],
@@ -216,7 +236,7 @@ class MaskRCNN(tf_keras.Model):
     inside foreground RoIs)."""
     num_fg = self.mask_rois_per_image
     rois = s["rois"][:, :num_fg]
-    logits = self.keypoint_head(self._pool(feats, rois, self.keypoint_pool_size), training=True)
+    logits = self.keypoint_head(self._pool(feats, rois, "keypoint"), training=True)
     matched = tf.gather(gt_keypoints, s["gt_index"][:, :num_fg], batch_dims=1)
     bins, valid = keypoint_lib.keypoint_targets(matched, rois, logits.shape[-1])
     valid *= tf.cast(s["is_fg"][:, :num_fg], tf.float32)[..., None]
@@ -238,9 +258,15 @@ class MaskRCNN(tf_keras.Model):
                                      self.detections_per_image)
     return self.instance_outputs(feats, det)
 
+  def _plus_one(self):
+    """[4] offset from inclusive "+1" boxes to continuous ones (zeros by default)."""
+    return tf.constant([0.0, 0.0, self.box_plus_one, self.box_plus_one])
+
   def box_predictions(self, feats, image_size):
-    """Every proposal's per-class boxes [B, N, K-1, 4] (resized-image pixels) and scores
-    [B, N, K-1], before NMS. Cascade: the last stage's boxes and the stages' mean score."""
+    """Every proposal's per-class boxes [B, N, K-1, 4] (resized-image pixels, continuous
+    coordinates) and scores [B, N, K-1], before NMS. Cascade: the last stage's boxes and the
+    stages' mean score. A "+1" (inclusive) box is returned as the [x1, x2 + 1) it spans, which
+    also gives NMS Detectron's "+1" overlaps."""
     _, _, props, valid = self._proposals(feats, image_size, False)
     rois, deltas, all_probs = props, None, []
     for k in range(self.num_stages):
@@ -248,15 +274,15 @@ class MaskRCNN(tf_keras.Model):
       if k:
         rois = cascade_lib.refine_boxes(rois, deltas, self.cascade_box_weights[k - 1],
                                         image_size)
-      pooled = self._pool(feats, rois, self.box_pool_size, training=False)
+      pooled = self._pool(feats, rois, "box", training=False)
       logits, deltas = predictor(head(pooled, training=False))
       boxes, probs = postprocess.class_boxes(rois, valid, logits, deltas, image_size,
-                                             self.cascade_box_weights[k])
+                                             self.cascade_box_weights[k], self.box_plus_one)
       all_probs.append(probs)
       if k == 0:
         first_boxes = boxes
     if self.num_stages == 1:
-      return boxes, probs
+      return boxes + self._plus_one(), probs
     active = self.cascade_active
     return (tf.where(active, boxes, first_boxes),
             tf.where(active, tf.add_n(all_probs) / self.num_stages, all_probs[0]))
@@ -273,12 +299,13 @@ class MaskRCNN(tf_keras.Model):
   def keypoint_points(self, feats, boxes):
     """Keypoints [B, D, K, 3] (x, y, score; resized-image pixels) of boxes [B, D, 4]."""
     logits = self.keypoint_head(
-        self._pool(feats, boxes, self.keypoint_pool_size, training=False), training=False)
+        self._pool(feats, boxes, "keypoint", training=False), training=False)
     return keypoint_lib.decode_heatmaps(logits, boxes)
 
   def mask_probs(self, feats, boxes, classes):
     """Mask probabilities [B, D, 28, 28] relative to boxes [B, D, 4] for classes [B, D]."""
-    mask_feats = self._pool(feats, boxes, self.mask_pool_size, training=False)
+    # Detectron pools masks on its inclusive boxes.
+    mask_feats = self._pool(feats, boxes - self._plus_one(), "mask", training=False)
     mask_logits = _select_class(self.mask_head(mask_feats, training=False), classes)
     return tf.sigmoid(tf.cast(mask_logits, tf.float32))
 

@@ -9,8 +9,10 @@ from rethink_tf.modeling.roi_sampling import ROI_BOX_WEIGHTS
 
 
 def class_boxes(proposals, proposal_valid, class_logits, box_deltas, image_size,
-                box_weights=ROI_BOX_WEIGHTS):
+                box_weights=ROI_BOX_WEIGHTS, box_plus_one: float = 0.0):
   """Per-class boxes and scores of every proposal: softmax, decode, clip (no NMS).
+
+  `box_plus_one`: Detectron's "+1" box coding and clipping (layers/box_ops.py).
 
   Args:
     proposals: [B, N, 4]; proposal_valid: [B, N] bool.
@@ -24,8 +26,9 @@ def class_boxes(proposals, proposal_valid, class_logits, box_deltas, image_size,
   probs = probs * tf.cast(proposal_valid, tf.float32)[..., None]
   deltas = tf.cast(box_deltas, tf.float32)
   deltas = deltas[:, :, 1:, :] if deltas.shape[2] > 1 else deltas
-  boxes = box_ops.decode_boxes(deltas, proposals[:, :, None, :], box_weights)
-  boxes = box_ops.clip_boxes(boxes, tf.cast(image_size, tf.float32)[:, None, None, :])
+  boxes = box_ops.decode_boxes(deltas, proposals[:, :, None, :], box_weights, box_plus_one)
+  boxes = box_ops.clip_boxes(boxes, tf.cast(image_size, tf.float32)[:, None, None, :],
+                             box_plus_one)
   boxes = tf.broadcast_to(boxes, tf.concat([tf.shape(probs), [4]], 0))
   return boxes, probs
 

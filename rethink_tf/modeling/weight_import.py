@@ -21,7 +21,7 @@ BN_EPSILON = 1e-5
 # --------------------------------------------------------------------------------------------
 # Reading files.
 
-class _DataOnlyUnpickler(pickle.Unpickler):
+class DataOnlyUnpickler(pickle.Unpickler):
   """Admits numpy arrays and plain containers; any other global is refused."""
 
   ALLOWED = {
@@ -45,7 +45,7 @@ class _DataOnlyUnpickler(pickle.Unpickler):
 def load_pickle_blobs(path: str) -> Dict[str, np.ndarray]:
   """Detectron `.pkl`: {"blobs": {name: array}} or a flat {name: array} dict."""
   with open(path, "rb") as f:
-    data = _DataOnlyUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+    data = DataOnlyUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
   if isinstance(data, dict) and "blobs" in data:
     data = data["blobs"]
   if not isinstance(data, dict):
@@ -173,7 +173,7 @@ def vgg16_units(backbone) -> Iterator[Tuple[object, str, str]]:
     yield conv, f"features.{index}", name
 
 
-def _fc6_kernel(weight, fc_in_hwc):
+def fc6_kernel(weight, fc_in_hwc):
   """[out, C*7*7] (torch/Caffe2 flatten CHW) -> [7*7*C, out] for our NHWC flatten."""
   h, w, c = fc_in_hwc
   return weight.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)
@@ -197,7 +197,7 @@ def assign_vgg16(backbone, box_head, weights: Dict[str, np.ndarray], layout: str
     p = torch_prefix if layout == "torchvision" else name
     dense = box_head.fcs[fc_index]
     weight = _take(weights, w_key(p), used)
-    kernel = _fc6_kernel(weight, (7, 7, channels)) if name == "fc6" else weight.T
+    kernel = fc6_kernel(weight, (7, 7, channels)) if name == "fc6" else weight.T
     _set(dense.kernel, kernel, p)
     _set(dense.bias, _take(weights, b_key(p), used), p)
   ignored = ("classifier.6.", "fc8_", "pred_")  # the 1000-way ImageNet classifier

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TESTDATA
+from conftest import REPO_ROOT, TESTDATA, served_coco_results
 from export.export_saved_model import export, next_version
 from export.serving import SIGNATURES
 from rethink_tf import config
@@ -152,23 +152,6 @@ def loaded(exported):
   return tf.saved_model.load(exported[1])
 
 
-def _served_coco_results(loaded, records):
-  """COCO results from the exported model's tf_example signature (one batch, like the
-  evaluator's batch of 8)."""
-  out = {k: v.numpy() for k, v in
-         loaded.signatures["tf_example"](examples=tf.constant(records)).items()}
-  results = []
-  for i, record in enumerate(records):
-    ex = tf.train.Example.FromString(record)
-    image_id = int(ex.features.feature["image/source_id"].bytes_list.value[0])
-    n = int(out["num_detections"][i])
-    h, w = out["image_size"][i]
-    results += coco_evaluator.detections_to_coco(
-        image_id, out["detection_boxes"][i, :n], out["detection_scores"][i, :n],
-        out["detection_classes"][i, :n], out["detection_masks"][i, :n, :h, :w])
-  return results
-
-
 def test_exported_detections_equal_the_evaluation(trained, loaded):
   config.parse_gin([TINY])
   records, cfg = _val_records()
@@ -177,7 +160,7 @@ def test_exported_detections_equal_the_evaluation(trained, loaded):
                                  detections_per_image=MAX_DETECTIONS,
                                  score_threshold=SCORE_THRESHOLD)
   evaluated = predict_coco_results(model, cfg, batch_size=8)
-  served = _served_coco_results(loaded, records)
+  served = served_coco_results(loaded, records)
   assert len(evaluated) > 0 and len(served) == len(evaluated)
   for a, b in zip(served, evaluated):
     assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])

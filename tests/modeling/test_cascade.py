@@ -67,7 +67,7 @@ def _stage_scores(model, feats, image_size):
     head, predictor = model._stage(k)
     if k:
       rois = cascade.refine_boxes(rois, deltas, model.cascade_box_weights[k - 1], image_size)
-    logits, deltas = predictor(head(model._pool(feats, rois, 7, training=False)))
+    logits, deltas = predictor(head(model._pool(feats, rois, "box", training=False)))
     out.append(postprocess.class_boxes(rois, valid, logits, deltas, image_size,
                                        model.cascade_box_weights[k]))
   return out
