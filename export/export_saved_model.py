@@ -68,7 +68,8 @@ def export(checkpoint: str, export_dir: str, batch_size=None, max_detections: in
   preprocessing = dict(short_side=cfg.short_side, max_long_side=cfg.max_long_side,
                        padded_size=list(cfg.padded_size), pixel_mean=list(cfg.pixel_mean),
                        pixel_std=list(cfg.pixel_std), channel_order=cfg.channel_order,
-                       jpeg_dct_method=cfg.jpeg_dct_method)
+                       jpeg_dct_method=cfg.jpeg_dct_method,
+                       resize_antialias=cfg.resize_antialias)
   with tempfile.TemporaryDirectory() as scratch:
     cat_path = os.path.join(scratch, "categories.json")
     with open(cat_path, "w") as f:

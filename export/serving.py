@@ -108,8 +108,8 @@ class DetectionServer(tf.Module):
     model: `MaskRCNN` with variables created and restored (its `detect` is traced; the Keras
       object itself is not serialized, only its variables).
     preprocessing: dict with short_side, max_long_side, padded_size, pixel_mean, pixel_std,
-      channel_order and optionally jpeg_dct_method (the evaluation-time `InputConfig`
-      values).
+      channel_order and optionally jpeg_dct_method and resize_antialias (the
+      evaluation-time `InputConfig` values).
     category_ids: [K-1] dataset ids of contiguous classes 1..K-1; category_names: same length.
     binary_masks: detection_masks as uint8 {0, 1} (True) or float32 probabilities (False).
     batch_size: fixed batch of every signature, or None for any batch.
@@ -153,7 +153,8 @@ class DetectionServer(tf.Module):
   def _preprocess(self, image):
     p = self._pre
     resized, scale, size = resize_for_model(image, p["short_side"], p["max_long_side"],
-                                            p["padded_size"])
+                                            p["padded_size"],
+                                            antialias=p.get("resize_antialias", False))
     padded = normalize_and_pad(resized, p["pixel_mean"], p["pixel_std"], p["channel_order"],
                                p["padded_size"])
     return padded, size, scale, tf.shape(image)[:2]

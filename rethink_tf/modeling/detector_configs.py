@@ -345,7 +345,8 @@ def detectron2_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Det
   fmt_in = _require(cfg, "INPUT.FORMAT", ("BGR", "RGB"), path)
   inputs = _test_size(int(_get(cfg, "INPUT.MIN_SIZE_TEST")),
                       int(_get(cfg, "INPUT.MAX_SIZE_TEST")))
-  inputs.update(channel_order=fmt_in,
+  # detectron2 resizes uint8 images with PIL's bilinear filter (antialiased when shrinking).
+  inputs.update(channel_order=fmt_in, resize_antialias=True,
                 pixel_mean=tuple(float(v) for v in _get(cfg, "MODEL.PIXEL_MEAN")),
                 pixel_std=tuple(float(v) for v in _get(cfg, "MODEL.PIXEL_STD")))
   return DetectorSpec("detectron2", m, inputs, int(rh["NUM_CLASSES"]), counts, [2, 3, 4, 5])
