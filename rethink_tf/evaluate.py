@@ -1,11 +1,13 @@
 r"""Evaluates a checkpoint on the validation split (box and mask AP, pycocotools).
 
-  python -m rethink_tf.evaluate --gin_file=F --model_dir=D [--checkpoint=C] [--tta]
+  python -m rethink_tf.evaluate --gin_file=F --model_dir=D [--checkpoint=C] [--tta] \
+      [--results_file=detections.json]
 
 --checkpoint is a prefix or a directory (its latest checkpoint); without it the latest
 checkpoint of --model_dir is used. Prints the 12 COCO stats of box and mask AP as JSON.
 --tta evaluates with test-time augmentation as bound in gin (`TestTimeAugmentation.scales`,
-`.flip`, `.max_long_side`; Detectron's TEST.BBOX_AUG / MASK_AUG).
+`.flip`, `.max_long_side`; Detectron's TEST.BBOX_AUG / MASK_AUG). --results_file writes the
+detections in COCO's results format (boxes xywh in original pixels, RLE masks).
 """
 
 import json
@@ -35,7 +37,7 @@ def main(argv):
   except (FileNotFoundError, config.ConfigError) as e:
     sys.exit(f"error: {e}")
   tta = TestTimeAugmentation() if FLAGS.tta else None
-  metrics = run_evaluation(model, cfg, tta=tta)
+  metrics = run_evaluation(model, cfg, tta=tta, results_path=FLAGS.results_file)
   print(json.dumps({"checkpoint": path, **({"tta": vars(tta)} if tta else {}), **metrics}))
 
 
@@ -45,4 +47,6 @@ if __name__ == "__main__":
                       "--model_dir).")
   flags.DEFINE_bool("tta", False, "Evaluate with test-time augmentation (flip + the scales "
                     "bound to TestTimeAugmentation.scales).")
+  flags.DEFINE_string("results_file", None, "Also write the detections here (COCO results "
+                      "JSON).")
   app.run(main)

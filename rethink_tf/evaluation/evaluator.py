@@ -1,5 +1,6 @@
 """Runs the detector over the validation split and scores it with pycocotools (host side)."""
 
+import json
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -9,6 +10,7 @@ from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.evaluation import coco_evaluator
 from rethink_tf.evaluation.tta import TestTimeAugmentation, detect_tta
 from rethink_tf.modeling import postprocess
+from rethink_tf.training import run_files
 
 
 def to_original_image(det: Dict[str, np.ndarray], i: int, scale, orig_hw, category_ids,
@@ -92,16 +94,21 @@ def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
 
 
 def run_evaluation(model, cfg: InputConfig, batch_size: int = 8,
-                   tta: Optional[TestTimeAugmentation] = None) -> Dict[str, Dict[str, float]]:
+                   tta: Optional[TestTimeAugmentation] = None,
+                   results_path: Optional[str] = None) -> Dict[str, Dict[str, float]]:
   """{"bbox": {12 stats}, "segm": {12 stats}, "keypoints": {10 stats}} on the validation
   split ("segm" only for models with a mask head, "keypoints" for models with a keypoint head,
   OKS with `InputConfig.keypoint_oks_sigmas` or COCO's for its 17 person keypoints).
-  `tta`: with test-time augmentation (`evaluation/tta.py`)."""
+  `tta`: with test-time augmentation (`evaluation/tta.py`). `results_path`: the detections
+  are also written there, in COCO's results format (a JSON list, as detectron2's
+  `coco_instances_results.json`)."""
   if not cfg.val_annotations:
     raise ValueError("evaluation needs InputConfig.val_annotations (the COCO JSON of the "
                      "validation split)")
   gt = coco_evaluator.load_coco(cfg.val_annotations)
   results = predict_coco_results(model, cfg, batch_size, tta=tta)
+  if results_path:
+    run_files.write_text(results_path, json.dumps(results))
   iou_types = ("bbox", "segm") if model.mask_head is not None else ("bbox",)
   metrics = {iou: coco_evaluator.evaluate(gt, results, iou) for iou in iou_types}
   if getattr(model, "keypoint_head", None) is not None:

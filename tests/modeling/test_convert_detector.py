@@ -178,13 +178,16 @@ def test_level_assignment_follows_detectron2_above_p2(stages):
     np.testing.assert_array_equal(got, stages[f"img{k}/proposals/pooler_level"])
 
 
-def test_evaluate_gives_detectron2_ap(converted):
+def test_evaluate_gives_detectron2_detections_and_ap(converted, tmp_path):
   """`rethink_tf.evaluate --gin_file=DIR/model.gin --gin_file=<data gin> --checkpoint=DIR`
-  over the 200 synthetic validation images: detectron2's box and mask AP."""
+  over the 200 synthetic validation images: detectron2's detections (predictions_val.json,
+  one to one) and its box and mask AP."""
+  from pycocotools import mask as mask_utils
+  results = tmp_path / "detections.json"
   r = subprocess.run([sys.executable, "-m", "rethink_tf.evaluate",
                       f"--gin_file={converted}/model.gin", "--gin_file=gin_configs/data/synthetic.gin",
-                      f"--checkpoint={converted}"], cwd=REPO_ROOT, capture_output=True,
-                     text=True, timeout=900)
+                      f"--checkpoint={converted}", f"--results_file={results}"], cwd=REPO_ROOT,
+                     capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   metrics = json.loads(r.stdout.strip().splitlines()[-1])
   reference = json.load(open(os.path.join(D2, "eval.json")))["coco_stats_12"]
@@ -192,6 +195,25 @@ def test_evaluate_gives_detectron2_ap(converted):
     assert abs(metrics[iou]["AP"] - reference[iou]["AP"]) <= 0.002, (iou, metrics[iou]["AP"])
   print("AP (ours, detectron2):", {iou: (metrics[iou]["AP"], reference[iou]["AP"])
                                    for iou in ("bbox", "segm")})
+  ours = json.load(open(results))
+  theirs = json.load(open(os.path.join(D2, "predictions_val.json")))
+  by_image = {}
+  for d in theirs:
+    by_image.setdefault(d["image_id"], []).append(d)
+  assert len(by_image) > 150 and len(ours) == len(theirs) > 3000
+  matched, mask_ious = 0, []
+  for d in ours:
+    free = by_image.get(d["image_id"], [])
+    box_diff = [np.abs(np.subtract(t["bbox"], d["bbox"])).max() if t["category_id"] ==
+                d["category_id"] else np.inf for t in free]
+    if not box_diff or min(box_diff) > 0.01:
+      continue
+    t = free.pop(int(np.argmin(box_diff)))
+    if abs(t["score"] - d["score"]) <= 1e-4:
+      matched += 1
+      mask_ious.append(float(mask_utils.iou([d["segmentation"]], [t["segmentation"]], [0])[0, 0]))
+  assert matched / len(theirs) >= 0.99, (matched, len(theirs))
+  assert min(mask_ious) >= 0.98, min(mask_ious)
 
 
 def test_exported_converted_model_serves_the_evaluated_detections(converted, tmp_path):
