@@ -418,3 +418,113 @@ def test_config_without_num_blocks_derives_them_from_depth(tmp_path):
   assert cfg["MODEL"]["RESNETS"]["DEPTH"] == 101 and cfg["MODEL"]["RESNETS"]["NORM"] == "GN"
   assert cfg["INPUT"]["MIN_SIZE_TRAIN"] == (640, 672)
   assert cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 80  # detectron2's default
+
+
+# ---------------------------------------------------------------------------------------------
+# Cascade stages, keypoint head and conversion without a config.
+
+def _conv2d(x, w, pad):
+  """torch Conv2d (cross-correlation, stride 1): x [C, H, W], w [O, C, k, k] -> [O, H', W']."""
+  k = w.shape[-1]
+  x = np.pad(x, [(0, 0), (pad, pad), (pad, pad)])
+  h, wd = x.shape[1] - k + 1, x.shape[2] - k + 1
+  out = np.zeros([w.shape[0], h, wd])
+  for dy in range(k):
+    for dx in range(k):
+      out += np.einsum("oc,chw->ohw", w[:, :, dy, dx], x[:, dy:dy + h, dx:dx + wd])
+  return out
+
+
+def _conv_transpose2d(x, w, stride, pad):
+  """torch ConvTranspose2d: x [C, H, W], w [C, O, k, k] -> [O, (H-1)s - 2p + k, ...]."""
+  c, h, wd = x.shape
+  k = w.shape[-1]
+  full = np.zeros([w.shape[1], (h - 1) * stride + k, (wd - 1) * stride + k])
+  for y in range(h):
+    for xx in range(wd):
+      full[:, y * stride:y * stride + k, xx * stride:xx * stride + k] += np.einsum(
+          "c,cokl->okl", x[:, y, xx], w)
+  return full[:, pad:full.shape[1] - pad, pad:full.shape[2] - pad]
+
+
+def _upsample2x(x):
+  """torch interpolate(scale 2, bilinear, align_corners=False) of [C, H, W]."""
+  def axis(n):
+    src = np.clip((np.arange(2 * n) + 0.5) / 2 - 0.5, 0, n - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    return lo, hi, src - lo
+  (ylo, yhi, fy), (xlo, xhi, fx) = axis(x.shape[1]), axis(x.shape[2])
+  rows = x[:, ylo] * (1 - fy)[None, :, None] + x[:, yhi] * fy[None, :, None]
+  return rows[:, :, xlo] * (1 - fx) + rows[:, :, xhi] * fx
+
+
+def test_cascade_and_keypoint_heads_convert_by_detectron2_names(tmp_path, categories_json):
+  """detectron2's CascadeROIHeads (`box_head.{k}`, `box_predictor.{k}`, class-agnostic) and
+  KRCNNConvDeconvUpsampleHead (`conv_fcn{k}`, `score_lowres`, no norm): the converted stage
+  predictors equal the source tensors, and the keypoint head computes what detectron2's
+  layers compute (numpy reference of torch's conv, transposed conv and upsampling)."""
+  rng = np.random.default_rng(0)
+  d2 = detector_import.read_weights(PKL)
+  tensors = {k: v for k, v in d2.items() if not k.startswith(("roi_heads.box_head.",
+                                                              "roi_heads.box_predictor."))}
+  for k in range(3):
+    for name, value in d2.items():
+      if name.startswith("roi_heads.box_head."):
+        tensors[name.replace("box_head.", f"box_head.{k}.")] = value + k
+    tensors[f"roi_heads.box_predictor.{k}.cls_score.weight"] = rng.normal(size=(4, 256)) * .01
+    tensors[f"roi_heads.box_predictor.{k}.cls_score.bias"] = rng.normal(size=4)
+    tensors[f"roi_heads.box_predictor.{k}.bbox_pred.weight"] = rng.normal(size=(4, 256)) * .01
+    tensors[f"roi_heads.box_predictor.{k}.bbox_pred.bias"] = rng.normal(size=4)
+  kp = {"conv_fcn1.weight": (16, 64, 3, 3), "conv_fcn1.bias": (16,),
+        "conv_fcn2.weight": (16, 16, 3, 3), "conv_fcn2.bias": (16,),
+        "score_lowres.weight": (16, 4, 4, 4), "score_lowres.bias": (4,)}
+  for name, shape in kp.items():
+    tensors[f"roi_heads.keypoint_head.{name}"] = (rng.normal(size=shape) * 0.1).astype(np.float32)
+  tensors = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+  cfg = yaml.safe_load(open(CONFIG))
+  cfg["MODEL"]["ROI_HEADS"]["NAME"] = "CascadeROIHeads"
+  cfg["MODEL"]["KEYPOINT_ON"] = True
+  cfg["MODEL"]["ROI_KEYPOINT_HEAD"].update(CONV_DIMS=[16, 16], NUM_KEYPOINTS=4,
+                                           POOLER_SAMPLING_RATIO=2)
+  (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+  out = str(tmp_path / "cascade_keypoints")
+  _, _, model = convert_detector.convert("detectron2", _write_pkl(tmp_path / "m.pkl", tensors),
+                                         out, str(tmp_path / "config.yaml"), categories_json)
+  assert model.num_stages == 3 and bool(model.cascade_active.numpy())
+  stage3 = model.cascade_box_predictors[1]
+  src = tensors["roi_heads.box_predictor.2.bbox_pred.weight"]
+  np.testing.assert_array_equal(stage3.bbox_pred.kernel.numpy(), src.T[:, [1, 0, 3, 2]])
+  src = tensors["roi_heads.box_predictor.2.cls_score.bias"]
+  np.testing.assert_array_equal(stage3.cls_score.bias.numpy(), np.roll(src, 1))
+  np.testing.assert_array_equal(model.cascade_box_heads[1].fcs[0].bias.numpy(),
+                                d2["roi_heads.box_head.fc1.bias"] + 2)
+  x = rng.normal(size=(64, 14, 14)).astype(np.float32)
+  ours = model.keypoint_head(tf.constant(x.transpose(1, 2, 0)[None, None]),
+                             training=False).numpy()[0, 0]                  # [K, 56, 56]
+  t = lambda n: tensors[f"roi_heads.keypoint_head.{n}"]
+  h = np.maximum(_conv2d(x, t("conv_fcn1.weight"), 1) + t("conv_fcn1.bias")[:, None, None], 0)
+  h = np.maximum(_conv2d(h, t("conv_fcn2.weight"), 1) + t("conv_fcn2.bias")[:, None, None], 0)
+  h = _conv_transpose2d(h, t("score_lowres.weight"), 2, 1) + t("score_lowres.bias")[:, None, None]
+  ref = _upsample2x(h)
+  assert ours.shape == ref.shape == (4, 56, 56)
+  np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(ref).max())
+
+
+def test_conversion_without_config_reads_the_architecture_from_the_weights():
+  """No --config: the weights give the same architecture as the run's config.yaml (the test
+  sizes and anchors then are detectron2's COCO defaults)."""
+  tensors = detector_import.read_weights(PKL)
+  with_config = detector_configs.detectron2_spec(
+      detector_configs.read_config(CONFIG, "detectron2"), tensors, CONFIG)
+  without = detector_configs.detectron2_spec(
+      detector_configs.default_config("detectron2", tensors), tensors, PKL)
+  architecture = ("norm", "fpn_norm", "head_norm", "block_counts", "groups", "width_per_group",
+                  "width_multiplier", "fpn_channels", "box_head_type", "box_head_num_conv",
+                  "head_conv_dim", "head_fc_dim", "mask_on", "mask_head_num_conv",
+                  "mask_head_conv_dim", "stride_in_1x1")
+  assert {k: without.model[k] for k in architecture} == {k: with_config.model[k]
+                                                         for k in architecture}
+  assert without.num_classes == with_config.num_classes == 3
+  assert without.model["anchor_size"] == 8.0 and without.model["box_sampling_ratio"] == 0
+  assert without.inputs["pixel_std"] == (1.0, 1.0, 1.0) and without.inputs["short_side"] == 800
