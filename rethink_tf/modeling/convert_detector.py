@@ -79,8 +79,9 @@ def convert(fmt: str, input_path: str, output: str, config_path=None, categories
   """Converts and writes DIR; returns (checkpoint prefix, number of tensors used)."""
   if fmt not in detector_configs.FORMATS:
     raise ConversionError(f"--format={fmt!r} is not one of {detector_configs.FORMATS}")
-  if os.path.exists(output) and os.listdir(output):
-    raise ConversionError(f"{output} exists and is not empty: conversions never overwrite")
+  if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+    raise ConversionError(f"{output} exists and is not an empty directory: conversions never "
+                          "overwrite")
   tensors = detector_import.read_weights(input_path)
   if config_path:
     cfg = detector_configs.read_config(config_path, fmt)

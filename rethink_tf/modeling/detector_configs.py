@@ -387,7 +387,8 @@ def detectron_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Dete
                       f"{counts} blocks per stage")
   _require(cfg, "FPN.EXTRA_CONV_LEVELS", (False,), path)
   _require(cfg, "RESNETS.RES5_DILATION", (1,), path)
-  _require(cfg, "MRCNN.DILATION", (1,), path) if _get(cfg, "MODEL.MASK_ON") else None
+  if _get(cfg, "MODEL.MASK_ON"):
+    _require(cfg, "MRCNN.DILATION", (1,), path)
   if _get(cfg, "MODEL.KEYPOINTS_ON"):
     raise SpecError(f"{path}: MODEL.KEYPOINTS_ON: Detectron's keypoint head (its fixed "
                     "bilinear upsampling layer) is not supported; convert detectron2 keypoint "

@@ -106,7 +106,7 @@ class _Scheme:
   def bias(self, p):
     return f"{p}.bias" if self.fmt == "detectron2" else f"{p}_b"
 
-  def norm(self, p, kind="gn"):
+  def norm(self, p):
     """Norm parameter names {gamma, beta[, moving_mean, moving_variance]} of conv `p`."""
     if self.fmt == "detectron2":
       n = f"{p}.norm"
@@ -232,8 +232,7 @@ class _Assigner:
     if unused:
       raise ImportError_(f"{self.path}: {len(unused)} tensors match no variable of the model: "
                          f"{', '.join(unused[:12])}{' ...' if len(unused) > 12 else ''}")
-    unset = [v.name for v in model.variables
-             if v.ref() not in self.assigned and v.trainable]
+    unset = [v.name for v in model.variables if v.ref() not in self.assigned]
     if unset:
       raise ImportError_(f"{self.path}: {len(unset)} variables were not matched by any tensor: "
                          f"{', '.join(unset[:12])}")
@@ -285,8 +284,9 @@ def assign(model, tensors: Dict[str, np.ndarray], fmt: str, block_counts, path: 
       else:
         a.conv(fc, name, scheme)
     _assign_predictor(a, predictor, pred, scheme)
-  if len(stages) > 1:
+  if len(stages) > 1:  # a trained Cascade R-CNN: every stage takes part in inference
     model.cascade_active.assign(True)
+    a.assigned.add(model.cascade_active.ref())
 
   if model.mask_head is not None:
     mh = model.mask_head

@@ -131,6 +131,10 @@ def build_for_training(cfg: InputConfig):
         f"build_model.num_keypoints = {num_keypoints} but InputConfig.keypoint_names names "
         f"{len(cfg.keypoint_names)} keypoints: bind both (the head's outputs are the data's "
         "keypoints)")
+  if model.box_plus_one:
+    raise run_config.ConfigError(
+        "build_model.box_plus_one (Detectron's \"+1\" box widths) is for converted Detectron "
+        "models at inference: training encodes continuous boxes; leave it False to train")
   init_lib.validate(mode, model.backbone.norm, model.backbone.freeze_at, checkpoint)
   if convention and convention.get("stride_in_1x1", False) != model.backbone.stride_in_1x1:
     raise init_lib.InitError(

@@ -116,3 +116,12 @@ def test_pretrained_input_convention_and_layout_are_enforced(tmp_path):
   config.parse_gin(["gin_configs/testing/tiny.gin"], pretrained + ["build_model.stride_in_1x1=True"])
   with pytest.raises(InitError, match="stride_in_1x1"):
     Trainer(str(tmp_path / "run2"), distribute.get_strategy("one_device"))
+
+
+def test_training_with_detectron_box_convention_is_refused():
+  """Detectron's "+1" boxes exist for converted models at inference; training encodes
+  continuous boxes, so a run binding it stops before building anything else."""
+  from rethink_tf.run_config import ConfigError
+  config.parse_gin(["gin_configs/testing/tiny.gin"], ["build_model.box_plus_one = True"])
+  with pytest.raises(ConfigError, match="box_plus_one"):
+    build_for_training(InputConfig(padded_size=(64, 64)))

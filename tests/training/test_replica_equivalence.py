@@ -1,57 +1,28 @@
-"""Splitting the global batch over replicas changes nothing: 2 replicas x 1 image train exactly
-as 1 replica x 2 images (SyncBN vs BN, GN vs GN), step after step."""
+"""2 replicas x 1 image train exactly as 1 replica x 2 images: the cases in
+replica_equivalence_cases.py, run in a process with TF_ENABLE_ONEDNN_OPTS=0.
 
-import numpy as np
-import pytest
-import tf_keras
+oneDNN's convolution kernels block their work by batch size, so on some CPUs a batch of 2 and
+two batches of 1 round differently: measured on an AMD EPYC host, after 3 steps 24 of the tiny
+model's 103 variables (the norm betas, which start at 0 and move by ~1e-5) differed by up to
+2e-7, 0.1-0.3% of their update, while every loss agreed to 1e-7. With TensorFlow's own kernels
+the two runs are identical there (0 of 103 variables differ), so the cases keep their 1e-5
+tolerance and test the strategy code, not a kernel library's rounding.
+"""
 
-from conftest import copy_weights, run_steps
-from rethink_tf import config
-from rethink_tf.training import distribute
-from rethink_tf.training.trainer import Trainer
+import os
+import re
+import subprocess
+import sys
 
-RTOL = 1e-5
+from conftest import REPO_ROOT
 
-
-def _trainer(tmp_path, name, strategy, params):
-  config.parse_gin(["gin_configs/testing/tiny.gin"],
-                   ["TrainConfig.global_batch_size = 2", *params])
-  return Trainer(str(tmp_path / name), strategy)
-
-
-def _assert_same_training(one, two, losses_one, losses_two):
-  for a, b in zip(losses_one, losses_two):
-    assert a.keys() == b.keys()
-    for k in a:
-      assert b[k] == pytest.approx(a[k], rel=RTOL, abs=1e-7), (k, a[k], b[k])
-  for a, b in zip(one.model.variables, two.model.variables):
-    x, y = a.numpy(), b.numpy()
-    np.testing.assert_allclose(y, x, rtol=RTOL, atol=RTOL * max(np.abs(x).max(), 1e-3),
-                               err_msg=a.name)
+CASES = "tests/training/replica_equivalence_cases.py"
 
 
-@pytest.mark.parametrize("norms", [("BN", "SyncBN"), ("GN", "GN")], ids=["bn_syncbn", "gn"])
-def test_two_replicas_of_one_image_equal_one_replica_of_two(norms, tmp_path, mirrored_strategy):
-  single_norm, multi_norm = norms
-  one = _trainer(tmp_path, "one", distribute.get_strategy("one_device"),
-                 [f"build_model.norm = '{single_norm}'"])
-  two = _trainer(tmp_path, "two", mirrored_strategy, [f"build_model.norm = '{multi_norm}'"])
-  assert two.strategy.num_replicas_in_sync == 2
-  copy_weights(one, two)
-  losses_one, losses_two = run_steps(one, 1), run_steps(two, 1)
-  assert all(np.isfinite(v) for v in losses_one[0].values())
-  _assert_same_training(one, two, losses_one, losses_two)
-  if single_norm == "BN":  # synchronized layers, whose statistics were updated
-    norms = [l for l in two.model.backbone.submodules
-             if isinstance(l, tf_keras.layers.BatchNormalization)]
-    assert norms and all(l.synchronized for l in norms)
-    assert all(np.abs(l.moving_mean.numpy()).max() > 0 for l in norms)
-
-
-def test_mirrored_and_one_device_losses_match_overrun_steps(tmp_path, mirrored_strategy):
-  one = _trainer(tmp_path, "one", distribute.get_strategy("one_device"), [])
-  two = _trainer(tmp_path, "two", mirrored_strategy, [])
-  copy_weights(one, two)
-  losses_one, losses_two = run_steps(one, 3), run_steps(two, 3)
-  assert losses_one[0]["total_loss"] != losses_one[2]["total_loss"]
-  _assert_same_training(one, two, losses_one, losses_two)
+def test_replica_splits_train_identically():
+  env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
+  r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", CASES],
+                     cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+  summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:]
+  assert r.returncode == 0, r.stdout[-6000:]
+  assert re.search(r"\b3 passed\b", summary) and "failed" not in summary, summary
