@@ -50,8 +50,7 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                 box_sampling_ratio: int = 2, mask_sampling_ratio: int = 2,
                 keypoint_sampling_ratio: int = 2, max_adaptive_samples: int = 4,
                 roi_align_aligned: bool = True, roi_level_epsilon: Optional[float] = None,
-                anchor_offset: float = 0.5, box_plus_one: bool = False,
-                rpn_per_level_post_nms_topk: bool = False) -> MaskRCNN:
+                anchor_offset: float = 0.5, box_plus_one: bool = False) -> MaskRCNN:
   """Builds Mask R-CNN FPN. `num_classes` counts background (81 for COCO).
 
   `fpn_norm="same"` uses `norm` in the FPN too (the paper's GN models); pass None for
@@ -74,8 +73,8 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
   axis; `roi_align_aligned`: detectron2's ROIAlignV2 half-pixel shift, False for
   Detectron's RoIAlign), `roi_level_epsilon` (see `layers.roi_align.assign_levels`),
   `anchor_offset` (0.5: centres at (i + 0.5) * stride; detectron2's OFFSET 0.0),
-  `box_plus_one` (Detectron's "+1" box widths, its rounded anchors; inference only) and
-  `rpn_per_level_post_nms_topk` (Detectron keeps the post-NMS top-k per level, then overall).
+  `box_plus_one` (Detectron's "+1" box widths, its rounded anchors and proposal filter;
+  inference only).
   """
   if backbone not in BACKBONES:
     raise ValueError(f"build_model.backbone {backbone!r} is not one of {BACKBONES}")
@@ -151,7 +150,6 @@ def build_model(num_classes: int = 81, image_size: Sequence[int] = (1344, 1344),
                   max_adaptive_samples=max_adaptive_samples, roi_align_aligned=roi_align_aligned,
                   roi_level_epsilon=roi_level_epsilon, anchor_offset=anchor_offset,
                   box_plus_one=box_plus_one,
-                  rpn_per_level_post_nms_topk=rpn_per_level_post_nms_topk,
                   cascade_heads=cascade_heads,
                   cascade_ious=tuple(cascade_ious) or (0.5,),
                   cascade_box_weights=cascade_box_weights if cascade else (ROI_BOX_WEIGHTS,))

@@ -449,8 +449,7 @@ def detectron_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Dete
     raise SpecError(f"{path}: FPN levels other than RPN P2-P6 and RoI P2-P5 are not supported")
   m.update(anchor_size=float(fpn["RPN_ANCHOR_START_SIZE"]) / 4.0,
            aspect_ratios=tuple(1.0 / float(r) for r in fpn["RPN_ASPECT_RATIOS"]),
-           box_plus_one=True, roi_align_aligned=False, roi_level_epsilon=1e-6,
-           rpn_per_level_post_nms_topk=True)
+           box_plus_one=True, roi_align_aligned=False, roi_level_epsilon=1e-6)
   te, tr = _get(cfg, "TEST"), _get(cfg, "TRAIN")
   _require(cfg, "TEST.RPN_MIN_SIZE", (0,), path)
   m.update(rpn_pre_nms_topk_test=int(te["RPN_PRE_NMS_TOP_N"]),

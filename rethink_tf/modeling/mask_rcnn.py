@@ -55,7 +55,6 @@ class MaskRCNN(tf_keras.Model):
                keypoint_sampling_ratio: int = 2, max_adaptive_samples: int = 4,
                roi_align_aligned: bool = True, roi_level_epsilon: Optional[float] = None,
                anchor_offset: float = 0.5, box_plus_one: bool = False,
-               rpn_per_level_post_nms_topk: bool = False,
                detections_per_image: int = 100, score_threshold: float = 0.05,
                nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0,
                cascade_heads: Sequence[Tuple[tf_keras.layers.Layer, tf_keras.layers.Layer]] = (),
@@ -97,7 +96,6 @@ class MaskRCNN(tf_keras.Model):
     self.rpn_topk = {True: (rpn_pre_nms_topk_train, rpn_post_nms_topk_train),
                      False: (rpn_pre_nms_topk_test, rpn_post_nms_topk_test)}
     self.rpn_nms_threshold = rpn_nms_threshold
-    self.rpn_per_level_post_nms_topk = rpn_per_level_post_nms_topk
     self.roi_samples_per_image = roi_samples_per_image
     self.roi_positive_fraction = roi_positive_fraction
     # Foreground RoIs fed to the mask head: all of them (Detectron) by default; a smaller
@@ -144,8 +142,7 @@ class MaskRCNN(tf_keras.Model):
     anchors = (self.anchors if padded == self.image_size
                else anchor_lib.multilevel_anchors(padded, **self.anchor_kwargs))
     props, valid = generate_proposals(scores, deltas, anchors, image_size, pre, post,
-                                      self.rpn_nms_threshold, self.rpn_per_level_post_nms_topk,
-                                      self.box_plus_one)
+                                      self.rpn_nms_threshold, self.box_plus_one)
     return scores, deltas, props, valid
 
   def call(self, inputs: Dict[str, tf.Tensor], training=None):

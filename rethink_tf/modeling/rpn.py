@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras
 
 from rethink_tf.layers import box_ops
-from rethink_tf.layers.nms import batched_nms_padded, nms_padded
+from rethink_tf.layers.nms import batched_nms_padded
 
 
 @tf_keras.utils.register_keras_serializable(package="rethink_tf")
@@ -47,15 +47,17 @@ class RPNHead(tf_keras.layers.Layer):
 def generate_proposals(scores: Dict[int, tf.Tensor], deltas: Dict[int, tf.Tensor],
                        anchors: Dict[int, tf.Tensor], image_size, pre_nms_topk: int,
                        post_nms_topk: int, nms_threshold: float = 0.7,
-                       per_level_post_nms_topk: bool = False, box_plus_one: float = 0.0):
+                       box_plus_one: float = 0.0):
   """Top-k per level, decode, clip, drop empty boxes, per-level NMS, then the best
   `post_nms_topk` over all levels.
 
-  This is detectron2's FPN rule (`proposal_utils.find_top_rpn_proposals`). Detectron's
-  (`ops/generate_proposals.py` + `collect_and_distribute_fpn_rpn_proposals.collect`) also
-  keeps at most `post_nms_topk` per level after its NMS (`per_level_post_nms_topk`), measures
-  boxes with "+1" widths (`box_plus_one=1`: decoding, clipping to [0, w - 1], NMS overlaps)
-  and keeps only boxes at least 1 px wide whose centre lies inside the image.
+  This is detectron2's FPN rule (`proposal_utils.find_top_rpn_proposals`) and Detectron's
+  (`ops/generate_proposals.py` + `collect_and_distribute_fpn_rpn_proposals.collect`), which
+  also keeps the best `post_nms_topk` of each level before the overall top-k: with the same k
+  that changes nothing (every box of the overall top-k is within its level's top-k).
+  `box_plus_one=1` is Detectron's box convention ("+1" widths in decoding, clipping to
+  [0, w - 1] and NMS overlaps; boxes kept when at least 1 px wide with their centre inside the
+  image).
 
   Args:
     scores: level -> [B, A_l] logits; deltas: level -> [B, A_l, 4]; anchors: level -> [A_l, 4].
@@ -82,21 +84,14 @@ def generate_proposals(scores: Dict[int, tf.Tensor], deltas: Dict[int, tf.Tensor
     keep = [tf.logical_and(b[..., 2] > b[..., 0], b[..., 3] > b[..., 1]) for b in all_boxes]
   # NMS overlaps measured on continuous boxes: an inclusive box spans [x1, x2 + 1).
   one = tf.constant([0.0, 0.0, box_plus_one, box_plus_one])
-  if per_level_post_nms_topk:
-    boxes, scores_cat, nonempty = _per_level_nms(all_boxes, all_scores, keep, post_nms_topk,
-                                                 nms_threshold, one)
-    top_s, idx = tf.math.top_k(scores_cat, k=min(post_nms_topk, scores_cat.shape[1]))
-    valid = top_s > -1e9
-  else:
-    boxes = tf.concat(all_boxes, 1)
-    nonempty = tf.concat(keep, 1)
-    scores_cat = tf.where(nonempty, tf.concat(all_scores, 1), -1e9)
-    idx, valid = batched_nms_padded(boxes + one, scores_cat, tf.concat(all_levels, 1),
-                                    post_nms_topk, nms_threshold)
+  boxes = tf.concat(all_boxes, 1)
+  nonempty = tf.concat(keep, 1)
+  scores_cat = tf.where(nonempty, tf.concat(all_scores, 1), -1e9)
+  idx, valid = batched_nms_padded(boxes + one, scores_cat, tf.concat(all_levels, 1),
+                                  post_nms_topk, nms_threshold)
   props = tf.gather(boxes, idx, batch_dims=1)
   valid = tf.logical_and(valid, tf.gather(nonempty, idx, batch_dims=1))
   props = tf.where(valid[..., None], props, 0.0)
-  props, valid = _pad_proposals(props, valid, post_nms_topk)
   return tf.stop_gradient(props), valid
 
 
@@ -108,26 +103,3 @@ def _detectron_keep(boxes, size):
   return tf.reduce_all(tf.stack([hs >= 1.0, ws >= 1.0,
                                  boxes[..., 0] + hs / 2.0 < size[..., 0],
                                  boxes[..., 1] + ws / 2.0 < size[..., 1]]), axis=0)
-
-
-def _per_level_nms(all_boxes, all_scores, keep, post_nms_topk, nms_threshold, one):
-  """NMS within each level, the first `post_nms_topk` survivors of each kept (Detectron).
-  Returns the survivors of all levels concatenated: boxes, scores (-1e9 = dropped), valid."""
-  boxes, scores, valid = [], [], []
-  for b, s, k in zip(all_boxes, all_scores, keep):
-    s = tf.where(k, s, -1e9)
-    idx, ok = nms_padded(b + one, s, min(post_nms_topk, s.shape[1]), nms_threshold)
-    ok = tf.logical_and(ok, tf.gather(k, idx, batch_dims=1))
-    boxes.append(tf.gather(b, idx, batch_dims=1))
-    scores.append(tf.where(ok, tf.gather(s, idx, batch_dims=1), -1e9))
-    valid.append(ok)
-  return tf.concat(boxes, 1), tf.concat(scores, 1), tf.concat(valid, 1)
-
-
-def _pad_proposals(props, valid, count: int):
-  """Pads [B, K, 4] / [B, K] to `count` entries (fewer anchors than proposals: tiny inputs)."""
-  missing = count - props.shape[1]
-  if missing <= 0:
-    return props, valid
-  return (tf.pad(props, [[0, 0], [0, missing], [0, 0]]),
-          tf.pad(valid, [[0, 0], [0, missing]], constant_values=False))

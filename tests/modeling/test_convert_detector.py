@@ -316,7 +316,6 @@ def test_detectron_blob_names_convert_to_the_same_checkpoint(converted, categori
     np.testing.assert_array_equal(ours.get_tensor(name), ref.get_tensor(name), err_msg=name)
   gin_text = open(os.path.join(out, "model.gin")).read()
   for binding in ("build_model.box_plus_one = True", "build_model.roi_align_aligned = False",
-                  "build_model.rpn_per_level_post_nms_topk = True",
                   "InputConfig.pixel_mean = (102.9801, 115.9465, 122.7717)"):
     assert binding in gin_text, binding
 
