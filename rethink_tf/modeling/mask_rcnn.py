@@ -84,10 +84,10 @@ class MaskRCNN(tf_keras.Model):
     self.image_size = tuple(int(s) for s in image_size)
     self.roi_levels = list(range(min_level, min(max_level, 5) + 1))
     self.feature_levels = list(range(min_level, max_level + 1))
-    # The input pipeline labels anchors with the same arguments (one source of truth).
     # Detectron's "+1" box convention (converted Detectron models; see layers/box_ops.py):
     # 1.0 or 0.0, added to widths in box coding, clipping, NMS and level assignment.
     self.box_plus_one = 1.0 if box_plus_one else 0.0
+    # The input pipeline labels anchors with the same arguments (one source of truth).
     self.anchor_kwargs = dict(min_level=min_level, max_level=max_level,
                               aspect_ratios=tuple(aspect_ratios), anchor_size=anchor_size,
                               anchor_scales=tuple(anchor_scales), offset=anchor_offset,
