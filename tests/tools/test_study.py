@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from rethink_tf.tools import study, study_plan
-from rethink_tf.tools.study_plan import Segment, StudyConfig
+from rethink_tf.tools import study
+from rethink_tf.training import study_plan
+from rethink_tf.training.study_plan import Segment, StudyConfig
 
 
 def _cfg(**kw):
