@@ -142,8 +142,9 @@ def roi_align(features, boxes, output_size: int, spatial_scale: float, sampling_
   n = tf.shape(boxes)[1]
   flat = tf.reshape(features, [b, -1, features.shape[-1]])
   full = lambda v: tf.fill([b, n], v)
-  return roi_align_flat(flat, full(0), full(h), full(w), full(tf.constant(spatial_scale, tf.float32)),
-                         boxes, output_size, sampling_ratio, aligned, max_adaptive_samples)
+  scale = full(tf.constant(spatial_scale, tf.float32))
+  return roi_align_flat(flat, full(0), full(h), full(w), scale, boxes, output_size,
+                        sampling_ratio, aligned, max_adaptive_samples)
 
 
 def assign_levels(boxes, min_level: int, max_level: int, log_epsilon: Optional[float] = None,

@@ -368,7 +368,8 @@ _DETECTRON_BODIES = {"FPN.add_fpn_ResNet50_conv5_body": 50,
                      "FPN.add_fpn_ResNet101_conv5_body": 101,
                      "FPN.add_fpn_ResNet152_conv5_body": 152}
 _DETECTRON_BOX_HEADS = ("fast_rcnn_heads.add_roi_Xconv1fc_gn_head",
-                        "fast_rcnn_heads.add_roi_Xconv1fc_head", "fast_rcnn_heads.add_roi_2mlp_head")
+                        "fast_rcnn_heads.add_roi_Xconv1fc_head",
+                        "fast_rcnn_heads.add_roi_2mlp_head")
 # mask_rcnn_heads.mask_rcnn_fcn_head_v1up (2 convs), _v1up4convs[_gn]; N convs other than 4
 # are Detectron's mask_rcnn_fcn_head_v1upXconvs[_gn] with num_convs = N.
 _DETECTRON_MASK_HEAD = re.compile(r"mask_rcnn_heads\.mask_rcnn_fcn_head_v1up(?:(\d+)convs)?(_gn)?$")

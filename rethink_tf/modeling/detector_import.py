@@ -6,18 +6,25 @@ Detectron `model_final.pkl` ({"blobs": {name: array}}), through the same restric
 as the backbone converter (a pickle that would run code is refused). `assign` loads the
 tensors into a built `MaskRCNN`; every variable must be matched and every tensor used.
 
-Names and layouts (source -> ours; detectron2 / Detectron):
-
-| part | detectron2 | Detectron | layout change |
-|---|---|---|---|
-| stem, bottlenecks | `backbone.bottom_up.stem.conv1`, `...res{s}.{i}.conv{1,2,3}`, `.shortcut` (+ `.norm`) | `conv1`, `res{s}_{i}_branch2{a,b,c}`, `_branch1` (+ `_gn` / `_bn`) | conv OIHW -> HWIO |
-| FPN | `backbone.fpn_lateral{l}`, `backbone.fpn_output{l}` | `fpn_inner_res{l}_{n}_sum[_lateral]`, `fpn_res{l}_{n}_sum` | |
-| RPN | `proposal_generator.rpn_head.{conv,objectness_logits,anchor_deltas}` | `conv_rpn_fpn2`, `rpn_cls_logits_fpn2`, `rpn_bbox_pred_fpn2` | deltas (dx, dy, dw, dh) -> (dy, dx, dh, dw) |
-| box head | `roi_heads.box_head.conv{k}`, `.fc{k}` | `head_conv{k}`, `fc6`, `fc7` | first fc: CHW -> HWC flatten |
-| box predictor | `roi_heads.box_predictor.{cls_score,bbox_pred}` | `cls_score`, `bbox_pred` | background last -> first; detectron2 has no background box (zeros here) |
-| mask head | `roi_heads.mask_head.mask_fcn{k}`, `.deconv`, `.predictor` | `_mask_fcn{k}` (`_[mask]_fcn{k}` without GN), `conv5_mask`, `mask_fcn_logits` | detectron2 has no background mask (zeros here) |
-| keypoint head | `roi_heads.keypoint_head.conv_fcn{k}`, `.score_lowres` | (not supported) | |
-| cascade stage k | `roi_heads.box_head.{k}`, `roi_heads.box_predictor.{k}` | (none) | |
+Names and layouts (source -> ours), detectron2 | Detectron:
+- stem and bottlenecks: `backbone.bottom_up.stem.conv1`, `...res{s}.{i}.conv{1,2,3}`,
+  `.shortcut` (+ `.norm`) | `conv1`, `res{s}_{i}_branch2{a,b,c}`, `_branch1` (+ `_gn` /
+  `_bn`); conv kernels OIHW -> HWIO.
+- FPN: `backbone.fpn_lateral{l}`, `backbone.fpn_output{l}` | `fpn_inner_res{l}_{n}_sum`
+  (`..._lateral` below P5), `fpn_res{l}_{n}_sum`, n = the stage's last block.
+- RPN: `proposal_generator.rpn_head.{conv,objectness_logits,anchor_deltas}` | `conv_rpn_fpn2`,
+  `rpn_cls_logits_fpn2`, `rpn_bbox_pred_fpn2` (shared by all levels); deltas reordered from
+  (dx, dy, dw, dh) to (dy, dx, dh, dw).
+- box head: `roi_heads.box_head.conv{k}`, `.fc{k}` | `head_conv{k}`, `fc6`, `fc7`; the first
+  fc's input from a CHW to an HWC flatten.
+- box predictor: `roi_heads.box_predictor.{cls_score,bbox_pred}` | `cls_score`, `bbox_pred`;
+  detectron2's background logit moves from last to first and its missing background box is
+  zeros here.
+- mask head: `roi_heads.mask_head.mask_fcn{k}`, `.deconv`, `.predictor` | `_mask_fcn{k}`
+  (`_[mask]_fcn{k}` without GN), `conv5_mask`, `mask_fcn_logits`; detectron2's missing
+  background mask is zeros here.
+- keypoint head: `roi_heads.keypoint_head.conv_fcn{k}`, `.score_lowres` | (not supported).
+- cascade stage k: `roi_heads.box_head.{k}`, `roi_heads.box_predictor.{k}` | (none).
 
 Weights are `.weight` / `.bias` (detectron2) or `_w` / `_b` (Detectron); norms are
 `.norm.weight/.bias[/.running_mean/.running_var]` or `_gn_s/_gn_b`, `_bn_s/_bn_b` (Detectron's

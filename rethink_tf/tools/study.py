@@ -7,7 +7,8 @@ Runs, each as its own process (the commands a user would type):
      (the stand-in for ImageNet), into OUTPUT_DIR/pretrain;
   2. `rethink_tf.train` from that checkpoint (init `pretrained`) and from random init (init
      `scratch`), at each schedule length of `StudyConfig.schedules`, evaluated periodically;
-     shorter schedules fork off the longest one before their first LR decay (training/study_plan.py);
+     shorter schedules fork off the longest one before their first LR decay
+     (training/study_plan.py);
   3. the less-data arm: both inits on `StudyConfig.less_data_num_train` training images;
 then writes OUTPUT_DIR/report.md with the figures (AP against iterations with LR drops, AP
 against images seen including pre-training, final AP against schedule length, the less-data

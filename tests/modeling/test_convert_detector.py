@@ -79,7 +79,8 @@ def test_conversion_writes_checkpoint_gin_and_categories(converted):
   gin_text = open(os.path.join(converted, "model.gin")).read()
   for binding in ("build_model.anchor_offset = 0.0", "build_model.aspect_ratios = (2.0, 1.0, 0.5)",
                   "build_model.roi_align_aligned = True", "build_model.block_counts = (1, 1, 1, 1)",
-                  "InputConfig.channel_order = 'BGR'", "InputConfig.pixel_std = (57.375, 57.12, 58.395)",
+                  "InputConfig.channel_order = 'BGR'",
+                  "InputConfig.pixel_std = (57.375, 57.12, 58.395)",
                   "InputConfig.jpeg_dct_method = 'INTEGER_ACCURATE'",
                   "build_model.detections_per_image = 50"):
     assert binding in gin_text, binding
@@ -185,7 +186,8 @@ def test_evaluate_gives_detectron2_detections_and_ap(converted, tmp_path):
   from pycocotools import mask as mask_utils
   results = tmp_path / "detections.json"
   r = subprocess.run([sys.executable, "-m", "rethink_tf.evaluate",
-                      f"--gin_file={converted}/model.gin", "--gin_file=gin_configs/data/synthetic.gin",
+                      f"--gin_file={converted}/model.gin",
+                      "--gin_file=gin_configs/data/synthetic.gin",
                       f"--checkpoint={converted}", f"--results_file={results}"], cwd=REPO_ROOT,
                      capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]

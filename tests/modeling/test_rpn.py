@@ -15,8 +15,8 @@ def _nms(boxes, scores, thr, plus_one):
   while order.size:
     i = order[0]
     keep.append(i)
-    hh = np.maximum(np.minimum(boxes[i, 2], boxes[order, 2]) - np.maximum(boxes[i, 0], boxes[order, 0]) + plus_one, 0)
-    ww = np.maximum(np.minimum(boxes[i, 3], boxes[order, 3]) - np.maximum(boxes[i, 1], boxes[order, 1]) + plus_one, 0)
+    lo, hi = np.maximum(boxes[i, :2], boxes[order, :2]), np.minimum(boxes[i, 2:], boxes[order, 2:])
+    hh, ww = np.maximum(hi - lo + plus_one, 0).T
     iou = hh * ww / (area[i] + area[order] - hh * ww)
     order = order[iou <= thr]
   return np.array(keep, int)
