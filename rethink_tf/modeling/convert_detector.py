@@ -76,7 +76,8 @@ def gin_text(spec: detector_configs.DetectorSpec, category_ids, header: str) -> 
 
 
 def convert(fmt: str, input_path: str, output: str, config_path=None, categories_path=None):
-  """Converts and writes DIR; returns (checkpoint prefix, number of tensors used)."""
+  """Converts and writes `output`; returns (checkpoint prefix, number of source tensors, the
+  converted model)."""
   if fmt not in detector_configs.FORMATS:
     raise ConversionError(f"--format={fmt!r} is not one of {detector_configs.FORMATS}")
   if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
@@ -87,9 +88,10 @@ def convert(fmt: str, input_path: str, output: str, config_path=None, categories
     cfg = detector_configs.read_config(config_path, fmt)
   else:
     cfg = detector_configs.default_config(fmt, tensors)
-    if fmt == "detectron2" and "pixel_mean" in tensors:  # older pkls carry the convention
-      cfg["MODEL"]["PIXEL_MEAN"] = [float(v) for v in tensors["pixel_mean"].reshape(-1)]
-      cfg["MODEL"]["PIXEL_STD"] = [float(v) for v in tensors["pixel_std"].reshape(-1)]
+    if fmt == "detectron2":  # older pkls carry their pixel convention as buffers
+      for key, name in (("PIXEL_MEAN", "pixel_mean"), ("PIXEL_STD", "pixel_std")):
+        if name in tensors:
+          cfg["MODEL"][key] = [float(v) for v in tensors[name].reshape(-1)]
   where = config_path or f"{input_path} (no --config: {fmt} defaults)"
   make_spec = (detector_configs.detectron2_spec if fmt == "detectron2"
                else detector_configs.detectron_spec)
