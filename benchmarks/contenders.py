@@ -74,8 +74,8 @@ def our_trainer(size, batch, norm, precision="float32", jit_compile=False):
 def our_train(size, batch, norm="BN", precision="float32", jit_compile=False):
   """One training step (forward, losses, backward, SGD update) per call."""
   trainer = our_trainer(size, batch, norm, precision, jit_compile)
-  train_fn = trainer._make_train_fn()
-  iterator = iter(trainer._dataset())
+  train_fn = trainer.task.train_function()
+  iterator = iter(trainer.task.dataset())
   one = tf.constant(1)
   work = lambda: train_fn(iterator, one)[0]["total_loss"].numpy()
   return work, {"params": _param_count(trainer.model)}
@@ -99,7 +99,7 @@ def our_input(size, batch, norm="BN"):
   """One training batch from our input pipeline: read, decode JPEG, resize, pad, anchor
   labels, box-relative mask crops."""
   trainer = our_trainer(size, batch, norm)
-  iterator = iter(trainer._dataset())
+  iterator = iter(trainer.task.dataset())
   return (lambda: tf.nest.map_structure(lambda t: t.numpy(), next(iterator))), {}
 
 

@@ -21,7 +21,7 @@ from rethink_tf.evaluation import tta  # noqa: F401
 from rethink_tf.modeling import build, init  # noqa: F401
 from rethink_tf.run_config import ConfigError  # noqa: F401 (raised here, caught by callers)
 from rethink_tf.training import study_plan  # noqa: F401
-from rethink_tf.training import optimizer, pretraining, schedules, trainer  # noqa: F401
+from rethink_tf.training import optimizer, pretraining, schedules, train_config  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

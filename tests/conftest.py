@@ -89,8 +89,8 @@ def run_steps(trainer, n):
   """Runs n steps through the trainer's per-replica step (eagerly under `strategy.run`);
   returns each step's global-batch losses as floats."""
   import tensorflow as tf
-  step = trainer.make_replica_step()
-  it = iter(trainer._dataset())
+  step = trainer.task.replica_step()
+  it = iter(trainer.task.dataset())
   out = []
   for _ in range(n):
     per_replica, _ = trainer.strategy.run(step, args=(next(it),))

@@ -209,7 +209,7 @@ def test_preset_family_trains_one_step(family, tmp_path):
   before = {v.ref(): v.numpy().copy() for v in model.trainable_variables}
   # The trainer's own step, run eagerly: tracing the compiled loop of a full-width model costs
   # ~35 s per family, and the compiled loop is covered by the tiny-config training tests.
-  losses, applied = t.strategy.run(t.make_replica_step(), args=(next(iter(t._dataset())),))
+  losses, applied = t.strategy.run(t.task.replica_step(), args=(next(iter(t.task.dataset())),))
   assert bool(applied)
   values = {k: float(v) for k, v in losses.items()}
   assert all(np.isfinite(v) for v in values.values()), values

@@ -4,6 +4,11 @@ Box heads run in sequence: stage k pools the boxes stage k-1 regressed, is train
 foreground IoU on them, and regresses them again with tighter box-coding weights. Later stages
 re-label the same RoIs (no new sampling), so every stage has the static RoI count of stage 1.
 At inference the class scores of all stages are averaged and the boxes are the last stage's.
+
+The stages' heads, IoUs, box codings and the checkpointed `cascade_active` flag are attributes
+of `MaskRCNN` (so checkpoints keep their variable paths); the functions below that take the
+model are its later stages' training outputs and gradient scaling. The trainer's only part is
+the `CascadeStart` hook, which sets `cascade_active` at `TrainConfig.cascade_start_step`.
 """
 
 import tensorflow as tf
@@ -53,3 +58,51 @@ def scale_gradient(x, scale: float):
   pooled features by 1 / num_stages, so the shared FPN sees the stages' mean)."""
   scale = tf.cast(scale, x.dtype)
   return x * scale + tf.stop_gradient(x) * (1.0 - scale)
+
+
+def stage(model, k: int):
+  """(box head, box predictor) of stage k (0-based) of `model`."""
+  if k == 0:
+    return model.box_head, model.box_predictor
+  return model.cascade_box_heads[k - 1], model.cascade_box_predictors[k - 1]
+
+
+def later_stage_variables(model):
+  """Variables of stages 2.. (empty without cascade): their weight decay waits for
+  `cascade_active`, as their gradients do."""
+  layers = list(getattr(model, "cascade_box_heads", [])) + list(
+      getattr(model, "cascade_box_predictors", []))
+  return [v for layer in layers for v in layer.variables]
+
+
+def stage_input(model, pooled):
+  """Pooled RoI features [B, N, S, S, C] entering a box stage: with active cascade stages
+  their gradient is scaled by 1 / num_stages (detectron2)."""
+  if model.num_stages == 1:
+    return pooled
+  return scale_gradient(pooled, tf.where(model.cascade_active, 1.0 / model.num_stages, 1.0))
+
+
+def later_stage_train_outputs(model, feats, s, box_deltas, image_size, gt_boxes, gt_classes,
+                              gt_valid):
+  """Stages 2..n of `model` on the boxes the previous stage regressed.
+
+  s: stage 1's sampled RoIs (`roi_sampling.sample_rois`); box_deltas [B, S, 1, 4] its
+  regression. Returns `<key>_stage<k>` for every stage-1 key the losses read (class_logits,
+  box_deltas, roi_classes, roi_box_targets, roi_weights) and `cascade_active` (float scalar,
+  multiplies their losses).
+  """
+  rois, deltas, out = s["rois"], box_deltas, {}
+  for k in range(1, model.num_stages):
+    rois = refine_boxes(rois, deltas, model.cascade_box_weights[k - 1], image_size)
+    t = label_boxes(rois, s["weights"], gt_boxes, gt_classes, gt_valid, model.cascade_ious[k],
+                    model.cascade_box_weights[k])
+    head, predictor = stage(model, k)
+    pooled = stage_input(model, model.pool_rois(feats, rois, "box"))
+    logits, deltas = predictor(head(pooled, training=True))
+    out.update({f"class_logits_stage{k + 1}": logits, f"box_deltas_stage{k + 1}": deltas,
+                f"roi_classes_stage{k + 1}": t["classes"],
+                f"roi_box_targets_stage{k + 1}": t["box_targets"],
+                f"roi_weights_stage{k + 1}": t["weights"]})
+  out["cascade_active"] = tf.cast(model.cascade_active, tf.float32)
+  return out

@@ -124,7 +124,7 @@ class MaskRCNN(tf_keras.Model):
       return {l: feats[l] for l in self.feature_levels}
     return self.fpn(feats, training=training)
 
-  def _pool(self, feats, boxes, head: str, training=True):
+  def pool_rois(self, feats, boxes, head: str, training=True):
     """RoIAlign of boxes [B, N, 4] for `head` ("box", "mask", "keypoint") -> [B, N, S, S, C]."""
     size, sampling_ratio = self.poolers[head]
     return multilevel_roi_align({l: feats[l] for l in self.roi_levels}, boxes, size,
@@ -132,7 +132,10 @@ class MaskRCNN(tf_keras.Model):
                                 max_chunk_bytes=None if training else self.roi_chunk_bytes,
                                 **self.pooler_kwargs)
 
-  def _proposals(self, feats, image_size, training):
+  def proposals(self, feats, image_size, training):
+    """RPN on `feats` -> (scores {level: [B, A_l]}, deltas {level: [B, A_l, 4]}, proposals
+    [B, P, 4] yxyx in resized-image pixels, valid [B, P] bool); P is the train or test
+    post-NMS top-k."""
     scores, deltas = self.rpn_head(feats)
     pre, post = self.rpn_topk[bool(training)]
     # Another padded size than the model's (multi-scale test-time augmentation) gets its own
@@ -154,7 +157,7 @@ class MaskRCNN(tf_keras.Model):
     """Returns rpn logits/deltas, RoI head outputs and the targets sampled in-graph."""
     feats = self.features(inputs["images"], True)
     image_size = tf.cast(inputs["image_size"], tf.float32)
-    scores, deltas, props, valid = self._proposals(feats, image_size, True)
+    scores, deltas, props, valid = self.proposals(feats, image_size, True)
     gt_boxes, gt_classes = inputs["gt_boxes"], inputs["gt_classes"]
     gt_valid = gt_classes > 0
     crowd = inputs["crowd_boxes"]
@@ -164,7 +167,7 @@ class MaskRCNN(tf_keras.Model):
                                  self.roi_positive_fraction, fg_iou=self.cascade_ious[0],
                                  seeds=inputs.get("sample_seed"),
                                  box_weights=self.cascade_box_weights[0])
-    pooled = self._stage_input(self._pool(feats, s["rois"], "box"))
+    pooled = cascade_lib.stage_input(self, self.pool_rois(feats, s["rois"], "box"))
     class_logits, box_deltas = self.box_predictor(self.box_head(pooled, training=True))
     levels = sorted(scores)
     outputs = dict(
@@ -175,8 +178,8 @@ class MaskRCNN(tf_keras.Model):
         num_proposals=tf.reduce_sum(tf.cast(valid, tf.float32), axis=1),
         num_fg_rois=tf.reduce_sum(tf.cast(s["is_fg"], tf.float32), axis=1))
     if self.num_stages > 1:
-      outputs.update(self._cascade_train_outputs(feats, s, box_deltas, image_size, gt_boxes,
-                                                 gt_classes, gt_valid))
+      outputs.update(cascade_lib.later_stage_train_outputs(
+          self, feats, s, box_deltas, image_size, gt_boxes, gt_classes, gt_valid))
     if self.keypoint_head is not None:
       outputs.update(self._keypoint_train_outputs(feats, s, inputs["gt_keypoints"]))
     if self.mask_head is None:
@@ -185,7 +188,7 @@ class MaskRCNN(tf_keras.Model):
     num_fg = self.mask_rois_per_image
     mask_rois = s["rois"][:, :num_fg]
     mask_classes = s["classes"][:, :num_fg]
-    mask_feats = self._pool(feats, mask_rois, "mask")
+    mask_feats = self.pool_rois(feats, mask_rois, "mask")
     mask_logits = self.mask_head(mask_feats, training=True)
     mask_logits = _select_class(mask_logits, mask_classes)
     targets = roi_sampling.mask_targets(mask_rois, s["gt_index"][:, :num_fg], gt_boxes,
@@ -194,46 +197,13 @@ class MaskRCNN(tf_keras.Model):
                    mask_weights=tf.cast(s["is_fg"][:, :num_fg], tf.float32))
     return outputs
 
-  def _stage_input(self, pooled):
-    """Pooled RoI features entering a box stage: with active cascade stages their gradient
-    is scaled by 1 / num_stages (detectron2)."""
-    if self.num_stages == 1:
-      return pooled
-    scale = tf.where(self.cascade_active, 1.0 / self.num_stages, 1.0)
-    return cascade_lib.scale_gradient(pooled, scale)
-
-  def _stage(self, k: int):
-    """(box head, box predictor) of stage k (0-based)."""
-    if k == 0:
-      return self.box_head, self.box_predictor
-    return self.cascade_box_heads[k - 1], self.cascade_box_predictors[k - 1]
-
-  def _cascade_train_outputs(self, feats, s, box_deltas, image_size, gt_boxes, gt_classes,
-                             gt_valid):
-    """Stages 2..n on the boxes the previous stage regressed: `<key>_stage<k>` for every
-    stage-1 key the losses read, and `cascade_active` (float, multiplies their losses)."""
-    rois, deltas, out = s["rois"], box_deltas, {}
-    for k in range(1, self.num_stages):
-      rois = cascade_lib.refine_boxes(rois, deltas, self.cascade_box_weights[k - 1], image_size)
-      t = cascade_lib.label_boxes(rois, s["weights"], gt_boxes, gt_classes, gt_valid,
-                                  self.cascade_ious[k], self.cascade_box_weights[k])
-      head, predictor = self._stage(k)
-      pooled = self._stage_input(self._pool(feats, rois, "box"))
-      logits, deltas = predictor(head(pooled, training=True))
-      out.update({f"class_logits_stage{k + 1}": logits, f"box_deltas_stage{k + 1}": deltas,
-                  f"roi_classes_stage{k + 1}": t["classes"],
-                  f"roi_box_targets_stage{k + 1}": t["box_targets"],
-                  f"roi_weights_stage{k + 1}": t["weights"]})
-    out["cascade_active"] = tf.cast(self.cascade_active, tf.float32)
-    return out
-
   def _keypoint_train_outputs(self, feats, s, gt_keypoints):
     """Heatmap logits [B, R, K, S, S] of the first R = mask_rois_per_image sampled RoIs
     (foreground first) with their targets (bins [B, R, K], weights [B, R, K]: labeled keypoints
     inside foreground RoIs)."""
     num_fg = self.mask_rois_per_image
     rois = s["rois"][:, :num_fg]
-    logits = self.keypoint_head(self._pool(feats, rois, "keypoint"), training=True)
+    logits = self.keypoint_head(self.pool_rois(feats, rois, "keypoint"), training=True)
     matched = tf.gather(gt_keypoints, s["gt_index"][:, :num_fg], batch_dims=1)
     bins, valid = keypoint_lib.keypoint_targets(matched, rois, logits.shape[-1])
     valid *= tf.cast(s["is_fg"][:, :num_fg], tf.float32)[..., None]
@@ -264,14 +234,14 @@ class MaskRCNN(tf_keras.Model):
     coordinates) and scores [B, N, K-1], before NMS. Cascade: the last stage's boxes and the
     stages' mean score. A "+1" (inclusive) box is returned as the [x1, x2 + 1) it spans, which
     also gives NMS Detectron's "+1" overlaps."""
-    _, _, props, valid = self._proposals(feats, image_size, False)
+    _, _, props, valid = self.proposals(feats, image_size, False)
     rois, deltas, all_probs = props, None, []
     for k in range(self.num_stages):
-      head, predictor = self._stage(k)
+      head, predictor = cascade_lib.stage(self, k)
       if k:
         rois = cascade_lib.refine_boxes(rois, deltas, self.cascade_box_weights[k - 1],
                                         image_size)
-      pooled = self._pool(feats, rois, "box", training=False)
+      pooled = self.pool_rois(feats, rois, "box", training=False)
       logits, deltas = predictor(head(pooled, training=False))
       boxes, probs = postprocess.class_boxes(rois, valid, logits, deltas, image_size,
                                              self.cascade_box_weights[k], self.box_plus_one)
@@ -296,13 +266,13 @@ class MaskRCNN(tf_keras.Model):
   def keypoint_points(self, feats, boxes):
     """Keypoints [B, D, K, 3] (x, y, score; resized-image pixels) of boxes [B, D, 4]."""
     logits = self.keypoint_head(
-        self._pool(feats, boxes, "keypoint", training=False), training=False)
+        self.pool_rois(feats, boxes, "keypoint", training=False), training=False)
     return keypoint_lib.decode_heatmaps(logits, boxes)
 
   def mask_probs(self, feats, boxes, classes):
     """Mask probabilities [B, D, 28, 28] relative to boxes [B, D, 4] for classes [B, D]."""
     # Detectron pools masks on its inclusive boxes.
-    mask_feats = self._pool(feats, boxes - self._plus_one(), "mask", training=False)
+    mask_feats = self.pool_rois(feats, boxes - self._plus_one(), "mask", training=False)
     mask_logits = _select_class(self.mask_head(mask_feats, training=False), classes)
     return tf.sigmoid(tf.cast(mask_logits, tf.float32))
 

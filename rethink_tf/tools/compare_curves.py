@@ -108,7 +108,7 @@ def _schedule_from_config(model_dir: str) -> Optional[List[int]]:
   import gin
   from rethink_tf import config
   from rethink_tf.training.schedules import nx_schedule
-  from rethink_tf.training.trainer import TrainConfig
+  from rethink_tf.training.train_config import TrainConfig
   path = os.path.join(model_dir, "config.gin")
   if not os.path.exists(path):
     return None

@@ -61,13 +61,13 @@ def test_one_stage_cascade_is_refused():
 
 def _stage_scores(model, feats, image_size):
   """Every stage's (boxes, probs), run by hand from the model's parts."""
-  _, _, rois, valid = model._proposals(feats, image_size, False)
+  _, _, rois, valid = model.proposals(feats, image_size, False)
   out, deltas = [], None
   for k in range(model.num_stages):
-    head, predictor = model._stage(k)
+    head, predictor = cascade.stage(model, k)
     if k:
       rois = cascade.refine_boxes(rois, deltas, model.cascade_box_weights[k - 1], image_size)
-    logits, deltas = predictor(head(model._pool(feats, rois, "box", training=False)))
+    logits, deltas = predictor(head(model.pool_rois(feats, rois, "box", training=False)))
     out.append(postprocess.class_boxes(rois, valid, logits, deltas, image_size,
                                        model.cascade_box_weights[k]))
   return out

@@ -105,14 +105,14 @@ def test_stages_equal_detectron2(model, stages):
       worst[f"rpn deltas p{level}"] = _close(deltas[level].numpy(), d[..., [1, 0, 3, 2]],
                                              f"{p} RPN deltas")
     proposals = tf.constant(_xyxy_to_yxyx(stages[f"{p}/proposals/boxes"])[None])
-    pooled = model._pool(feats, proposals, "box", training=False)
+    pooled = model.pool_rois(feats, proposals, "box", training=False)
     logits, box_deltas = model.box_predictor(model.box_head(pooled, training=False))
     ref = stages[f"{p}/box_head/class_logits"]                          # background last
     worst["class logits"] = _close(logits.numpy()[0], np.roll(ref, 1, axis=1), f"{p} logits")
     ref = stages[f"{p}/box_head/box_deltas"].reshape(-1, 3, 4)[..., [1, 0, 3, 2]]
     worst["box deltas"] = _close(box_deltas.numpy()[0, :, 1:], ref, f"{p} box deltas")
     boxes = tf.constant(_xyxy_to_yxyx(stages[f"{p}/detections/boxes"])[None])
-    mask_logits = model.mask_head(model._pool(feats, boxes, "mask", training=False),
+    mask_logits = model.mask_head(model.pool_rois(feats, boxes, "mask", training=False),
                                   training=False).numpy()[0]
     ref = stages[f"{p}/mask_head/mask_logits"].transpose(0, 2, 3, 1)
     worst["mask logits"] = _close(mask_logits[..., 1:], ref, f"{p} mask logits")
@@ -123,7 +123,7 @@ def test_proposals_equal_detectron2(model, stages):
   for k in range(NUM_IMAGES):
     p = f"img{k}"
     feats = model.features(tf.constant(stages[f"{p}/images"].transpose(0, 2, 3, 1)), False)
-    _, _, props, valid = model._proposals(feats, tf.constant([[128.0, 128.0]]), False)
+    _, _, props, valid = model.proposals(feats, tf.constant([[128.0, 128.0]]), False)
     ours = props.numpy()[0][valid.numpy()[0]]
     ref = _xyxy_to_yxyx(stages[f"{p}/proposals/boxes"])
     iou = pairwise_iou(tf.constant(ref[None]), tf.constant(ours[None])).numpy()[0]

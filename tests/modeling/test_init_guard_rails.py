@@ -7,7 +7,7 @@ from rethink_tf import config
 from rethink_tf.modeling import init as init_lib
 from rethink_tf.modeling.init import InitError, InitMode
 from rethink_tf.modeling.resnet import ResNet
-from rethink_tf.training.trainer import build_for_training
+from rethink_tf.modeling.detector import build_detector
 from rethink_tf.data.input_pipeline import InputConfig
 
 
@@ -51,7 +51,7 @@ def test_valid_combinations_pass():
 def test_guard_rails_fire_from_gin_before_training(files, params, match):
   config.parse_gin(files, params)
   with pytest.raises(InitError, match=match):
-    build_for_training(InputConfig(padded_size=(64, 64)))
+    build_detector(InputConfig(padded_size=(64, 64)), training=True)
 
 
 def _tiny_backbone(**kw):
@@ -124,4 +124,4 @@ def test_training_with_detectron_box_convention_is_refused():
   from rethink_tf.run_config import ConfigError
   config.parse_gin(["gin_configs/testing/tiny.gin"], ["build_model.box_plus_one = True"])
   with pytest.raises(ConfigError, match="box_plus_one"):
-    build_for_training(InputConfig(padded_size=(64, 64)))
+    build_detector(InputConfig(padded_size=(64, 64)), training=True)

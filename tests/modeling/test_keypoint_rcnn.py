@@ -62,8 +62,8 @@ def test_keypoint_head_trains_and_detects():
 def test_keypoint_head_without_keypoint_data_is_refused_before_training():
   import pytest
   from rethink_tf.run_config import ConfigError
-  from rethink_tf.training.trainer import build_for_training
+  from rethink_tf.modeling.detector import build_detector
   config.parse_gin(["gin_configs/testing/tiny.gin"], ["build_model.num_keypoints = 17"])
   with pytest.raises(ConfigError, match=r"build_model.num_keypoints = 17 but "
                      r"InputConfig.keypoint_names names 0 keypoints"):
-    build_for_training(InputConfig(padded_size=(64, 64)))
+    build_detector(InputConfig(padded_size=(64, 64)), training=True)

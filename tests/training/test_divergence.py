@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from rethink_tf import config
 from rethink_tf.training import distribute
+from rethink_tf.training import task as task_lib
 from rethink_tf.training import trainer as trainer_lib
 
 # Loops of up to 4 steps, checkpoints at 4 and 8, logs every 5: the first poisoned step (3)
@@ -27,7 +28,7 @@ def _trainer(model_dir):
 
 def _poison_losses(monkeypatch, holder):
   """Makes the box loss (and so the total) NaN at POISONED_STEPS (1-based step numbers)."""
-  real = trainer_lib.mask_rcnn_losses
+  real = task_lib.mask_rcnn_losses
 
   def poisoned(outputs, batch, global_sum=None):
     losses = dict(real(outputs, batch, global_sum))
@@ -38,7 +39,7 @@ def _poison_losses(monkeypatch, holder):
     losses["total_loss"] += nan
     return losses
 
-  monkeypatch.setattr(trainer_lib, "mask_rcnn_losses", poisoned)
+  monkeypatch.setattr(task_lib, "mask_rcnn_losses", poisoned)
 
 
 def test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoint(
@@ -67,7 +68,7 @@ def test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoi
   assert tf.train.latest_checkpoint(model_dir) == os.path.join(model_dir, "ckpt-4")
   assert not [n for n in os.listdir(model_dir) if re.match(r"ckpt-[5-9]", n)]
   assert all(np.isfinite(v.numpy()).all() for v in t.model.variables)
-  assert int(t.optimizer.iterations.numpy()) == 7 and int(t.skipped_steps.numpy()) == 2
+  assert int(t.optimizer.iterations.numpy()) == 7 and int(t.task.skipped_steps.numpy()) == 2
   # Training went on after the skipped step 3: step 5 was logged with finite losses.
   assert re.search(r"step 5/10 \| loss [0-9]+\.[0-9]+ ", out)
 
@@ -80,7 +81,7 @@ def test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoi
   assert f"resumed from {model_dir}/ckpt-4 at step 4" in out
   assert "non-finite" not in out and "step 10/10 | loss" in out
   assert tf.train.latest_checkpoint(model_dir) == os.path.join(model_dir, "ckpt-10")
-  assert int(resumed.skipped_steps.numpy()) == 1       # step 3's skip, restored from ckpt-4
+  assert int(resumed.task.skipped_steps.numpy()) == 1       # step 3's skip, restored from ckpt-4
   assert all(np.isfinite(v.numpy()).all() for v in resumed.model.variables)
 
 
@@ -88,7 +89,7 @@ def test_a_nan_on_one_replica_skips_the_step_on_every_replica(mirrored_strategy,
                                                                monkeypatch):
   """2 replicas: replica 0's loss is NaN at step 1; both agree not to apply it (weights,
   momentum untouched, step counter advanced), and step 2 applies normally."""
-  real = trainer_lib.mask_rcnn_losses
+  real = task_lib.mask_rcnn_losses
   holder = {}
 
   def poisoned(outputs, batch, global_sum=None):
@@ -99,11 +100,11 @@ def test_a_nan_on_one_replica_skips_the_step_on_every_replica(mirrored_strategy,
     losses["total_loss"] += tf.where(bad, tf.constant(float("nan")), tf.constant(0.0))
     return losses
 
-  monkeypatch.setattr(trainer_lib, "mask_rcnn_losses", poisoned)
+  monkeypatch.setattr(task_lib, "mask_rcnn_losses", poisoned)
   config.parse_gin(["gin_configs/testing/tiny.gin"], ["TrainConfig.global_batch_size = 2"])
   holder["trainer"] = t = trainer_lib.Trainer(str(tmp_path / "run"), mirrored_strategy)
-  step = t.make_replica_step()
-  batches = iter(t._dataset())
+  step = t.task.replica_step()
+  batches = iter(t.task.dataset())
   state = [v for v in t.model.trainable_variables + list(t.optimizer.variables)
            if v is not t.optimizer.iterations]   # weights and momentum slots
   assert len(state) > len(t.model.trainable_variables)
@@ -114,4 +115,4 @@ def test_a_nan_on_one_replica_skips_the_step_on_every_replica(mirrored_strategy,
         expected_applied}
     moved = any(not np.array_equal(b, v.numpy()) for b, v in zip(before, state))
     assert moved == expected_moved
-  assert int(t.optimizer.iterations.numpy()) == 2 and int(t.skipped_steps.numpy()) == 1
+  assert int(t.optimizer.iterations.numpy()) == 2 and int(t.task.skipped_steps.numpy()) == 1

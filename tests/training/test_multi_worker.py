@@ -33,7 +33,7 @@ def _start_from(model_dir, start_prefix):
 def test_two_workers_equal_one_process(tmp_path):
   config.parse_gin(["gin_configs/testing/tiny.gin"])
   init = Trainer(str(tmp_path / "init"), distribute.get_strategy("one_device"))
-  start = init.manager.save(checkpoint_number=0)
+  start = init.checkpointer.manager.save(checkpoint_number=0)
   single_dir, multi_dir = str(tmp_path / "single"), str(tmp_path / "multi")
   _start_from(single_dir, start)
   _start_from(multi_dir, start)

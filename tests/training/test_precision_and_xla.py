@@ -28,7 +28,7 @@ def test_xla_train_loop_matches_the_plain_step(tmp_path):
   copy_weights(plain, xla)
   a = run_steps(plain, 1)[0]
   before = [v.numpy().copy() for v in xla.model.trainable_variables]
-  losses, done, applied = xla._make_train_fn()(iter(xla._dataset()), tf.constant(1))
+  losses, done, applied = xla.task.train_function()(iter(xla.task.dataset()), tf.constant(1))
   assert int(done) == 1 and bool(applied)
   b = {k: float(v) for k, v in losses.items()}
   assert set(b) >= {"rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss", "fast_rcnn_box_loss",

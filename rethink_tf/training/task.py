@@ -1,0 +1,193 @@
+"""The detection task of one training run: its model, optimizer, data and replica step.
+
+Model Garden's `Task` and detectron2's `SimpleTrainer.run_step` split training the same way:
+this module knows what one step computes (the losses, their keys, the weight-decay groups,
+the non-finite guard); `trainer.py` decides when steps run and the hooks what happens between
+them. Built inside `strategy.scope()`; the step is written for one replica.
+"""
+
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+import tf_keras
+
+from rethink_tf.data.input_pipeline import InputConfig, make_dataset
+from rethink_tf.modeling import cascade as cascade_lib
+from rethink_tf.modeling import init as init_lib
+from rethink_tf.modeling import warm_start as warm_start_lib
+from rethink_tf.modeling.detector import apply_input_convention, build_detector, init_choice
+from rethink_tf.training import divergence, run_files
+from rethink_tf.training import optimizer as opt_lib
+from rethink_tf.training.losses import loss_names, mask_rcnn_losses
+from rethink_tf.training.schedules import nx_schedule
+from rethink_tf.training.train_config import TrainConfig
+
+
+class DetectionTask:
+  """Builds the gin-bound detector, its optimizer and checkpoint under `strategy`.
+
+  Attributes: model, optimizer, schedule, input_cfg (pixel convention applied, data prepared),
+  skipped_steps (int64 variable, checkpointed), checkpoint (tf.train.Checkpoint of all three),
+  init_mode / init_checkpoint (the gin init choice), loss_keys (what a step returns).
+  """
+
+  def __init__(self, strategy: tf.distribute.Strategy, config: TrainConfig,
+               input_config: Optional[InputConfig] = None):
+    self.strategy, self.cfg = strategy, config
+    self.input_cfg = apply_input_convention((input_config or InputConfig()).prepare())
+    replicas = strategy.num_replicas_in_sync
+    if config.global_batch_size % replicas:
+      raise ValueError(f"global batch {config.global_batch_size} is not divisible by "
+                       f"{replicas} replicas")
+    self.schedule = nx_schedule(global_batch_size=config.global_batch_size)
+    if config.seed is not None:  # initialization (RoI sampling uses per-example seeds)
+      tf_keras.utils.set_random_seed(config.seed)
+    self.init_mode, self.init_checkpoint, _ = init_choice()
+    previous_policy = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy(config.precision)  # layers keep it
+    try:
+      with strategy.scope():
+        self.model = build_detector(self.input_cfg, training=True)
+        self.optimizer = opt_lib.make_optimizer(self.schedule)
+        if config.precision == "mixed_float16":
+          self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(self.optimizer)
+        self.optimizer.build(self.model.trainable_variables)
+        self.skipped_steps = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="skipped_nonfinite_steps",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    finally:
+      tf_keras.mixed_precision.set_global_policy(previous_policy)
+    # Weight decay of Cascade R-CNN's later stages waits for them to start training (their
+    # gradients are zero before; decay alone would shrink their initialization).
+    later = {id(v) for v in cascade_lib.later_stage_variables(self.model)}
+    decayed = opt_lib.decayed_variables(self.model)
+    self.decay_vars = [v for v in decayed if id(v) not in later]
+    self.cascade_decay_vars = [v for v in decayed if id(v) in later]
+    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                          skipped_nonfinite_steps=self.skipped_steps)
+    self.loss_keys: List[str] = loss_names(
+        self.model.mask_head is not None, self.model.keypoint_head is not None,
+        self.model.num_stages) + ["weight_decay_loss"]
+
+  def restore_or_initialize(self, model_dir: str) -> int:
+    """Resumes from the latest checkpoint in model_dir, else warm-starts or applies the init
+    mode. Returns the step training continues from."""
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      step = int(self.optimizer.iterations.numpy())
+      print(f"resumed from {latest} at step {step}", flush=True)
+      return step
+    if self.cfg.warm_start_checkpoint:
+      return self._warm_start(self.cfg.warm_start_checkpoint)
+    if self.init_mode is init_lib.InitMode.PRETRAINED:
+      init_lib.restore_pretrained(self.model, self.init_checkpoint)
+      print(f"initialized the backbone from {self.init_checkpoint}", flush=True)
+    else:
+      print("training from scratch (random initialization)", flush=True)
+    return 0
+
+  def _warm_start(self, checkpoint: str) -> int:
+    report = warm_start_lib.warm_start(self.model, run_files.resolve_checkpoint(checkpoint))
+    step = report["step"] if self.cfg.warm_start_keeps_step else 0
+    self.optimizer.iterations.assign(step)
+    print(f"warm start from {checkpoint}: restored {len(report['restored'])} variables; "
+          f"kept initialized: {len(report['new'])} new "
+          f"{_abbreviate(report['new'])} and {len(report['shape_mismatch'])} of another "
+          f"shape {_abbreviate(report['shape_mismatch'])}; starting at step {step}",
+          flush=True)
+    return step
+
+  def dataset(self, start_step: int = 0) -> tf.distribute.DistributedDataset:
+    """The training stream from `start_step` on: examples already trained on are skipped."""
+    per_replica = self.cfg.global_batch_size // self.strategy.num_replicas_in_sync
+    anchor_kwargs = self.model.anchor_kwargs
+    start_index = start_step * self.cfg.global_batch_size
+
+    def dataset_fn(ctx):
+      return make_dataset(self.input_cfg, True, per_replica, anchor_kwargs, seed=self.cfg.seed,
+                          input_context=ctx, start_index=start_index)
+
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  def replica_step(self):
+    """The per-replica step: batch -> (this replica's share of every loss (they sum to the
+    global-batch losses), bool: the gradients were applied). A step whose loss or gradients
+    are not finite on any replica is not applied (`divergence`). Runs under `strategy.run`;
+    `train_function` wraps it in the compiled loop."""
+    model, optimizer = self.model, self.optimizer
+    decay_vars, cascade_decay_vars = self.decay_vars, self.cascade_decay_vars
+    replicas = self.strategy.num_replicas_in_sync
+    loss_scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+
+    def global_sum(x):
+      return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, x)
+
+    def grad_fn(batch):
+      # Each replica's loss is its share of the global-batch loss (normalizers are global
+      # counts); weight decay is split evenly. Gradients are summed over replicas.
+      with tf.GradientTape() as tape:
+        losses = mask_rcnn_losses(model(batch, training=True), batch,
+                                  global_sum if replicas > 1 else None)
+        decay = opt_lib.weight_decay_loss(decay_vars)
+        if cascade_decay_vars:
+          decay += (opt_lib.weight_decay_loss(cascade_decay_vars)
+                    * tf.cast(model.cascade_active, tf.float32))
+        losses["weight_decay_loss"] = decay / replicas
+        loss = losses["total_loss"] + losses["weight_decay_loss"]
+        if loss_scaled:
+          loss = optimizer.get_scaled_loss(loss)
+      grads = tape.gradient(loss, model.trainable_variables)
+      if loss_scaled:
+        grads = optimizer.get_unscaled_gradients(grads)
+      return grads, losses
+
+    if self.cfg.jit_compile:
+      grad_fn = tf.function(grad_fn, jit_compile=True)
+
+    def step(batch):
+      grads, losses = grad_fn(batch)
+      # Under mixed_float16 the loss-scale optimizer skips non-finite gradients itself (and
+      # lowers the scale): only the loss is checked here.
+      finite = divergence.all_finite(losses["total_loss"] + losses["weight_decay_loss"],
+                                     [] if loss_scaled else grads)
+      if replicas > 1:
+        finite = tf.equal(global_sum(1.0 - tf.cast(finite, tf.float32)), 0.0)
+      applied = divergence.apply_gradients_if(optimizer, zip(grads, model.trainable_variables),
+                                              finite, self.skipped_steps)
+      return losses, applied
+
+    return step
+
+  def train_function(self):
+    """A tf.function (iterator, num_steps) -> (the last step's global losses {loss_keys},
+    steps run, bool: its update was applied); it ends early after a step not applied."""
+    strategy, replica_step, loss_keys = self.strategy, self.replica_step(), self.loss_keys
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+      losses: Dict[str, tf.Tensor] = {k: tf.constant(0.0) for k in loss_keys}
+      done, applied = tf.constant(0), tf.constant(True)
+      for _ in tf.range(num_steps):
+        if not applied:
+          break
+        per_replica, per_replica_applied = strategy.run(replica_step, args=(next(iterator),))
+        losses = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                  for k, v in per_replica.items()}
+        applied = tf.equal(strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                           tf.cast(per_replica_applied, tf.int32), axis=None),
+                           strategy.num_replicas_in_sync)
+        done += 1
+      return losses, done, applied
+
+    return train_loop
+
+
+def _abbreviate(names, limit: int = 4) -> str:
+  """Groups names by their first two path components: '[a/b (3), c/d (1)]'."""
+  groups = {}
+  for n in names:
+    key = "/".join(n.split(" ")[0].split("/")[:2])
+    groups[key] = groups.get(key, 0) + 1
+  items = [f"{k} ({v})" for k, v in groups.items()]
+  return "[" + ", ".join(items[:limit]) + (", ..." if len(items) > limit else "") + "]"
