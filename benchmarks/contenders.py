@@ -40,9 +40,9 @@ def our_gin(size: int, batch: int, norm: str, precision: str = "float32",
             jit_compile: bool = False):
   """Parses our gin files for the benchmark settings (R50-FPN, `norm` everywhere)."""
   from rethink_tf import config
-  files = ["base/mask_rcnn_r50_fpn.gin", f"norm/{norm.lower()}.gin", "init/scratch.gin",
-           "schedule/1x.gin", "data/synthetic.gin"]
-  config.parse_gin([gin_path(f) for f in files], [
+  files = ["base/mask_rcnn_resnet_fpn.gin", f"norm/{norm.lower()}.gin", "init/scratch.gin",
+           "schedule/nx.gin", "data/synthetic.gin", "run/cluster.gin"]
+  config.parse_gin([gin_path(f) for f in files], ["nx_schedule.num_x = 1",
       f"InputConfig.short_side = {size}", f"InputConfig.max_long_side = {size}",
       f"InputConfig.padded_size = ({size}, {size})", f"TrainConfig.global_batch_size = {batch}",
       "TrainConfig.eval_image_summaries = 0", "InputConfig.flip = False",
@@ -106,7 +106,7 @@ def our_input(size, batch, norm="BN"):
 def our_export(size, batch, export_dir, norm="BN"):
   """Our SavedModel (every signature; serving_default takes uint8 images) of a freshly
   initialized model."""
-  import export.export_saved_model as exporter
+  import rethink_tf.serving.export_saved_model as exporter
   trainer = our_trainer(size, batch, norm)
   ckpt = tf.train.Checkpoint(model=trainer.model).save(os.path.join(trainer.model_dir, "ckpt"))
   return exporter.export(ckpt, export_dir, batch_size=batch, version=1)

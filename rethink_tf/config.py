@@ -75,6 +75,10 @@ def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str] = (), finalize
       text = f"the macro %{macro.group(1)} is used but never bound"
     if isinstance(e, SyntaxError) and e.text:
       text += f"\n    {e.text.strip()}"
+    required = re.match(r"([\w./]+) set to `%gin.REQUIRED` but not subsequently overridden", text)
+    if required:  # e.g. the pretrained checkpoint of init/pretrained.gin
+      text = (f"{required.group(1)} must be given (the gin files mark it %gin.REQUIRED): "
+              f"--gin_param=\"{required.group(1)} = '...'\"")
     lines = text.strip().splitlines()
     head = lines[0].rstrip(".") + _suggestion(text)
     raise ConfigError("\n".join([f"gin: {head}"] + lines[1:])) from e

@@ -41,7 +41,9 @@ def main(argv):
   print(json.dumps({"checkpoint": path, **({"tta": vars(tta)} if tta else {}), **metrics}))
 
 
-if __name__ == "__main__":
+
+def console_main():
+  """Defines the flags and runs `main` (installed as `rethink-tf-evaluate`)."""
   define_common_flags()
   flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or directory (default: latest in "
                       "--model_dir).")
@@ -50,3 +52,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("results_file", None, "Also write the detections here (COCO results "
                       "JSON).")
   app.run(main)
+
+
+if __name__ == "__main__":
+  console_main()

@@ -39,8 +39,14 @@ def main(argv):
   pretrain(FLAGS.model_dir)
 
 
-if __name__ == "__main__":
+
+def console_main():
+  """Defines the flags and runs `main` (installed as `rethink-tf-pretrain`)."""
   flags.DEFINE_multi_string("gin_file", [], "Gin files (repeatable); later ones override.")
   flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. PretrainConfig.steps=100.")
   flags.DEFINE_string("model_dir", None, "Where the backbone checkpoint and summaries go.")
   app.run(main)
+
+
+if __name__ == "__main__":
+  console_main()

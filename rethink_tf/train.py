@@ -53,6 +53,12 @@ def main(argv):
     print(json.dumps(metrics))
 
 
-if __name__ == "__main__":
+
+def console_main():
+  """Defines the flags and runs `main` (installed as `rethink-tf-train`)."""
   define_common_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  console_main()

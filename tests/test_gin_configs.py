@@ -23,7 +23,10 @@ EXPERIMENTS = [p for p in HEADED
                if open(os.path.join(REPO_ROOT, p)).readline().startswith(
                    "# COMMAND: python -m rethink_tf.train ")]
 STAGES = [p for p in HEADED if p not in EXPERIMENTS]
-AXES = ("base", "norm", "init", "schedule", "data")
+AXES = ("base", "norm", "init", "schedule", "data", "run")
+# init/pretrained.gin marks the backbone checkpoint %gin.REQUIRED: every file including it is
+# parsed with one.
+CHECKPOINT = "init_config.checkpoint = '/backbones/r50'"
 
 
 def test_there_are_gin_files():
@@ -32,7 +35,10 @@ def test_there_are_gin_files():
 
 @pytest.mark.parametrize("path", ALL)
 def test_parses_and_finalizes(path):
-  config.parse_gin([path])
+  params = [CHECKPOINT] if _needs_checkpoint(path) else []
+  if path.endswith("schedule/nx.gin"):  # experiments bind num_x after including it
+    params.append("nx_schedule.num_x = 3")
+  config.parse_gin([path], params)
   assert gin.config_is_locked()
   # The bound values are usable by the configurables they name.
   InputConfig()
@@ -40,6 +46,19 @@ def test_parses_and_finalizes(path):
   init_lib.init_config()
   if "nx_schedule.num_x" in open(os.path.join(REPO_ROOT, path)).read():
     assert nx_schedule(global_batch_size=TrainConfig().global_batch_size).total_steps > 0
+  gin.clear_config()
+
+
+def _needs_checkpoint(path):
+  text = open(os.path.join(REPO_ROOT, path)).read()
+  return path.endswith("init/pretrained.gin") or 'include "gin_configs/init/pretrained.gin"' in text
+
+
+@pytest.mark.parametrize("path", [p for p in ALL if _needs_checkpoint(p)])
+def test_pretrained_checkpoint_is_required(path):
+  with pytest.raises(config.ConfigError, match=r"init_config.checkpoint must be given .*"
+                     r"--gin_param=\"init_config.checkpoint = '...'\""):
+    config.parse_gin([path])
   gin.clear_config()
 
 

@@ -61,6 +61,8 @@ PAPER_AP = {
 
 def _parse(path, params=()):
   gin.clear_config()
+  if "_pretrained" in path and not any("init_config.checkpoint" in p for p in params):
+    params = [*params, "init_config.checkpoint = '/backbones/converted'"]  # %gin.REQUIRED
   config.parse_gin([path], list(params))
 
 

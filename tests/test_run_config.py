@@ -48,7 +48,8 @@ def test_undefined_macro_and_syntax_error(param, message):
 
 def test_missing_data_bindings_are_named_before_a_model_is_built(tmp_path):
   config.parse_gin(["gin_configs/base/mask_rcnn_small.gin", "gin_configs/norm/gn.gin",
-                    "gin_configs/init/scratch.gin", "gin_configs/schedule/demo.gin"])
+                    "gin_configs/init/scratch.gin", "gin_configs/schedule/demo.gin",
+                    "gin_configs/run/cpu.gin"])
   with pytest.raises(config.ConfigError, match=r"InputConfig.train_pattern, "
                      r"InputConfig.val_pattern, InputConfig.val_annotations, "
                      r"InputConfig.category_ids must be bound"):

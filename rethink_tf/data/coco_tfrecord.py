@@ -195,6 +195,12 @@ def main(argv):
   print(json.dumps(counts))
 
 
-if __name__ == "__main__":
+
+def console_main():
+  """Defines the flags and runs `main` (installed as `rethink-tf-coco-tfrecord`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  console_main()

@@ -150,7 +150,9 @@ def main(argv):
         f"{os.path.join(FLAGS.output, CATEGORIES_FILE)}")
 
 
-if __name__ == "__main__":
+
+def console_main():
+  """Defines the flags and runs `main` (installed as `rethink-tf-convert-detector`)."""
   flags.DEFINE_enum("format", None, list(detector_configs.FORMATS), "Source framework.")
   flags.DEFINE_string("input", None, "model_final.pkl (detectron2 or Detectron) or a "
                       "detectron2 .pth.")
@@ -161,3 +163,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("output", None, "Output directory (new or empty).")
   flags.mark_flags_as_required(["format", "input", "output"])
   app.run(main)
+
+
+if __name__ == "__main__":
+  console_main()

@@ -141,7 +141,9 @@ def main(argv):
     print(f"wrote {', '.join(feats)} to {FLAGS.check_output}")
 
 
-if __name__ == "__main__":
+
+def console_main():
+  """Defines the flags and runs `main` (installed as `rethink-tf-convert-weights`)."""
   flags.DEFINE_enum("format", None, ["torchvision", "detectron", "keras"], "Source layout.")
   flags.DEFINE_string("input", None, "Weight file (.npz/.safetensors/.pth or Detectron .pkl).")
   flags.DEFINE_string("output", None, "Output checkpoint prefix.")
@@ -158,3 +160,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("check_output", "features.npz", "Where --check_input's features go.")
   flags.mark_flags_as_required(["format", "input", "output"])
   app.run(main)
+
+
+if __name__ == "__main__":
+  console_main()

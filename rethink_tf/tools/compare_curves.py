@@ -235,7 +235,9 @@ def main(argv):
         + (f", {FLAGS.csv}" if FLAGS.csv else ""))
 
 
-if __name__ == "__main__":
+
+def console_main():
+  """Defines the flags and runs `main` (installed as `rethink-tf-compare-curves`)."""
   flags.DEFINE_multi_string("run", None, "NAME=MODEL_DIR (repeatable).", required=True)
   flags.DEFINE_multi_string("metric", ["bbox/AP", "segm/AP"], "Eval tags to plot.")
   flags.DEFINE_enum("x", "iterations", list(X_AXES), "Horizontal axis.")
@@ -243,3 +245,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("table", None, "Markdown table of final and best values.")
   flags.DEFINE_string("csv", None, "Every plotted point as CSV.")
   app.run(main)
+
+
+if __name__ == "__main__":
+  console_main()

@@ -90,6 +90,12 @@ def main(argv):
   sys.exit(launch(command, FLAGS.num_workers))
 
 
-if __name__ == "__main__":
+
+def console_main():
+  """Defines the flags and runs `main` (installed as `rethink-tf-launch-local`)."""
   flags.DEFINE_integer("num_workers", 2, "Worker processes to start.")
   app.run(main)
+
+
+if __name__ == "__main__":
+  console_main()

@@ -75,7 +75,13 @@ def main(argv):
   print(json.dumps(build_and_summarize(), indent=1))
 
 
-if __name__ == "__main__":
+
+def console_main():
+  """Defines the flags and runs `main` (installed as `rethink-tf-model-summary`)."""
   flags.DEFINE_multi_string("gin_file", [], "Gin files.")
   flags.DEFINE_multi_string("gin_param", [], "Gin bindings.")
   app.run(main)
+
+
+if __name__ == "__main__":
+  console_main()

@@ -388,9 +388,15 @@ def main(argv):
   print(f"wrote {write_report(cfg, FLAGS.output_dir, FLAGS.gin_file)}", flush=True)
 
 
-if __name__ == "__main__":
+
+def console_main():
+  """Defines the flags and runs `main` (installed as `rethink-tf-study`)."""
   flags.DEFINE_multi_string("gin_file", ["gin_configs/demo/study.gin"], "Study gin files.")
   flags.DEFINE_multi_string("gin_param", [], "Extra bindings, e.g. StudyConfig.schedules=(1,2).")
   flags.DEFINE_string("output_dir", None, "Where the runs and the report go.", required=True)
   flags.DEFINE_bool("report_only", False, "Only rewrite the report from the runs on disk.")
   app.run(main)
+
+
+if __name__ == "__main__":
+  console_main()

@@ -27,7 +27,7 @@ class StudyConfig:
   Args:
     pretrain_gin_files: gin files of the pre-training stage (`python -m rethink_tf.pretrain`).
     detection_gin_files: gin files of the detector without init and schedule (base, norm,
-      data); the study adds the init file and binds the schedule.
+      data, run); the study adds the init file and binds the schedule.
     schedules: schedule lengths, in multiples of the study's 1x.
     steps_per_x: training steps of the study's 1x at `global_batch_size`.
     global_batch_size: images per step.
@@ -44,7 +44,8 @@ class StudyConfig:
   def __init__(self, pretrain_gin_files: Sequence[str] = ("gin_configs/demo/pretrain.gin",),
                detection_gin_files: Sequence[str] = ("gin_configs/base/mask_rcnn_small.gin",
                                                      "gin_configs/norm/gn.gin",
-                                                     "gin_configs/data/synthetic.gin"),
+                                                     "gin_configs/data/synthetic.gin",
+                                                     "gin_configs/run/cpu.gin"),
                schedules: Sequence[int] = (1, 2, 3, 4), steps_per_x: int = 150,
                global_batch_size: int = 8, base_lr_per_16: float = 0.08,
                warmup_steps: int = 50, eval_every_steps: int = 50,

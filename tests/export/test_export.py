@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT, TESTDATA, served_coco_results
-from export.export_saved_model import export, next_version
-from export.serving import SIGNATURES
+from rethink_tf.serving.export_saved_model import export, next_version
+from rethink_tf.serving.detection_server import SIGNATURES
 from rethink_tf import config
 from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.evaluation import coco_evaluator
@@ -198,7 +198,7 @@ def test_versions_are_never_overwritten(trained, exported):
 
 
 def test_predict_draws_the_detections(exported, loaded, tmp_path):
-  from export import predict
+  from rethink_tf.serving import predict
   assert predict.resolve_version(exported[0]) == exported[1]  # the root -> its highest version
   out, js = tmp_path / "pred.png", tmp_path / "pred.json"
   report = predict.run(loaded, [PHOTOS[0], PHOTOS[-1]], str(out), 0.05, str(js))
@@ -215,7 +215,7 @@ def test_predict_draws_the_detections(exported, loaded, tmp_path):
 def test_box_only_model_with_fixed_batch(tmp_path):
   """A Faster R-CNN (no mask head) serves without mask outputs; --batch_size=N fixes the batch
   dimension of every signature."""
-  from export.serving import DetectionServer
+  from rethink_tf.serving.detection_server import DetectionServer
   from rethink_tf.modeling.build import build_model
   config.parse_gin([TINY], ["build_model.mask_on = False"])
   cfg = InputConfig()

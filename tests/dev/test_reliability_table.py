@@ -8,13 +8,13 @@ import sys
 
 from conftest import REPO_ROOT
 from rethink_tf.data.coco_validation import PROBLEMS
-from rethink_tf.tools import reliability_table
+from dev import reliability_table
 
 
 def test_committed_page_is_the_generated_one():
   with open(os.path.join(REPO_ROOT, reliability_table.DOC)) as f:
     assert f.read() == reliability_table.render(), (
-        "docs/reliability.md is stale: python -m rethink_tf.tools.reliability_table "
+        "docs/reliability.md is stale: python -m dev.reliability_table "
         "> docs/reliability.md")
   for kind in PROBLEMS:
     assert f"| `{kind}` |" in reliability_table.render()
@@ -32,6 +32,6 @@ def test_every_row_names_an_existing_test_that_asserts_its_evidence():
 
 
 def test_check_flag_passes_on_the_committed_page():
-  r = subprocess.run([sys.executable, "-m", "rethink_tf.tools.reliability_table", "--check"],
+  r = subprocess.run([sys.executable, "-m", "dev.reliability_table", "--check"],
                      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr

@@ -6,7 +6,7 @@ import json
 import os
 
 from conftest import REPO_ROOT
-from rethink_tf.tools import systems_table
+from dev import systems_table
 
 DOC = os.path.join(REPO_ROOT, "docs", "systems.md")
 
@@ -50,4 +50,4 @@ def test_committed_page_is_the_rendering_of_its_measurements():
                                for t in ("single", "tta") if t in r])   # no machine paths
   assert open(DOC).read() == systems_table.render(results, saved["params"], saved["machine"],
                                                   saved.get("note", "")), (
-      "docs/systems.md is stale: python -m rethink_tf.tools.systems_table --report_only")
+      "docs/systems.md is stale: python -m dev.systems_table --report_only")

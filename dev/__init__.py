@@ -1,0 +1,1 @@
+"""Maintenance scripts of the repository (docs generators, the BUILD generator): not installed."""
