@@ -22,7 +22,9 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pycocotools import mask as mask_utils
+
+from rethink_tf.data import coco_segmentation
+from rethink_tf.data.coco_segmentation import integer_value as _int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,17 +141,6 @@ def annotation_name(ann: dict) -> str:
   return f"annotation {ann.get('id')} of image {ann.get('image_id')}"
 
 
-def _int_id(value) -> Optional[int]:
-  """COCO ids are integers (some exceed int32); bools and floats with a fraction are not."""
-  if isinstance(value, bool):
-    return None
-  if isinstance(value, int):
-    return value
-  if isinstance(value, float) and value.is_integer():
-    return int(value)
-  return None
-
-
 def load_annotations(path: str) -> dict:
   """Reads a COCO JSON; a file-level defect is a ValueError naming the file (no record can
   be salvaged from a file that is not JSON or has no image list)."""
@@ -174,15 +165,15 @@ def index_dataset(data: dict, report: Report):
   """
   categories = {}
   for c in data["categories"]:
-    if isinstance(c, dict) and _int_id(c.get("id")) is not None:
+    if isinstance(c, dict) and _int(c.get("id")) is not None:
       names = c.get("keypoints")
-      categories[_int_id(c["id"])] = len(names) if isinstance(names, list) else 0
+      categories[_int(c["id"])] = len(names) if isinstance(names, list) else 0
   images: Dict[int, dict] = {}
   for im in data["images"]:
     if not isinstance(im, dict):
       report.add("malformed_image", f"image entry {im!r:.60}")
       continue
-    image_id, h, w = _int_id(im.get("id")), _int_id(im.get("height")), _int_id(im.get("width"))
+    image_id, h, w = _int(im.get("id")), _int(im.get("height")), _int(im.get("width"))
     if (image_id is None or not isinstance(im.get("file_name"), str) or h is None or w is None
         or h <= 0 or w <= 0):
       report.add("malformed_image", image_name(im), "needs integer id, file_name, height, width")
@@ -198,9 +189,9 @@ def index_dataset(data: dict, report: Report):
     if not isinstance(a, dict):
       report.add("malformed_annotation", f"annotation entry {a!r:.60}")
       continue
-    ann_id, image_id = _int_id(a.get("id")), _int_id(a.get("image_id"))
+    ann_id, image_id = _int(a.get("id")), _int(a.get("image_id"))
     missing = [k for k, v in (("id", ann_id), ("image_id", image_id),
-                              ("category_id", _int_id(a.get("category_id")))) if v is None]
+                              ("category_id", _int(a.get("category_id")))) if v is None]
     bbox = a.get("bbox")
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -219,7 +210,7 @@ def index_dataset(data: dict, report: Report):
       report.add("orphan_annotation", annotation_name(a))
       continue
     by_image[image_id].append({**a, "id": ann_id, "image_id": image_id,
-                               "category_id": _int_id(a["category_id"])})
+                               "category_id": _int(a["category_id"])})
   return images, by_image, categories
 
 
@@ -261,96 +252,6 @@ def read_image(image: dict, image_dir: str, report: Report) -> Optional[Tuple[by
   except (OSError, SyntaxError, ValueError) as e:
     report.add("corrupt_image", name, f"{path}: {e}")
     return None
-
-
-def rle_string_counts(counts: bytes) -> List[int]:
-  """Run lengths of a compressed COCO RLE string (the format of pycocotools' rleToString).
-
-  Each run is a little-endian sequence of 5-bit groups stored as chr(48 + group), bit 0x20
-  marking that another group follows, the last group sign-extended from bit 0x10; from the
-  third run on, the value is a difference to the run two before. Raises ValueError on a
-  character outside the alphabet or a truncated group sequence.
-  """
-  runs: List[int] = []
-  p = 0
-  while p < len(counts):
-    value, shift, more = 0, 0, True
-    while more:
-      if p >= len(counts):
-        raise ValueError("truncated run")
-      c = counts[p] - 48
-      if not 0 <= c < 64:
-        raise ValueError(f"character {chr(counts[p])!r} outside the RLE alphabet")
-      value |= (c & 0x1F) << shift
-      more = bool(c & 0x20)
-      p += 1
-      shift += 5
-      if not more and c & 0x10:
-        value |= -1 << shift
-    if len(runs) > 2:
-      value += runs[-2]
-    runs.append(value)
-  return runs
-
-
-def _checked_rle(seg: dict, h: int, w: int) -> Tuple[Optional[dict], str]:
-  """(a pycocotools RLE equal to `seg`, '') or (None, what is wrong with it)."""
-  size, counts = seg.get("size"), seg.get("counts")
-  if not (isinstance(size, (list, tuple)) and [_int_id(s) for s in size] == [h, w]):
-    return None, f"size {size!r:.40} is not the image's [{h}, {w}]"
-  if isinstance(counts, list):
-    if not all(_int_id(c) is not None for c in counts):
-      return None, "counts are not all integers"
-    runs = [int(c) for c in counts]
-  elif isinstance(counts, (str, bytes)):
-    try:
-      raw = counts.encode("ascii") if isinstance(counts, str) else counts
-      runs = rle_string_counts(raw)
-    except (UnicodeEncodeError, ValueError) as e:
-      return None, f"compressed counts do not parse ({e})"
-  else:
-    return None, f"counts of type {type(counts).__name__}"
-  if any(r < 0 for r in runs):
-    return None, "a run is negative"
-  if sum(runs) != h * w:
-    return None, f"runs add up to {sum(runs)}, not {h} x {w} = {h * w}"
-  if isinstance(counts, list):
-    return mask_utils.frPyObjects({"size": [h, w], "counts": runs}, h, w), ""
-  return {"size": [h, w], "counts": raw}, ""
-
-
-def _polygon_ok(poly, h: int, w: int) -> bool:
-  if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
-    return False
-  for k, v in enumerate(poly):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-      return False
-    limit = w if k % 2 == 0 else h
-    if not -limit <= v <= 2 * limit:
-      return False
-  return True
-
-
-def decode_segmentation(seg, h: int, w: int, name: str,
-                        report: Report) -> Optional[np.ndarray]:
-  """Checks, repairs and decodes a COCO segmentation -> uint8 [h, w] (None when skipped)."""
-  if isinstance(seg, list):
-    polys = [p for p in seg if _polygon_ok(p, h, w)]
-    if len(polys) < len(seg):
-      kind = "invalid_polygon" if polys else "no_valid_polygon"
-      report.add(kind, name, f"{len(seg) - len(polys)} of {len(seg)} polygon(s) invalid")
-      if not polys:
-        return None
-    rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in polys], h, w))
-  elif isinstance(seg, dict):
-    rle, problem = _checked_rle(seg, h, w)
-    if rle is None:
-      report.add("malformed_rle", name, problem)
-      return None
-  else:
-    report.add("malformed_annotation", name, f"segmentation of type {type(seg).__name__}")
-    return None
-  return mask_utils.decode(rle).astype(np.uint8)
 
 
 @dataclasses.dataclass
@@ -419,7 +320,7 @@ def check_annotation(ann: dict, h: int, w: int, categories: Mapping[int, int],
   if max(-x, -y, x + bw - w, y + bh - h) > 1.0:
     report.add("box_clipped", name, f"bbox {ann['bbox']} clipped to a {h}x{w} image")
   crowd = bool(ann.get("iscrowd", 0))
-  mask = decode_segmentation(ann["segmentation"], h, w, name, report)
+  mask = coco_segmentation.decode_segmentation(ann["segmentation"], h, w, name, report)
   if mask is None:
     return None
   if not crowd and not mask.any():

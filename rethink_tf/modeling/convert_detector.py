@@ -35,7 +35,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from rethink_tf import config  # noqa: E402
 from rethink_tf.data import categories as categories_lib  # noqa: E402
-from rethink_tf.modeling import detector_configs, detector_import  # noqa: E402
+from rethink_tf.modeling import detector_configs, detector_import, detector_specs  # noqa: E402
 from rethink_tf.modeling.build import build_model  # noqa: E402
 
 MODEL_GIN = "model.gin"
@@ -93,8 +93,8 @@ def convert(fmt: str, input_path: str, output: str, config_path=None, categories
         if name in tensors:
           cfg["MODEL"][key] = [float(v) for v in tensors[name].reshape(-1)]
   where = config_path or f"{input_path} (no --config: {fmt} defaults)"
-  make_spec = (detector_configs.detectron2_spec if fmt == "detectron2"
-               else detector_configs.detectron_spec)
+  make_spec = (detector_specs.detectron2_spec if fmt == "detectron2"
+               else detector_specs.detectron_spec)
   spec = make_spec(cfg, tensors, where)
   classes = class_categories(spec.num_classes, categories_path)
   header = (f"# {fmt} detector converted by rethink_tf.modeling.convert_detector from "

@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 
 from conftest import REPO_ROOT
 from rethink_tf.data import coco_tfrecord
+from rethink_tf.data import coco_segmentation
 from rethink_tf.data import coco_validation as validation
 
 SOURCE = "icevision_coco6"
@@ -297,7 +298,7 @@ def _pycocotools_mask(seg, h, w):
   """pycocotools' decoding of a segmentation the converter kept (invalid polygons dropped by
   the documented rule)."""
   if isinstance(seg, list):
-    polys = [p for p in seg if validation._polygon_ok(p, h, w)]
+    polys = [p for p in seg if coco_segmentation.polygon_ok(p, h, w)]
     return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w)))
   if isinstance(seg["counts"], list):
     return mask_utils.decode(mask_utils.frPyObjects(seg, h, w))
@@ -331,5 +332,5 @@ def test_written_masks_equal_pycocotools_decoding(example):
     lambda w: _random_mask(h, w))))
 def test_compressed_rle_parser_matches_pycocotools(mask):
   rle = mask_utils.encode(mask)
-  runs = validation.rle_string_counts(rle["counts"])
+  runs = coco_segmentation.rle_string_counts(rle["counts"])
   assert runs == _runs(mask)

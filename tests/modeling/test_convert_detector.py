@@ -23,6 +23,7 @@ from rethink_tf.data import synthetic
 from rethink_tf.layers.box_ops import pairwise_iou
 from rethink_tf.layers.roi_align import assign_levels
 from rethink_tf.modeling import convert_detector, detector_configs, detector_import
+from rethink_tf.modeling import detector_specs
 from rethink_tf.modeling import postprocess
 
 D2 = os.path.join(TESTDATA, "d2_ref")
@@ -516,9 +517,9 @@ def test_conversion_without_config_reads_the_architecture_from_the_weights():
   """No --config: the weights give the same architecture as the run's config.yaml (the test
   sizes and anchors then are detectron2's COCO defaults)."""
   tensors = detector_import.read_weights(PKL)
-  with_config = detector_configs.detectron2_spec(
+  with_config = detector_specs.detectron2_spec(
       detector_configs.read_config(CONFIG, "detectron2"), tensors, CONFIG)
-  without = detector_configs.detectron2_spec(
+  without = detector_specs.detectron2_spec(
       detector_configs.default_config("detectron2", tensors), tensors, PKL)
   architecture = ("norm", "fpn_norm", "head_norm", "block_counts", "groups", "width_per_group",
                   "width_multiplier", "fpn_channels", "box_head_type", "box_head_num_conv",
