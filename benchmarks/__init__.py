@@ -1,1 +1,1 @@
-"""Benchmarks against TF Model Garden's Mask R-CNN, measured in the same run (issue: performance)."""
+"""Benchmarks against TF Model Garden's Mask R-CNN, measured side by side in the same run."""

@@ -36,17 +36,24 @@ def gin_path(name: str) -> str:
   return os.path.join(_ROOT, "gin_configs", name)
 
 
-def our_gin(size: int, batch: int, norm: str, precision: str = "float32",
+def our_gin(size: int,
+            batch: int,
+            norm: str,
+            precision: str = "float32",
             jit_compile: bool = False):
   """Parses our gin files for the benchmark settings (R50-FPN, `norm` everywhere)."""
   from rethink_tf import config
-  files = ["base/mask_rcnn_resnet_fpn.gin", f"norm/{norm.lower()}.gin", "init/scratch.gin",
-           "schedule/nx.gin", "data/synthetic.gin", "run/cluster.gin"]
-  config.parse_gin([gin_path(f) for f in files], ["nx_schedule.num_x = 1",
-      f"InputConfig.short_side = {size}", f"InputConfig.max_long_side = {size}",
-      f"InputConfig.padded_size = ({size}, {size})", f"TrainConfig.global_batch_size = {batch}",
-      "TrainConfig.eval_image_summaries = 0", "InputConfig.flip = False",
-      f"TrainConfig.precision = '{precision}'", f"TrainConfig.jit_compile = {jit_compile}"])
+  files = [
+      "base/mask_rcnn_resnet_fpn.gin", f"norm/{norm.lower()}.gin", "init/scratch.gin",
+      "schedule/nx.gin", "data/synthetic.gin", "run/cluster.gin"
+  ]
+  config.parse_gin([gin_path(f) for f in files], [
+      "nx_schedule.num_x = 1", f"InputConfig.short_side = {size}",
+      f"InputConfig.max_long_side = {size}", f"InputConfig.padded_size = ({size}, {size})",
+      f"TrainConfig.global_batch_size = {batch}", "TrainConfig.eval_image_summaries = 0",
+      "InputConfig.flip = False", f"TrainConfig.precision = '{precision}'",
+      f"TrainConfig.jit_compile = {jit_compile}"
+  ])
 
 
 def synthetic_train_pattern() -> str:
@@ -63,6 +70,7 @@ def _param_count(model) -> int:
 
 
 # -- ours -------------------------------------------------------------------------------------
+
 
 def our_trainer(size, batch, norm, precision="float32", jit_compile=False):
   from rethink_tf.training import distribute
@@ -114,9 +122,10 @@ def our_export(size, batch, export_dir, norm="BN"):
 
 # -- Model Garden -------------------------------------------------------------------------------
 
+
 def mg_config(size, batch, pattern="", precision="float32"):
-  from official.core import exp_factory
   import official.vision  # noqa: F401  (registers the experiment)
+  from official.core import exp_factory
   cfg = exp_factory.get_exp_config("maskrcnn_resnetfpn_coco")
   cfg.runtime.mixed_precision_dtype = "bfloat16" if "bfloat16" in precision else "float32"
   cfg.task.init_checkpoint = None
@@ -156,8 +165,10 @@ def mg_train(size, batch, pattern, precision="float32"):
 def _mg_anchors(cfg, batch):
   from official.vision.ops import anchor
   m = cfg.task.model
-  boxes = anchor.Anchor(min_level=m.min_level, max_level=m.max_level,
-                        num_scales=m.anchor.num_scales, aspect_ratios=m.anchor.aspect_ratios,
+  boxes = anchor.Anchor(min_level=m.min_level,
+                        max_level=m.max_level,
+                        num_scales=m.anchor.num_scales,
+                        aspect_ratios=m.anchor.aspect_ratios,
                         anchor_size=m.anchor.anchor_size,
                         image_size=m.input_size[:2]).multilevel_boxes
   return {k: tf.tile(v[None], [batch, 1, 1, 1]) for k, v in boxes.items()}
@@ -189,16 +200,22 @@ def mg_export(size, batch, export_dir):
   from official.vision.serving import export_saved_model_lib
   cfg = mg_config(size, batch)
   _, model = _mg_task(cfg)
-  model(tf.zeros([1, size, size, 3]), tf.fill([1, 2], float(size)), _mg_anchors(cfg, 1),
+  model(tf.zeros([1, size, size, 3]),
+        tf.fill([1, 2], float(size)),
+        _mg_anchors(cfg, 1),
         training=False)
   ckpt = tf.train.Checkpoint(model=model).write(os.path.join(tempfile.mkdtemp(), "ckpt"))
-  export_saved_model_lib.export_inference_graph(
-      input_type="image_tensor", batch_size=batch, input_image_size=[size, size], params=cfg,
-      checkpoint_path=ckpt, export_dir=export_dir)
+  export_saved_model_lib.export_inference_graph(input_type="image_tensor",
+                                                batch_size=batch,
+                                                input_image_size=[size, size],
+                                                params=cfg,
+                                                checkpoint_path=ckpt,
+                                                export_dir=export_dir)
   return export_dir
 
 
 # -- SavedModels ------------------------------------------------------------------------------
+
 
 def saved_model_call(path, size, batch) -> Tuple[Work, Dict]:
   """Loads the SavedModel at `path`; work = one call of serving_default on uint8 images."""
@@ -212,11 +229,13 @@ def saved_model_call(path, size, batch) -> Tuple[Work, Dict]:
 
 # -- evaluation -------------------------------------------------------------------------------
 
+
 def eval_subset(num_images: int) -> Tuple[str, str]:
   """The first `num_images` synthetic validation images as one TFRecord and a COCO JSON that
   holds exactly them (so COCOeval's work is the same for both); returns (pattern, json path).
   """
   import json
+
   from rethink_tf import config
   from rethink_tf.data.synthetic import SyntheticDataset
   config.parse_gin([gin_path("data/synthetic.gin")])

@@ -22,7 +22,10 @@ def graph_flops(concrete_fn) -> int:
   return int(prof.total_float_ops)
 
 
-def our_train_forward_flops(model, batch: int, size: int, max_instances: int = 100,
+def our_train_forward_flops(model,
+                            batch: int,
+                            size: int,
+                            max_instances: int = 100,
                             mask_size: int = 112) -> int:
   """FLOPs of our model's training forward pass (backbone, FPN, RPN, RoI heads)."""
   spec = dict(images=tf.TensorSpec([batch, size, size, 3]),
@@ -46,4 +49,4 @@ def matmul_flops_per_second(dtype=tf.float32, n: int = 2048, reps: int = 5) -> f
     t = time.perf_counter()
     mm(a, b).numpy()
     times.append(time.perf_counter() - t)
-  return 2.0 * n ** 3 / sorted(times)[len(times) // 2]
+  return 2.0 * n**3 / sorted(times)[len(times) // 2]

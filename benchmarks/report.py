@@ -35,23 +35,24 @@ def figure_rows(results: Dict) -> List[str]:
     for name, fig in data["figures"].items():
       if name == "flops":
         continue
-      keys = [k for k in ("images_per_s", "seconds_per_call", "load_plus_first_call_s",
-                          "steady_latency_s", "first_call_s", "peak_rss_mb", "params")
-              if k in fig]
-      rows.append(f"| {suite} | {name} | " + ", ".join(f"{k} {_fmt(fig[k])}" for k in keys)
-                  + " |")
+      keys = [
+          k for k in ("images_per_s", "seconds_per_call", "load_plus_first_call_s",
+                      "steady_latency_s", "first_call_s", "peak_rss_mb", "params") if k in fig
+      ]
+      rows.append(f"| {suite} | {name} | " + ", ".join(f"{k} {_fmt(fig[k])}" for k in keys) + " |")
   return rows
 
 
 def markdown(results: Dict) -> str:
   s = results["settings"]
   m = results["machine"]
-  lines = [f"Measured {results['date']} on {m.get('cpu', '?')}, {m.get('cpus')} CPUs, "
-           f"{m.get('mem_gib', '?')} GiB; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
-           f"Command: `{results['command']}` (size {s['size']}, batch {s['batch']}, "
-           f"{s['precision']}, medians of {s['reps']} alternating repetitions of {s['steps']} "
-           f"calls).", "",
-           "| suite | figure | ours / theirs | target | met |", "|---|---|---:|---|---|"]
+  lines = [
+      f"Measured {results['date']} on {m.get('cpu', '?')}, {m.get('cpus')} CPUs, "
+      f"{m.get('mem_gib', '?')} GiB; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
+      f"Command: `{results['command']}` (size {s['size']}, batch {s['batch']}, "
+      f"{s['precision']}, medians of {s['reps']} alternating repetitions of {s['steps']} "
+      f"calls).", "", "| suite | figure | ours / theirs | target | met |", "|---|---|---:|---|---|"
+  ]
   for suite, key, op, bound in TARGETS:
     ratio = results.get(suite, {}).get("ratios", {}).get(key)
     if ratio is None:

@@ -47,17 +47,23 @@ class Worker:
   def __init__(self, name: str, spec: Dict, log_dir: str):
     self.name = name
     self.log = os.path.join(log_dir, f"{name}.log")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     with open(self.log, "w") as log:
-      self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", json.dumps(spec)],
-                                   cwd=ROOT, env=env, stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=log, text=True)
+      self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker",
+                                    json.dumps(spec)],
+                                   cwd=ROOT,
+                                   env=env,
+                                   stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE,
+                                   stderr=log,
+                                   text=True)
     print(f"[{name}] building ...", flush=True)
     self.ready = self._read("ready")
     first = self.ready.get("first_call_s")
-    print(f"[{name}] built in {self.ready['build_s']:.1f}s"
-          + (f", first call {first:.1f}s" if first is not None else ""), flush=True)
+    print(f"[{name}] built in {self.ready['build_s']:.1f}s" +
+          (f", first call {first:.1f}s" if first is not None else ""),
+          flush=True)
 
   def _read(self, event: str) -> Dict:
     for line in self.proc.stdout:
@@ -86,8 +92,12 @@ def _spec(job, impl, **kw):
   return dict(job=job, impl=impl, size=FLAGS.size, batch=FLAGS.batch, **kw)
 
 
-def alternate(contenders: Dict[str, Dict], log_dir: str, warmup: int, reps: int = None,
-              steps: int = None, batch: int = None) -> Dict[str, Dict]:
+def alternate(contenders: Dict[str, Dict],
+              log_dir: str,
+              warmup: int,
+              reps: int = None,
+              steps: int = None,
+              batch: int = None) -> Dict[str, Dict]:
   """Builds every contender (each in its process), times them in alternation: `reps` rounds of
   `steps` calls each; returns per-contender figures (medians over the rounds)."""
   reps, steps = reps or FLAGS.reps, steps or FLAGS.steps
@@ -104,11 +114,14 @@ def alternate(contenders: Dict[str, Dict], log_dir: str, warmup: int, reps: int 
     out = {}
     for name, w in workers.items():
       med = statistics.median(times[name])
-      out[name] = dict(seconds_per_call=med, images_per_s=batch / med,
-                       seconds_all=times[name], first_call_s=w.ready.get("first_call_s"),
-                       build_s=w.ready["build_s"], peak_rss_mb=w.quit(),
-                       **{k: v for k, v in w.ready.items()
-                          if k not in ("event", "build_s", "first_call_s")})
+      out[name] = dict(
+          seconds_per_call=med,
+          images_per_s=batch / med,
+          seconds_all=times[name],
+          first_call_s=w.ready.get("first_call_s"),
+          build_s=w.ready["build_s"],
+          peak_rss_mb=w.quit(),
+          **{k: v for k, v in w.ready.items() if k not in ("event", "build_s", "first_call_s")})
     return out
   finally:
     for w in workers.values():
@@ -129,10 +142,11 @@ def single(name, spec, log_dir) -> Dict:
 def suite_train(log_dir, results):
   prec, jit = FLAGS.precision, FLAGS.jit_compile
   contenders = {
-      f"ours_{FLAGS.our_bn}": _spec("train", "ours", norm=FLAGS.our_bn, precision=prec,
-                                    jit_compile=jit),
-      "ours_GN": _spec("train", "ours", norm="GN", precision=prec, jit_compile=jit),
-      "model_garden_BN": _spec("train", "model_garden", precision=prec)}
+      f"ours_{FLAGS.our_bn}":
+          _spec("train", "ours", norm=FLAGS.our_bn, precision=prec, jit_compile=jit), "ours_GN":
+              _spec("train", "ours", norm="GN", precision=prec, jit_compile=jit), "model_garden_BN":
+                  _spec("train", "model_garden", precision=prec)
+  }
   r = alternate(contenders, log_dir, warmup=2)
   mg = r["model_garden_BN"]
   ratios = {}
@@ -140,8 +154,7 @@ def suite_train(log_dir, results):
     if name.startswith("ours"):
       ratios[f"{name}/model_garden_BN images_per_s"] = _ratio(r[name]["images_per_s"],
                                                               mg["images_per_s"])
-      ratios[f"{name}/model_garden_BN peak_rss"] = _ratio(r[name]["peak_rss_mb"],
-                                                          mg["peak_rss_mb"])
+      ratios[f"{name}/model_garden_BN peak_rss"] = _ratio(r[name]["peak_rss_mb"], mg["peak_rss_mb"])
   fl = single("flops", _spec("flops", "ours", norm=FLAGS.our_bn, precision=prec), log_dir)
   mm = single("matmul", _spec("matmul", "ours"), log_dir)["matmul_flops_per_s"]
   from benchmarks.flops import TRAIN_FLOPS_PER_FORWARD
@@ -149,8 +162,10 @@ def suite_train(log_dir, results):
   ours = r[f"ours_{FLAGS.our_bn}"]
   achieved = train_flops / ours["seconds_per_call"]
   peak = mm["bfloat16" if "bfloat16" in prec else "float32"]
-  r["flops"] = dict(train_forward_flops=fl["train_forward_flops"], train_step_flops=train_flops,
-                    achieved_flops_per_s=achieved, matmul_flops_per_s=mm,
+  r["flops"] = dict(train_forward_flops=fl["train_forward_flops"],
+                    train_step_flops=train_flops,
+                    achieved_flops_per_s=achieved,
+                    matmul_flops_per_s=mm,
                     fraction_of_matmul=achieved / peak,
                     model_garden_achieved_flops_per_s=train_flops / mg["seconds_per_call"])
   results["train"] = dict(figures=r, ratios=ratios)
@@ -158,14 +173,19 @@ def suite_train(log_dir, results):
 
 def suite_infer(log_dir, results):
   prec = FLAGS.precision
-  r = alternate({f"ours_{FLAGS.our_bn}": _spec("infer", "ours", norm=FLAGS.our_bn,
-                                               precision=prec),
-                 "model_garden_BN": _spec("infer", "model_garden", precision=prec)},
-                log_dir, warmup=2)
+  r = alternate(
+      {
+          f"ours_{FLAGS.our_bn}": _spec("infer", "ours", norm=FLAGS.our_bn, precision=prec),
+          "model_garden_BN": _spec("infer", "model_garden", precision=prec)
+      },
+      log_dir,
+      warmup=2)
   o, m = r[f"ours_{FLAGS.our_bn}"], r["model_garden_BN"]
-  results["infer"] = dict(figures=r, ratios={
-      "images_per_s": _ratio(o["images_per_s"], m["images_per_s"]),
-      "peak_rss": _ratio(o["peak_rss_mb"], m["peak_rss_mb"])})
+  results["infer"] = dict(figures=r,
+                          ratios={
+                              "images_per_s": _ratio(o["images_per_s"], m["images_per_s"]),
+                              "peak_rss": _ratio(o["peak_rss_mb"], m["peak_rss_mb"])
+                          })
 
 
 def suite_export(log_dir, results):
@@ -173,77 +193,110 @@ def suite_export(log_dir, results):
   paths = {}
   for impl in ("ours", "model_garden"):
     d = os.path.join(export_root, impl)
-    paths[impl] = single(f"export_{impl}", _spec("export", impl, norm=FLAGS.our_bn,
-                                                 export_dir=d), log_dir)["path"]
+    paths[impl] = single(f"export_{impl}", _spec("export", impl, norm=FLAGS.our_bn, export_dir=d),
+                         log_dir)["path"]
   runs = {impl: [] for impl in paths}
   for rep in range(FLAGS.reps):  # a fresh process per load, alternating
     for impl, path in paths.items():
       w = Worker(f"saved_model_{impl}_{rep + 1}", _spec("saved_model", impl, path=path, warmup=1),
                  log_dir)
       steady = w.run(FLAGS.steps)
-      runs[impl].append(dict(load_s=w.ready["build_s"], first_call_s=w.ready["first_call_s"],
-                             steady_s=steady, peak_rss_mb=w.quit()))
+      runs[impl].append(
+          dict(load_s=w.ready["build_s"],
+               first_call_s=w.ready["first_call_s"],
+               steady_s=steady,
+               peak_rss_mb=w.quit()))
   fig = {}
   for impl, rs in runs.items():
-    med = lambda k: statistics.median(x[k] for x in rs)
-    fig[impl] = dict(load_s=med("load_s"), first_call_s=med("first_call_s"),
-                     load_plus_first_call_s=statistics.median(x["load_s"] + x["first_call_s"]
-                                                              for x in rs),
-                     steady_latency_s=med("steady_s"), peak_rss_mb=med("peak_rss_mb"),
-                     runs=rs, path=paths[impl])
+    med = lambda k, rs=rs: statistics.median(x[k] for x in rs)
+    fig[impl] = dict(load_s=med("load_s"),
+                     first_call_s=med("first_call_s"),
+                     load_plus_first_call_s=statistics.median(
+                         x["load_s"] + x["first_call_s"] for x in rs),
+                     steady_latency_s=med("steady_s"),
+                     peak_rss_mb=med("peak_rss_mb"),
+                     runs=rs,
+                     path=paths[impl])
   o, m = fig["ours"], fig["model_garden"]
-  results["export"] = dict(figures=fig, ratios={
-      "load_plus_first_call": _ratio(o["load_plus_first_call_s"], m["load_plus_first_call_s"]),
-      "steady_latency": _ratio(o["steady_latency_s"], m["steady_latency_s"]),
-      "peak_rss": _ratio(o["peak_rss_mb"], m["peak_rss_mb"])})
+  results["export"] = dict(
+      figures=fig,
+      ratios={
+          "load_plus_first_call": _ratio(o["load_plus_first_call_s"], m["load_plus_first_call_s"]),
+          "steady_latency": _ratio(o["steady_latency_s"], m["steady_latency_s"]),
+          "peak_rss": _ratio(o["peak_rss_mb"], m["peak_rss_mb"])
+      })
 
 
 def suite_input(log_dir, results):
-  r = alternate({"ours": _spec("input", "ours", norm=FLAGS.our_bn),
-                 "model_garden": _spec("input", "model_garden")}, log_dir, warmup=3,
-                steps=FLAGS.input_batches)
+  r = alternate(
+      {
+          "ours": _spec("input", "ours", norm=FLAGS.our_bn), "model_garden": _spec(
+              "input", "model_garden")
+      },
+      log_dir,
+      warmup=3,
+      steps=FLAGS.input_batches)
   if "train" in results:
     consumption = results["train"]["figures"][f"ours_{FLAGS.our_bn}"]["images_per_s"]
     source = "train suite of this run"
   else:
-    t = alternate({f"train_ours_{FLAGS.our_bn}": _spec(
-        "train", "ours", norm=FLAGS.our_bn, precision=FLAGS.precision,
-        jit_compile=FLAGS.jit_compile)}, log_dir, warmup=2)
+    t = alternate(
+        {
+            f"train_ours_{FLAGS.our_bn}":
+                _spec("train",
+                      "ours",
+                      norm=FLAGS.our_bn,
+                      precision=FLAGS.precision,
+                      jit_compile=FLAGS.jit_compile)
+        },
+        log_dir,
+        warmup=2)
     consumption = next(iter(t.values()))["images_per_s"]
     source = "measured by this suite"
-  results["input"] = dict(figures=r, training_consumption_images_per_s=consumption,
-                          consumption_source=source, ratios={
-      "ours_input/ours_training_consumption": _ratio(r["ours"]["images_per_s"], consumption),
-      "ours/model_garden images_per_s": _ratio(r["ours"]["images_per_s"],
-                                               r["model_garden"]["images_per_s"])})
+  results["input"] = dict(figures=r,
+                          training_consumption_images_per_s=consumption,
+                          consumption_source=source,
+                          ratios={
+                              "ours_input/ours_training_consumption":
+                                  _ratio(r["ours"]["images_per_s"], consumption),
+                              "ours/model_garden images_per_s":
+                                  _ratio(r["ours"]["images_per_s"],
+                                         r["model_garden"]["images_per_s"])
+                          })
 
 
 def suite_eval(log_dir, results):
   n = FLAGS.eval_images
-  r = alternate({f"ours_{FLAGS.our_bn}": _spec("eval", "ours", norm=FLAGS.our_bn, images=n),
-                 "model_garden_BN": _spec("eval", "model_garden", images=n)}, log_dir,
-                warmup=1)
+  r = alternate(
+      {
+          f"ours_{FLAGS.our_bn}": _spec("eval", "ours", norm=FLAGS.our_bn, images=n),
+          "model_garden_BN": _spec("eval", "model_garden", images=n)
+      },
+      log_dir,
+      warmup=1)
   for fig in r.values():  # one call evaluates n images, not a batch
     fig["images_per_s"] = n / fig["seconds_per_call"]
   o, m = r[f"ours_{FLAGS.our_bn}"], r["model_garden_BN"]
-  results["eval"] = dict(figures=r, images=n, ratios={
-      "images_per_s": _ratio(o["images_per_s"], m["images_per_s"]),
-      "peak_rss": _ratio(o["peak_rss_mb"], m["peak_rss_mb"])})
+  results["eval"] = dict(figures=r,
+                         images=n,
+                         ratios={
+                             "images_per_s": _ratio(o["images_per_s"], m["images_per_s"]),
+                             "peak_rss": _ratio(o["peak_rss_mb"], m["peak_rss_mb"])
+                         })
 
 
 def machine() -> Dict:
-  info = dict(platform=platform.platform(), python=platform.python_version(),
-              cpus=os.cpu_count())
+  info = dict(platform=platform.platform(), python=platform.python_version(), cpus=os.cpu_count())
   try:
     with open("/proc/cpuinfo") as f:
       text = f.read()
-    info["cpu"] = next(l.split(":", 1)[1].strip() for l in text.splitlines()
-                       if l.startswith("model name"))
+    info["cpu"] = next(
+        l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name"))
     flags_line = next(l for l in text.splitlines() if l.startswith("flags")).split()
-    info["cpu_features"] = sorted(f for f in flags_line if f.startswith(("avx512_bf16", "amx",
-                                                                         "avx512f", "fma")))
+    info["cpu_features"] = sorted(
+        f for f in flags_line if f.startswith(("avx512_bf16", "amx", "avx512f", "fma")))
     with open("/proc/meminfo") as f:
-      info["mem_gib"] = round(int(f.readline().split()[1]) / 2 ** 20, 1)
+      info["mem_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
   except (OSError, StopIteration):
     pass
   import importlib.metadata as md
@@ -263,11 +316,18 @@ def main(argv):
   print(f"worker logs: {log_dir}", flush=True)
   results = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  command="python -m benchmarks.run " + " ".join(sys.argv[1:]),
-                 settings=dict(size=FLAGS.size, batch=FLAGS.batch, reps=FLAGS.reps,
-                               steps=FLAGS.steps, precision=FLAGS.precision,
-                               jit_compile=FLAGS.jit_compile, our_bn=FLAGS.our_bn),
+                 settings=dict(size=FLAGS.size,
+                               batch=FLAGS.batch,
+                               reps=FLAGS.reps,
+                               steps=FLAGS.steps,
+                               precision=FLAGS.precision,
+                               jit_compile=FLAGS.jit_compile,
+                               our_bn=FLAGS.our_bn),
                  machine=machine())
-  fns = dict(train=suite_train, infer=suite_infer, export=suite_export, input=suite_input,
+  fns = dict(train=suite_train,
+             infer=suite_infer,
+             export=suite_export,
+             input=suite_input,
              eval=suite_eval)
   for suite in suites:
     print(f"== suite {suite}", flush=True)

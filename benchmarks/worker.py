@@ -50,20 +50,24 @@ def build(spec):
   if job == "saved_model":
     return c.saved_model_call(spec["path"], size, batch)
   if job == "matmul":
-    from benchmarks import flops
     import tensorflow as tf
+
+    from benchmarks import flops
     rates = {d: flops.matmul_flops_per_second(getattr(tf, d)) for d in ("float32", "bfloat16")}
     return (lambda: None), {"matmul_flops_per_s": rates}
   if job == "export":
-    path = (c.our_export(size, batch, spec["export_dir"], spec["norm"]) if impl == "ours"
-            else c.mg_export(size, batch, spec["export_dir"]))
+    path = (c.our_export(size, batch, spec["export_dir"], spec["norm"])
+            if impl == "ours" else c.mg_export(size, batch, spec["export_dir"]))
     return (lambda: None), {"path": path}
   if job == "flops" and impl == "ours":
     from benchmarks import flops
     trainer = c.our_trainer(size, batch, spec["norm"], precision)
-    return (lambda: None), {"train_forward_flops": flops.our_train_forward_flops(
-        trainer.model, batch, size, trainer.input_cfg.max_instances,
-        trainer.input_cfg.mask_crop_size)}
+    return (lambda: None), {
+        "train_forward_flops":
+            flops.our_train_forward_flops(trainer.model, batch, size,
+                                          trainer.input_cfg.max_instances,
+                                          trainer.input_cfg.mask_crop_size)
+    }
   raise ValueError(f"unknown benchmark job {job!r} for {impl!r}")
 
 

@@ -27,8 +27,8 @@ CONVERTER_TEST = ("tests/data/test_coco_validation.py::"
 class Case:
   bad_input: str
   what_happens: str
-  test: str       # "tests/path.py::test_name"
-  evidence: str   # text the test module contains: the message or name it asserts
+  test: str  # "tests/path.py::test_name"
+  evidence: str  # text the test module contains: the message or name it asserts
 
 
 CASES = {
@@ -37,144 +37,151 @@ CASES = {
              "ValueError naming the file and the defect; nothing written",
              "tests/data/test_coco_validation.py::test_a_bad_file_is_an_error_naming_it",
              "no `categories` list"),
-        Case("any record problem above, with `--strict`",
-             "exit 1; stderr lists every problem record (`kind: record: detail`); no shard, "
-             "temporary file or report left",
-             "tests/data/test_coco_validation.py::"
-             "test_strict_fails_naming_every_record_and_writes_nothing",
-             "problem(s) with --strict; nothing was written"),
-        Case("random polygons (degenerate, odd-length, NaN/inf/1e12 coordinates), RLEs "
-             "(wrong sums, negative runs, garbage strings, wrong sizes) and boxes "
-             "(hypothesis, 300 examples)",
-             "never crashes; every mask written equals pycocotools' decoding of what was "
-             "kept (pycocotools itself is OOM-killed by a NaN or 1e12 polygon coordinate and "
-             "decodes an invalid compressed RLE into uninitialized memory)",
-             "tests/data/test_coco_validation.py::test_written_masks_equal_pycocotools_decoding",
-             "_pycocotools_mask"),
-        Case("grayscale, CMYK and RGBA images, ids beyond int32, images without annotations",
-             "converted (CMYK re-encoded as RGB JPEG); ids kept exactly",
-             "tests/data/test_coco_tfrecord.py::"
-             "test_grayscale_cmyk_png_64bit_ids_and_empty_images", "2**40"),
+        Case(
+            "any record problem above, with `--strict`",
+            "exit 1; stderr lists every problem record (`kind: record: detail`); no shard, "
+            "temporary file or report left", "tests/data/test_coco_validation.py::"
+            "test_strict_fails_naming_every_record_and_writes_nothing",
+            "problem(s) with --strict; nothing was written"),
+        Case(
+            "random polygons (degenerate, odd-length, NaN/inf/1e12 coordinates), RLEs "
+            "(wrong sums, negative runs, garbage strings, wrong sizes) and boxes "
+            "(hypothesis, 300 examples)",
+            "never crashes; every mask written equals pycocotools' decoding of what was "
+            "kept (pycocotools itself is OOM-killed by a NaN or 1e12 polygon coordinate and "
+            "decodes an invalid compressed RLE into uninitialized memory)",
+            "tests/data/test_coco_validation.py::test_written_masks_equal_pycocotools_decoding",
+            "_pycocotools_mask"),
+        Case(
+            "grayscale, CMYK and RGBA images, ids beyond int32, images without annotations",
+            "converted (CMYK re-encoded as RGB JPEG); ids kept exactly",
+            "tests/data/test_coco_tfrecord.py::"
+            "test_grayscale_cmyk_png_64bit_ids_and_empty_images", "2**40"),
     ],
     "Training run (`python -m rethink_tf.train`)": [
-        Case("a non-finite loss or gradient at step k",
-             "the step's update is never applied; the run stops with exit 1: `non-finite loss "
-             "at step k (every term=value): ... the last good checkpoint is .../ckpt-j, intact; "
-             "run the same command to resume from it` and what to change; nothing is saved "
-             "after step k-1; resuming continues from ckpt-j",
-             "tests/training/test_divergence.py::"
-             "test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoint",
-             "the last good checkpoint is"),
-        Case("the same, with `TrainConfig.skip_nonfinite_steps = N`",
-             "up to N such steps are skipped with a warning (counted over the run, saved in "
-             "the checkpoint, `skipped_nonfinite_steps` in TensorBoard); the next one stops "
-             "the run as above",
-             "tests/training/test_divergence.py::"
-             "test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoint",
-             "skip_nonfinite_steps = 1 used"),
-        Case("a NaN loss on one replica of two (MirroredStrategy)",
-             "the replicas agree (an all-reduce) and none applies the step: weights and "
-             "momentum untouched, the step counter advanced; the next step applies normally",
-             "tests/training/test_divergence.py::"
-             "test_a_nan_on_one_replica_skips_the_step_on_every_replica",
-             "replica_id_in_sync_group"),
-        Case("the disk fills during a checkpoint write (a real size-limited tmpfs)",
-             "exit 1: `could not write checkpoint .../ckpt-10 at step 10: ... No space left on "
-             "device; removed its partial files [...]; the previous checkpoint .../ckpt-5 is "
-             "intact: free space ... and run the same command`; ckpt-5 restores",
-             "tests/training/test_full_disk.py::"
-             "test_disk_full_during_checkpoint_write_keeps_the_previous_one_restorable",
-             "No space left on device"),
-        Case("SIGKILL while a checkpoint is being written",
-             "the damaged checkpoint never becomes the latest; the next start resumes from "
-             "the previous one",
-             "tests/training/test_train_and_resume.py::"
-             "test_kill_during_checkpoint_write_keeps_the_previous_checkpoint",
-             "the damaged ckpt-10 never became latest"),
-        Case("SIGTERM (preemption)",
-             "checkpoint at the current step, exit 0; the restarted run logs the losses of "
-             "an uninterrupted one",
-             "tests/training/test_train_and_resume.py::"
-             "test_sigterm_saves_exits_cleanly_and_resumes_identically",
-             "preempted \\(SIGTERM\\)"),
+        Case(
+            "a non-finite loss or gradient at step k",
+            "the step's update is never applied; the run stops with exit 1: `non-finite loss "
+            "at step k (every term=value): ... the last good checkpoint is .../ckpt-j, intact; "
+            "run the same command to resume from it` and what to change; nothing is saved "
+            "after step k-1; resuming continues from ckpt-j", "tests/training/test_divergence.py::"
+            "test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoint",
+            "the last good checkpoint is"),
+        Case(
+            "the same, with `TrainConfig.skip_nonfinite_steps = N`",
+            "up to N such steps are skipped with a warning (counted over the run, saved in "
+            "the checkpoint, `skipped_nonfinite_steps` in TensorBoard); the next one stops "
+            "the run as above", "tests/training/test_divergence.py::"
+            "test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoint",
+            "skip_nonfinite_steps = 1 used"),
+        Case(
+            "a NaN loss on one replica of two (MirroredStrategy)",
+            "the replicas agree (an all-reduce) and none applies the step: weights and "
+            "momentum untouched, the step counter advanced; the next step applies normally",
+            "tests/training/test_divergence.py::"
+            "test_a_nan_on_one_replica_skips_the_step_on_every_replica",
+            "replica_id_in_sync_group"),
+        Case(
+            "the disk fills during a checkpoint write (a real size-limited tmpfs)",
+            "exit 1: `could not write checkpoint .../ckpt-10 at step 10: ... No space left on "
+            "device; removed its partial files [...]; the previous checkpoint .../ckpt-5 is "
+            "intact: free space ... and run the same command`; ckpt-5 restores",
+            "tests/training/test_full_disk.py::"
+            "test_disk_full_during_checkpoint_write_keeps_the_previous_one_restorable",
+            "No space left on device"),
+        Case(
+            "SIGKILL while a checkpoint is being written",
+            "the damaged checkpoint never becomes the latest; the next start resumes from "
+            "the previous one", "tests/training/test_train_and_resume.py::"
+            "test_kill_during_checkpoint_write_keeps_the_previous_checkpoint",
+            "the damaged ckpt-10 never became latest"),
+        Case(
+            "SIGTERM (preemption)",
+            "checkpoint at the current step, exit 0; the restarted run logs the losses of "
+            "an uninterrupted one", "tests/training/test_train_and_resume.py::"
+            "test_sigterm_saves_exits_cleanly_and_resumes_identically", "preempted \\(SIGTERM\\)"),
     ],
     "Configuration (gin files, `--gin_param`, `--model_dir`)": [
-        Case("a misspelled parameter in a gin file",
-             "ConfigError before any model is built: the configurable, the parameter, "
-             "`did you mean ...?`, the file and line",
-             "tests/test_run_config.py::"
-             "test_misspelled_parameter_in_a_file_names_file_line_and_the_right_name",
-             "(did you mean build_model.width_multiplier?)"),
-        Case("a misspelled configurable in `--gin_param`",
-             "ConfigError with the nearest configurables and the binding",
-             "tests/test_run_config.py::"
-             "test_misspelled_configurable_in_a_param_names_the_binding",
-             "No configurable matching 'TrainConfg'"),
+        Case(
+            "a misspelled parameter in a gin file",
+            "ConfigError before any model is built: the configurable, the parameter, "
+            "`did you mean ...?`, the file and line", "tests/test_run_config.py::"
+            "test_misspelled_parameter_in_a_file_names_file_line_and_the_right_name",
+            "(did you mean build_model.width_multiplier?)"),
+        Case(
+            "a misspelled configurable in `--gin_param`",
+            "ConfigError with the nearest configurables and the binding",
+            "tests/test_run_config.py::"
+            "test_misspelled_configurable_in_a_param_names_the_binding",
+            "No configurable matching 'TrainConfg'"),
         Case("an undefined macro; a syntax error",
              "ConfigError: `the macro %X is used but never bound`; the offending binding",
              "tests/test_run_config.py::test_undefined_macro_and_syntax_error",
              "is used but never bound"),
-        Case("real data without its bindings, or patterns that match no file",
-             "ConfigError naming each missing binding, or the binding and its pattern, before "
-             "a model is built",
-             "tests/test_run_config.py::"
-             "test_missing_data_bindings_are_named_before_a_model_is_built", "must be bound"),
-        Case("incompatible choices: scratch with FrozenBN or frozen stages, pretrained "
-             "without a checkpoint",
-             "InitError saying why (the paper's frozen-at-random scratch runs lost 3 AP)",
-             "tests/modeling/test_init_guard_rails.py::"
-             "test_guard_rails_fire_from_gin_before_training", "needs a backbone"),
-        Case("a `--model_dir` whose run had a different operative config",
-             "exit 1 before any step, nothing written: `... holds a run with a different "
-             "operative config` listing each `binding: old -> new`; with "
-             "`--allow_config_change` the run resumes and the changes go to "
-             "`config_changes.txt` (log, eval, checkpoint and stop settings may always change)",
-             "tests/test_run_config.py::"
-             "test_a_model_dir_with_another_config_is_refused_then_allowed",
-             "holds a run with a different operative config"),
-        Case("a keypoint head without keypoint data (or the other way round)",
-             "ConfigError before training: `build_model.num_keypoints = K but "
-             "InputConfig.keypoint_names names N keypoints`",
-             "tests/modeling/test_keypoint_rcnn.py::"
-             "test_keypoint_head_without_keypoint_data_is_refused_before_training",
-             "InputConfig.keypoint_names names 0 keypoints"),
-        Case("`TrainConfig.cascade_start_step` on a model without cascade stages",
-             "ConfigError before any step, naming the binding that adds the stages",
-             "tests/training/test_warm_start.py::"
-             "test_a_cascade_start_step_without_cascade_stages_is_refused",
-             "cascade_start_step = 5 but the model has no cascade"),
-        Case("a Cascade R-CNN with one IoU",
-             "ValueError: one IoU per stage and at least 2 stages",
+        Case(
+            "real data without its bindings, or patterns that match no file",
+            "ConfigError naming each missing binding, or the binding and its pattern, before "
+            "a model is built", "tests/test_run_config.py::"
+            "test_missing_data_bindings_are_named_before_a_model_is_built", "must be bound"),
+        Case(
+            "incompatible choices: scratch with FrozenBN or frozen stages, pretrained "
+            "without a checkpoint",
+            "InitError saying why (the paper's frozen-at-random scratch runs lost 3 AP)",
+            "tests/modeling/test_init_guard_rails.py::"
+            "test_guard_rails_fire_from_gin_before_training", "needs a backbone"),
+        Case(
+            "a `--model_dir` whose run had a different operative config",
+            "exit 1 before any step, nothing written: `... holds a run with a different "
+            "operative config` listing each `binding: old -> new`; with "
+            "`--allow_config_change` the run resumes and the changes go to "
+            "`config_changes.txt` (log, eval, checkpoint and stop settings may always change)",
+            "tests/test_run_config.py::"
+            "test_a_model_dir_with_another_config_is_refused_then_allowed",
+            "holds a run with a different operative config"),
+        Case(
+            "a keypoint head without keypoint data (or the other way round)",
+            "ConfigError before training: `build_model.num_keypoints = K but "
+            "InputConfig.keypoint_names names N keypoints`",
+            "tests/modeling/test_keypoint_rcnn.py::"
+            "test_keypoint_head_without_keypoint_data_is_refused_before_training",
+            "InputConfig.keypoint_names names 0 keypoints"),
+        Case(
+            "`TrainConfig.cascade_start_step` on a model without cascade stages",
+            "ConfigError before any step, naming the binding that adds the stages",
+            "tests/training/test_warm_start.py::"
+            "test_a_cascade_start_step_without_cascade_stages_is_refused",
+            "cascade_start_step = 5 but the model has no cascade"),
+        Case("a Cascade R-CNN with one IoU", "ValueError: one IoU per stage and at least 2 stages",
              "tests/modeling/test_cascade.py::test_one_stage_cascade_is_refused",
              "at least 2 stages"),
     ],
     "Weights": [
-        Case("a Detectron pickle that would run code",
-             "refused by the restricted unpickler",
+        Case("a Detectron pickle that would run code", "refused by the restricted unpickler",
              "tests/modeling/test_convert_weights.py::test_code_in_a_pickle_is_refused",
              "refusing to load"),
-        Case("a weight file with missing or unused tensors",
-             "ConversionError naming each tensor",
+        Case("a weight file with missing or unused tensors", "ConversionError naming each tensor",
              "tests/modeling/test_convert_weights.py::test_missing_and_unused_weights_are_named",
              "layer3.2.conv2.weight"),
         Case("a warm-start checkpoint that does not exist",
              "FileNotFoundError naming the missing `.index`, before any step",
              "tests/training/test_warm_start.py::test_a_missing_warm_start_checkpoint_is_named",
              "nothing/ckpt-5.index does not exist"),
-        Case("a warm-start checkpoint of a different model (plain vs cascade)",
-             "the variables that fit by path and shape are restored, the others keep their "
-             "initialization; the counts and names are printed",
-             "tests/training/test_warm_start.py::test_plain_checkpoint_continues_as_cascade",
-             "warm start from"),
+        Case(
+            "a warm-start checkpoint of a different model (plain vs cascade)",
+            "the variables that fit by path and shape are restored, the others keep their "
+            "initialization; the counts and names are printed",
+            "tests/training/test_warm_start.py::test_plain_checkpoint_continues_as_cascade",
+            "warm start from"),
     ],
     "Serving (the exported SavedModel, validated in the graph)": [
-        Case(f"request: {case.replace('_', ' ')}",
-             "InvalidArgumentError naming the input and the problem; the model serves the "
-             "next request correctly",
-             "tests/export/test_export.py::test_bad_request_names_the_problem", f'"{case}"')
-        for case in ("empty_string", "not_an_image", "truncated_jpeg", "wrong_dtype",
-                     "wrong_rank", "zero_size_image", "four_channels", "empty_batch",
-                     "example_without_image", "not_an_example")
+        Case(
+            f"request: {case.replace('_', ' ')}",
+            "InvalidArgumentError naming the input and the problem; the model serves the "
+            "next request correctly",
+            "tests/export/test_export.py::test_bad_request_names_the_problem", f'"{case}"')
+        for case in ("empty_string", "not_an_image", "truncated_jpeg", "wrong_dtype", "wrong_rank",
+                     "zero_size_image", "four_channels", "empty_batch", "example_without_image",
+                     "not_an_example")
     ],
 }
 
@@ -208,8 +215,9 @@ def render() -> str:
   for kind, p in PROBLEMS.items():
     lines.append(f"| `{kind}` | {p.record} | {p.action} | {_cell(p.rule)} |")
   for section, cases in CASES.items():
-    lines += ["", f"## {section}", "", "| Bad input | What happens | Shown by |",
-              "| --- | --- | --- |"]
+    lines += [
+        "", f"## {section}", "", "| Bad input | What happens | Shown by |", "| --- | --- | --- |"
+    ]
     for c in cases:
       lines.append(f"| {_cell(c.bad_input)} | {_cell(c.what_happens)} | `{c.test}` |")
   return "\n".join(lines) + "\n"

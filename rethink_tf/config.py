@@ -15,13 +15,12 @@ from typing import Dict, Sequence
 
 import gin
 
-# Imported for their gin registrations.
+# Imported for their gin registrations (training.schedules comes with training.optimizer).
 from rethink_tf.data import input_pipeline, synthetic  # noqa: F401
 from rethink_tf.evaluation import tta  # noqa: F401
 from rethink_tf.modeling import build, init  # noqa: F401
 from rethink_tf.run_config import ConfigError  # noqa: F401 (raised here, caught by callers)
-from rethink_tf.training import study_plan  # noqa: F401
-from rethink_tf.training import optimizer, pretraining, schedules, train_config  # noqa: F401
+from rethink_tf.training import optimizer, pretraining, study_plan, train_config  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +67,7 @@ def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str] = (), finalize
       raise ConfigError(f"gin file {f!r} not found (looked in {os.getcwd()} and {REPO_ROOT})")
   try:
     gin.parse_config_files_and_bindings(resolved, list(gin_params), finalize_config=finalize)
-  except (ValueError, SyntaxError, IOError) as e:
+  except (OSError, ValueError, SyntaxError) as e:
     text = str(e)
     macro = re.match(r"No bindings specified for '([\w./]+)/gin.macro'", text)
     if macro:  # gin appends the whole config to this one

@@ -41,14 +41,14 @@ def main(argv):
   print(json.dumps({"checkpoint": path, **({"tta": vars(tta)} if tta else {}), **metrics}))
 
 
-
 def console_main():
   """Defines the flags and runs `main` (installed as `rethink-tf-evaluate`)."""
   define_common_flags()
   flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or directory (default: latest in "
                       "--model_dir).")
-  flags.DEFINE_bool("tta", False, "Evaluate with test-time augmentation (flip + the scales "
-                    "bound to TestTimeAugmentation.scales).")
+  flags.DEFINE_bool(
+      "tta", False, "Evaluate with test-time augmentation (flip + the scales "
+      "bound to TestTimeAugmentation.scales).")
   flags.DEFINE_string("results_file", None, "Also write the detections here (COCO results "
                       "JSON).")
   app.run(main)

@@ -39,7 +39,6 @@ def main(argv):
   pretrain(FLAGS.model_dir)
 
 
-
 def console_main():
   """Defines the flags and runs `main` (installed as `rethink-tf-pretrain`)."""
   flags.DEFINE_multi_string("gin_file", [], "Gin files (repeatable); later ones override.")

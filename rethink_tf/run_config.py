@@ -16,10 +16,10 @@ class ConfigError(ValueError):
 
 # Bindings a resumed run may change without --allow_config_change: they decide when to log,
 # evaluate, save or stop, not what is trained.
-RESUMABLE_CHANGES = frozenset(f"TrainConfig.{p}" for p in (
-    "stop_at_step", "eval_every_steps", "log_every_steps", "checkpoint_every_steps",
-    "keep_checkpoints", "steps_per_loop", "eval_batch_size", "eval_image_summaries",
-    "skip_nonfinite_steps"))
+RESUMABLE_CHANGES = frozenset(
+    f"TrainConfig.{p}" for p in ("stop_at_step", "eval_every_steps", "log_every_steps",
+                                 "checkpoint_every_steps", "keep_checkpoints", "steps_per_loop",
+                                 "eval_batch_size", "eval_image_summaries", "skip_nonfinite_steps"))
 
 
 def bindings(operative_config: str) -> Dict[str, str]:
@@ -44,7 +44,8 @@ def config_changes(previous: str, current: str) -> List[Tuple[str, str, str]]:
   differs in `previous`. Bindings `previous` lacks (parameters added to the code since) and
   `RESUMABLE_CHANGES` are not changes."""
   old, new = bindings(previous), bindings(current)
-  return [(k, old[k], v) for k, v in sorted(new.items())
+  return [(k, old[k], v)
+          for k, v in sorted(new.items())
           if k in old and old[k] != v and k not in RESUMABLE_CHANGES]
 
 

@@ -53,7 +53,6 @@ def main(argv):
     print(json.dumps(metrics))
 
 
-
 def console_main():
   """Defines the flags and runs `main` (installed as `rethink-tf-train`)."""
   define_common_flags()

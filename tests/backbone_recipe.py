@@ -17,8 +17,8 @@ def make_weights(keys_json, seed):
   for key, shape, kind in json.load(open(keys_json)):
     shape = tuple(shape)
     if kind == "conv":
-      a = rng.standard_normal(shape, dtype=np.float64) * np.sqrt(
-          2.0 / (shape[0] * shape[2] * shape[3]))
+      a = rng.standard_normal(shape, dtype=np.float64) * np.sqrt(2.0 /
+                                                                 (shape[0] * shape[2] * shape[3]))
     elif kind == "gamma":
       a = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float64)
     elif kind in ("beta", "mean"):
@@ -39,5 +39,8 @@ def assert_features_match(features_by_key, ref, tol=1e-4):
   """Relative error <= tol with an atol scaled to each tensor (the fixture README's rule)."""
   for key in LEVELS:
     r = ref[key].transpose(0, 2, 3, 1).astype(np.float64)
-    np.testing.assert_allclose(np.asarray(features_by_key[key], np.float64), r, rtol=tol,
-                               atol=tol * np.abs(r).max(), err_msg=key)
+    np.testing.assert_allclose(np.asarray(features_by_key[key], np.float64),
+                               r,
+                               rtol=tol,
+                               atol=tol * np.abs(r).max(),
+                               err_msg=key)

@@ -49,9 +49,9 @@ def roi_ref():
 TINY_CASCADE_KEYPOINTS = [
     "build_model.cascade_ious = (0.5, 0.6, 0.7)", "SyntheticDataset.keypoints = True",
     "InputConfig.keypoint_names = ('top', 'bottom', 'left_point', 'right_point')",
-    "InputConfig.keypoint_oks_sigmas = (0.05, 0.05, 0.05, 0.05)",
-    "build_model.num_keypoints = 4", "build_model.keypoint_head_conv_dim = 32",
-    "build_model.keypoint_head_num_conv = 2"]
+    "InputConfig.keypoint_oks_sigmas = (0.05, 0.05, 0.05, 0.05)", "build_model.num_keypoints = 4",
+    "build_model.keypoint_head_conv_dim = 32", "build_model.keypoint_head_num_conv = 2"
+]
 
 # The tiny config's reference run: 20 steps from scratch, evaluated at steps 10 and 20.
 TINY_TRAIN = [sys.executable, "-m", "rethink_tf.train", "--gin_file=gin_configs/testing/tiny.gin"]
@@ -65,7 +65,10 @@ def tiny_reference_run(tmp_path_factory):
   import subprocess
   model_dir = tmp_path_factory.mktemp("reference") / "run"
   r = subprocess.run(TINY_TRAIN + [f"--model_dir={model_dir}", *TINY_REFERENCE_ARGS],
-                     cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+                     cwd=REPO_ROOT,
+                     capture_output=True,
+                     text=True,
+                     timeout=900)
   return model_dir, r
 
 
@@ -94,14 +97,17 @@ def run_steps(trainer, n):
   out = []
   for _ in range(n):
     per_replica, _ = trainer.strategy.run(step, args=(next(it),))
-    out.append({k: float(trainer.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None))
-                for k, v in per_replica.items()})
+    out.append({
+        k: float(trainer.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None))
+        for k, v in per_replica.items()
+    })
   return out
 
 
 # The tiny pre-training stage: 30 classification steps of batch 16 on 32 px images.
-TINY_PRETRAIN = [sys.executable, "-m", "rethink_tf.pretrain",
-                 "--gin_file=gin_configs/testing/tiny_pretrain.gin"]
+TINY_PRETRAIN = [
+    sys.executable, "-m", "rethink_tf.pretrain", "--gin_file=gin_configs/testing/tiny_pretrain.gin"
+]
 
 
 @pytest.fixture(scope="session")
@@ -112,14 +118,22 @@ def tiny_pretrained_run(tmp_path_factory):
   import subprocess
   root = tmp_path_factory.mktemp("pretrained")
   pre_dir, model_dir = root / "pretrain", root / "run"
-  p = subprocess.run(TINY_PRETRAIN + [f"--model_dir={pre_dir}"], cwd=REPO_ROOT,
-                     capture_output=True, text=True, timeout=900)
+  p = subprocess.run(TINY_PRETRAIN + [f"--model_dir={pre_dir}"],
+                     cwd=REPO_ROOT,
+                     capture_output=True,
+                     text=True,
+                     timeout=900)
   t = None
   if p.returncode == 0:
-    t = subprocess.run(TINY_TRAIN + ["--gin_file=gin_configs/init/pretrained.gin",
-                                     f"--gin_param=init_config.checkpoint='{pre_dir}/backbone'",
-                                     f"--model_dir={model_dir}", *TINY_REFERENCE_ARGS],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    t = subprocess.run(TINY_TRAIN + [
+        "--gin_file=gin_configs/init/pretrained.gin",
+        f"--gin_param=init_config.checkpoint='{pre_dir}/backbone'", f"--model_dir={model_dir}",
+        *TINY_REFERENCE_ARGS
+    ],
+                       cwd=REPO_ROOT,
+                       capture_output=True,
+                       text=True,
+                       timeout=900)
   return pre_dir, model_dir, p, t
 
 
@@ -127,16 +141,20 @@ def served_coco_results(loaded, records):
   """COCO results from an exported model's tf_example signature on serialized records (one
   batch, like the evaluator's batch of 8)."""
   import tensorflow as tf
+
   from rethink_tf.evaluation import coco_evaluator
-  out = {k: v.numpy() for k, v in
-         loaded.signatures["tf_example"](examples=tf.constant(records)).items()}
+  out = {
+      k: v.numpy()
+      for k, v in loaded.signatures["tf_example"](examples=tf.constant(records)).items()
+  }
   results = []
   for i, record in enumerate(records):
     ex = tf.train.Example.FromString(record)
     image_id = int(ex.features.feature["image/source_id"].bytes_list.value[0])
     n = int(out["num_detections"][i])
     h, w = out["image_size"][i]
-    results += coco_evaluator.detections_to_coco(
-        image_id, out["detection_boxes"][i, :n], out["detection_scores"][i, :n],
-        out["detection_classes"][i, :n], out["detection_masks"][i, :n, :h, :w])
+    results += coco_evaluator.detections_to_coco(image_id, out["detection_boxes"][i, :n],
+                                                 out["detection_scores"][i, :n],
+                                                 out["detection_classes"][i, :n],
+                                                 out["detection_masks"][i, :n, :h, :w])
   return results

@@ -21,8 +21,10 @@ def _targets():
         value = kw["srcs"]
         if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "glob":
           for pattern in ast.literal_eval(value.args[0]):
-            srcs += [os.path.relpath(p, REPO_ROOT)
-                     for p in glob.glob(os.path.join(REPO_ROOT, pattern), recursive=True)]
+            srcs += [
+                os.path.relpath(p, REPO_ROOT)
+                for p in glob.glob(os.path.join(REPO_ROOT, pattern), recursive=True)
+            ]
         else:
           srcs = ast.literal_eval(value)
       out.append((node.func.id, ast.literal_eval(kw["name"]), srcs))
@@ -32,16 +34,20 @@ def _targets():
 def _python_files(*dirs):
   files = []
   for d in dirs:
-    files += [os.path.relpath(p, REPO_ROOT)
-              for p in glob.glob(os.path.join(REPO_ROOT, d, "**", "*.py"), recursive=True)]
+    files += [
+        os.path.relpath(p, REPO_ROOT)
+        for p in glob.glob(os.path.join(REPO_ROOT, d, "**", "*.py"), recursive=True)
+    ]
   return sorted(files)
 
 
 def test_every_module_and_test_has_a_target():
   targets = _targets()
   covered = {s for _, _, srcs in targets for s in srcs}
-  missing = [f for f in _python_files("rethink_tf", "export", "tests", "benchmarks")
-             if f not in covered and not f.endswith("__init__.py")]
+  missing = [
+      f for f in _python_files("rethink_tf", "export", "tests", "benchmarks")
+      if f not in covered and not f.endswith("__init__.py")
+  ]
   assert not missing, f"BUILD has no target for {missing}"
   names = [n for _, n, _ in targets]
   assert len(names) == len(set(names)), "duplicate target names"
@@ -53,13 +59,16 @@ def test_tests_are_py_test_and_entry_points_are_binaries():
   for f in _python_files("tests"):
     if os.path.basename(f).startswith("test_"):
       assert kinds.get(f) == "py_test", f
-  for entry in ("rethink_tf/train.py", "rethink_tf/evaluate.py", "rethink_tf/tools/model_summary.py",
-                "rethink_tf/data/coco_tfrecord.py", "rethink_tf/evaluation/coco_evaluator.py"):
+  for entry in ("rethink_tf/train.py", "rethink_tf/evaluate.py",
+                "rethink_tf/tools/model_summary.py", "rethink_tf/data/coco_tfrecord.py",
+                "rethink_tf/evaluation/coco_evaluator.py"):
     assert any(rule == "py_binary" and entry in srcs for rule, _, srcs in targets), entry
 
 
 def test_gin_files_are_in_a_filegroup():
   gins = {s for rule, _, srcs in _targets() if rule == "filegroup" for s in srcs}
-  all_gin = {os.path.relpath(p, REPO_ROOT) for p in
-             glob.glob(os.path.join(REPO_ROOT, "gin_configs", "**", "*.gin"), recursive=True)}
+  all_gin = {
+      os.path.relpath(p, REPO_ROOT)
+      for p in glob.glob(os.path.join(REPO_ROOT, "gin_configs", "**", "*.gin"), recursive=True)
+  }
   assert all_gin and all_gin <= gins

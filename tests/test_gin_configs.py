@@ -7,21 +7,23 @@ import re
 import gin
 import pytest
 
-from conftest import REPO_ROOT
 from rethink_tf import config
 from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.modeling import init as init_lib
 from rethink_tf.training.schedules import nx_schedule
 from rethink_tf.training.trainer import TrainConfig
 
-ALL = sorted(os.path.relpath(p, REPO_ROOT)
-             for p in glob.glob(os.path.join(REPO_ROOT, "gin_configs", "**", "*.gin"),
-                                recursive=True))
+from conftest import REPO_ROOT
+
+ALL = sorted(
+    os.path.relpath(p, REPO_ROOT)
+    for p in glob.glob(os.path.join(REPO_ROOT, "gin_configs", "**", "*.gin"), recursive=True))
 HEADED = [p for p in ALL if p.split(os.sep)[1] in ("paper", "demo", "testing")]
 # Detection experiments (one include per axis) vs the pre-training and study stages.
-EXPERIMENTS = [p for p in HEADED
-               if open(os.path.join(REPO_ROOT, p)).readline().startswith(
-                   "# COMMAND: python -m rethink_tf.train ")]
+EXPERIMENTS = [
+    p for p in HEADED if open(os.path.join(REPO_ROOT, p)).readline().startswith(
+        "# COMMAND: python -m rethink_tf.train ")
+]
 STAGES = [p for p in HEADED if p not in EXPERIMENTS]
 AXES = ("base", "norm", "init", "schedule", "data", "run")
 # init/pretrained.gin marks the backbone checkpoint %gin.REQUIRED: every file including it is
@@ -56,7 +58,8 @@ def _needs_checkpoint(path):
 
 @pytest.mark.parametrize("path", [p for p in ALL if _needs_checkpoint(p)])
 def test_pretrained_checkpoint_is_required(path):
-  with pytest.raises(config.ConfigError, match=r"init_config.checkpoint must be given .*"
+  with pytest.raises(config.ConfigError,
+                     match=r"init_config.checkpoint must be given .*"
                      r"--gin_param=\"init_config.checkpoint = '...'\""):
     config.parse_gin([path])
   gin.clear_config()

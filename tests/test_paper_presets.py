@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT
 from rethink_tf import config
 from rethink_tf.modeling import init as init_lib
 from rethink_tf.training import distribute
 from rethink_tf.training.schedules import nx_schedule
 from rethink_tf.training.trainer import TrainConfig, Trainer
 
-PRESETS = sorted(os.path.relpath(p, REPO_ROOT)
-                 for p in glob.glob(os.path.join(REPO_ROOT, "gin_configs", "paper", "*.gin")))
+from conftest import REPO_ROOT
+
+PRESETS = sorted(
+    os.path.relpath(p, REPO_ROOT)
+    for p in glob.glob(os.path.join(REPO_ROOT, "gin_configs", "paper", "*.gin")))
 NAMES = [os.path.basename(p)[:-4] for p in PRESETS]
 
 # (total iterations, LR decay steps, warmup iterations, base LR, decay factor), written out from
@@ -47,15 +49,21 @@ def expected_schedule(name):
 
 # Box AP the paper reports, by preset (the header must quote it).
 PAPER_AP = {
-    "r50_fpn_gn_scratch_2x": "36.8", "r50_fpn_gn_pretrained_2x": "40.3",
-    "r50_fpn_gn_scratch_3x": "39.5", "r50_fpn_gn_pretrained_3x": "40.8",
-    "r50_fpn_gn_scratch_6x": "41.3", "r50_fpn_gn_pretrained_6x": "41.1",
-    "r101_fpn_gn_scratch_6x": "42.7", "r101_fpn_gn_pretrained_6x": "42.2",
-    "vgg16_faster_rcnn_scratch_11x": "35.2", "vgg16_faster_rcnn_pretrained_9x": "35.6",
+    "r50_fpn_gn_scratch_2x": "36.8",
+    "r50_fpn_gn_pretrained_2x": "40.3",
+    "r50_fpn_gn_scratch_3x": "39.5",
+    "r50_fpn_gn_pretrained_3x": "40.8",
+    "r50_fpn_gn_scratch_6x": "41.3",
+    "r50_fpn_gn_pretrained_6x": "41.1",
+    "r101_fpn_gn_scratch_6x": "42.7",
+    "r101_fpn_gn_pretrained_6x": "42.2",
+    "vgg16_faster_rcnn_scratch_11x": "35.2",
+    "vgg16_faster_rcnn_pretrained_9x": "35.6",
     "x152_32x8d_fpn_gn_scratch_9x_aug": "46.4",
     "x152_32x8d_fpn_gn_scratch_9x_aug_cascade": "48.6",
     "x152_32x8d_fpn_gn_scratch_9x_aug_cascade_tta": "50.9",
-    "r50_fpn_gn_keypoints_scratch_2x": "65.6", "r50_fpn_gn_keypoints_pretrained_2x": "65.5",
+    "r50_fpn_gn_keypoints_scratch_2x": "65.6",
+    "r50_fpn_gn_keypoints_pretrained_2x": "65.5",
 }
 
 
@@ -67,16 +75,17 @@ def _parse(path, params=()):
 
 
 def test_every_experiment_of_the_paper_has_a_preset():
-  want = ([f"r{d}_fpn_gn_{i}_{x}x" for d in (50, 101) for i in ("scratch", "pretrained")
-           for x in (2, 3, 4, 5, 6)]
-          + [f"r50_fpn_syncbn_{i}_{x}x" for i in ("scratch", "pretrained") for x in (2, 3, 6)]
-          + ["r50_fpn_gn_scratch_9x_aug", "r50_fpn_gn_pretrained_6x_aug",
-             "vgg16_faster_rcnn_scratch_11x", "vgg16_faster_rcnn_pretrained_9x",
-             "x152_32x8d_fpn_gn_scratch_9x_aug", "x152_32x8d_fpn_gn_scratch_9x_aug_cascade",
-             "x152_32x8d_fpn_gn_scratch_9x_aug_cascade_tta"]
-          + [f"r50_fpn_gn_keypoints_{i}_2x" for i in ("scratch", "pretrained")]
-          + [f"r50_fpn_gn_{i}_{n}_images" for i in ("scratch", "pretrained")
-             for n in ("35k", "10k", "3p5k", "1k")])
+  want = ([
+      f"r{d}_fpn_gn_{i}_{x}x" for d in (50, 101) for i in ("scratch", "pretrained")
+      for x in (2, 3, 4, 5, 6)
+  ] + [f"r50_fpn_syncbn_{i}_{x}x" for i in ("scratch", "pretrained") for x in (2, 3, 6)] + [
+      "r50_fpn_gn_scratch_9x_aug", "r50_fpn_gn_pretrained_6x_aug", "vgg16_faster_rcnn_scratch_11x",
+      "vgg16_faster_rcnn_pretrained_9x", "x152_32x8d_fpn_gn_scratch_9x_aug",
+      "x152_32x8d_fpn_gn_scratch_9x_aug_cascade", "x152_32x8d_fpn_gn_scratch_9x_aug_cascade_tta"
+  ] + [f"r50_fpn_gn_keypoints_{i}_2x" for i in ("scratch", "pretrained")] + [
+      f"r50_fpn_gn_{i}_{n}_images" for i in ("scratch", "pretrained")
+      for n in ("35k", "10k", "3p5k", "1k")
+  ])
   assert not set(want) - set(NAMES), sorted(set(want) - set(NAMES))
 
 
@@ -132,16 +141,16 @@ def test_preset_binds_the_described_recipe(path):
     assert f"/coco_{tag}/" in q("InputConfig.train_pattern")
   else:
     assert jitter is None
-  keypoints = "_keypoints_" in name   # Fig. 6: Detectron's keypoint R-CNN on COCO persons
-  assert q("build_model.num_keypoints") if keypoints else (
-      "build_model.num_keypoints" not in gin.config_str())
+  keypoints = "_keypoints_" in name  # Fig. 6: Detectron's keypoint R-CNN on COCO persons
+  assert q("build_model.num_keypoints") if keypoints else ("build_model.num_keypoints"
+                                                           not in gin.config_str())
   if keypoints:
     from rethink_tf.modeling.keypoints import COCO_PERSON_KEYPOINTS
     assert q("build_model.num_keypoints") == 17 and q("build_model.mask_on") is False
     assert tuple(q("InputConfig.keypoint_names")) == COCO_PERSON_KEYPOINTS
     assert tuple(q("InputConfig.category_ids")) == (1,)
     assert "person_keypoints_val2017.json" in q("InputConfig.val_annotations")
-  cascade = "_cascade" in name        # Table 3: cascade for the last 270k iterations at batch 16
+  cascade = "_cascade" in name  # Table 3: cascade for the last 270k iterations at batch 16
   if cascade:
     assert tuple(q("build_model.cascade_ious")) == (0.5, 0.6, 0.7)
     total = nx_schedule(global_batch_size=TrainConfig().global_batch_size).total_steps
@@ -149,7 +158,7 @@ def test_preset_binds_the_described_recipe(path):
     assert q("TrainConfig.cascade_start_step") == start == 135_000
   else:
     assert "cascade" not in gin.config_str()
-  if name.endswith("_tta"):          # detectron2's TEST.AUG scales around the 800 base scale
+  if name.endswith("_tta"):  # detectron2's TEST.AUG scales around the 800 base scale
     assert sorted({800, *q("TestTimeAugmentation.scales")}) == list(range(400, 1201, 100))
     assert q("TestTimeAugmentation.flip") is True
   gin.clear_config()
@@ -160,17 +169,28 @@ def test_preset_binds_the_described_recipe(path):
 
 SMOKE = [
     "InputConfig.synthetic = @SyntheticDataset()",
-    "InputConfig.train_pattern = ''", "InputConfig.val_pattern = ''",
-    "InputConfig.val_annotations = ''", "InputConfig.category_ids = ()",
-    "SyntheticDataset.num_train = 4", "SyntheticDataset.num_val = 2",
-    "SyntheticDataset.image_size = 64", "SyntheticDataset.max_objects = 3",
-    "InputConfig.short_side = 64", "InputConfig.max_long_side = 64",
-    "InputConfig.padded_size = (64, 64)", "InputConfig.max_instances = 8",
-    "InputConfig.mask_crop_size = 16", "InputConfig.shuffle_buffer = 4",
-    "build_model.rpn_pre_nms_topk_train = 200", "build_model.rpn_post_nms_topk_train = 32",
-    "build_model.rpn_pre_nms_topk_test = 100", "build_model.rpn_post_nms_topk_test = 16",
-    "build_model.roi_samples_per_image = 16", "build_model.detections_per_image = 8",
-    "TrainConfig.global_batch_size = 1", "TrainConfig.checkpoint_every_steps = 1000",
+    "InputConfig.train_pattern = ''",
+    "InputConfig.val_pattern = ''",
+    "InputConfig.val_annotations = ''",
+    "InputConfig.category_ids = ()",
+    "SyntheticDataset.num_train = 4",
+    "SyntheticDataset.num_val = 2",
+    "SyntheticDataset.image_size = 64",
+    "SyntheticDataset.max_objects = 3",
+    "InputConfig.short_side = 64",
+    "InputConfig.max_long_side = 64",
+    "InputConfig.padded_size = (64, 64)",
+    "InputConfig.max_instances = 8",
+    "InputConfig.mask_crop_size = 16",
+    "InputConfig.shuffle_buffer = 4",
+    "build_model.rpn_pre_nms_topk_train = 200",
+    "build_model.rpn_post_nms_topk_train = 32",
+    "build_model.rpn_pre_nms_topk_test = 100",
+    "build_model.rpn_post_nms_topk_test = 16",
+    "build_model.roi_samples_per_image = 16",
+    "build_model.detections_per_image = 8",
+    "TrainConfig.global_batch_size = 1",
+    "TrainConfig.checkpoint_every_steps = 1000",
 ]
 
 FAMILIES = {
@@ -197,8 +217,10 @@ def test_preset_family_trains_one_step(family, tmp_path):
   model = t.model
   if pretrained:  # a converted backbone on disk; the init mode must restore exactly it
     rng = np.random.default_rng(0)
-    saved = [v.numpy() + rng.normal(0, 0.01, v.shape).astype(np.float32)
-             for v in model.backbone.variables]
+    saved = [
+        v.numpy() + rng.normal(0, 0.01, v.shape).astype(np.float32)
+        for v in model.backbone.variables
+    ]
     for v, s in zip(model.backbone.variables, saved):
       v.assign(s)
     init_lib.save_backbone(model.backbone, ckpt)
@@ -224,8 +246,9 @@ def test_preset_family_trains_one_step(family, tmp_path):
       assert not np.array_equal(before[v.ref()], v.numpy()), v.name
   if name.startswith("vgg16"):
     assert model.fpn is None and model.mask_head is None and model.backbone.norm is None
-    frozen = [v for b in model.backbone.blocks[:model.backbone.freeze_at] for c in b
-              for v in c.variables]
+    frozen = [
+        v for b in model.backbone.blocks[:model.backbone.freeze_at] for c in b for v in c.variables
+    ]
     assert bool(frozen) == pretrained
     trainable = {v.ref() for v in model.trainable_variables}
     assert not any(v.ref() in trainable for v in frozen)

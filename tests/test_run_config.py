@@ -9,11 +9,12 @@ import subprocess
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_TRAIN
 from rethink_tf import config, run_config
 from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.training import distribute
 from rethink_tf.training.trainer import Trainer
+
+from conftest import REPO_ROOT, TINY_TRAIN
 
 TINY = "gin_configs/testing/tiny.gin"
 
@@ -47,17 +48,22 @@ def test_undefined_macro_and_syntax_error(param, message):
 
 
 def test_missing_data_bindings_are_named_before_a_model_is_built(tmp_path):
-  config.parse_gin(["gin_configs/base/mask_rcnn_small.gin", "gin_configs/norm/gn.gin",
-                    "gin_configs/init/scratch.gin", "gin_configs/schedule/demo.gin",
-                    "gin_configs/run/cpu.gin"])
-  with pytest.raises(config.ConfigError, match=r"InputConfig.train_pattern, "
+  config.parse_gin([
+      "gin_configs/base/mask_rcnn_small.gin", "gin_configs/norm/gn.gin",
+      "gin_configs/init/scratch.gin", "gin_configs/schedule/demo.gin", "gin_configs/run/cpu.gin"
+  ])
+  with pytest.raises(config.ConfigError,
+                     match=r"InputConfig.train_pattern, "
                      r"InputConfig.val_pattern, InputConfig.val_annotations, "
                      r"InputConfig.category_ids must be bound"):
     InputConfig().prepare()
-  with pytest.raises(config.ConfigError, match=r"InputConfig.train_pattern = '/nowhere/"
+  with pytest.raises(config.ConfigError,
+                     match=r"InputConfig.train_pattern = '/nowhere/"
                      r"train-\*.tfrecord' matches no file"):
-    InputConfig(train_pattern="/nowhere/train-*.tfrecord", val_pattern="/nowhere/val",
-                val_annotations="/nowhere/a.json", category_ids=(1,)).prepare()
+    InputConfig(train_pattern="/nowhere/train-*.tfrecord",
+                val_pattern="/nowhere/val",
+                val_annotations="/nowhere/a.json",
+                category_ids=(1,)).prepare()
   # Evaluation needs no training shards.
   with pytest.raises(config.ConfigError, match=r"InputConfig.val_pattern = '/nowhere/val'"):
     InputConfig(val_pattern="/nowhere/val", val_annotations="/nowhere/a.json",
@@ -82,27 +88,30 @@ def test_a_model_dir_with_another_config_is_refused_then_allowed(tmp_path, tiny_
   shutil.copytree(ref_dir, model_dir)
   before = sorted(os.listdir(model_dir))
   operative = (model_dir / "operative_config.gin").read_text()
-  r = subprocess.run(TINY_TRAIN + [f"--model_dir={model_dir}",
-                                   "--gin_param=nx_schedule.base_lr_per_16 = 0.04",
-                                   "--gin_param=InputConfig.flip = False",
-                                   "--gin_param=TrainConfig.eval_every_steps = 5"],
-                     cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  r = subprocess.run(TINY_TRAIN + [
+      f"--model_dir={model_dir}", "--gin_param=nx_schedule.base_lr_per_16 = 0.04",
+      "--gin_param=InputConfig.flip = False", "--gin_param=TrainConfig.eval_every_steps = 5"
+  ],
+                     cwd=REPO_ROOT,
+                     capture_output=True,
+                     text=True,
+                     timeout=600)
   assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
   assert (f"error: {model_dir} holds a run with a different operative config (2 binding(s) "
           "changed):\n  InputConfig.flip: True -> False\n  nx_schedule.base_lr_per_16: 0.08 "
           "-> 0.04\n") in r.stderr
   assert "--allow_config_change" in r.stderr and "Traceback" not in r.stderr
-  assert "step " not in r.stdout                       # no training step ran
-  assert sorted(os.listdir(model_dir)) == before        # and nothing was written
+  assert "step " not in r.stdout  # no training step ran
+  assert sorted(os.listdir(model_dir)) == before  # and nothing was written
   assert (model_dir / "operative_config.gin").read_text() == operative
 
   # Allowed: the changes are printed and recorded, the run resumes (here at its end).
   config.parse_gin([TINY], ["nx_schedule.base_lr_per_16 = 0.04", "InputConfig.flip = False"])
-  Trainer(str(model_dir), distribute.get_strategy("one_device"),
-          allow_config_change=True).train()
+  Trainer(str(model_dir), distribute.get_strategy("one_device"), allow_config_change=True).train()
   out = capsys.readouterr().out
-  assert re.search(r"config changed when resuming from .*ckpt-20 \(--allow_config_change\):\n"
-                   r"  InputConfig.flip: True -> False\n  nx_schedule.base_lr_per_16: 0.08 -> "
-                   r"0.04", out)
+  assert re.search(
+      r"config changed when resuming from .*ckpt-20 \(--allow_config_change\):\n"
+      r"  InputConfig.flip: True -> False\n  nx_schedule.base_lr_per_16: 0.08 -> "
+      r"0.04", out)
   assert "nothing to do: checkpoint is at step 20" in out
   assert "InputConfig.flip: True -> False" in (model_dir / "config_changes.txt").read_text()

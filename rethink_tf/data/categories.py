@@ -5,18 +5,21 @@ import os
 from typing import Dict, Optional, Sequence
 
 # The 80 COCO 2017 instance categories under their (sparse) dataset ids.
-COCO_CATEGORY_NAMES: Dict[int, str] = dict(enumerate([
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", None, "stop sign", "parking meter", "bench", "bird", "cat",
-    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", None, "backpack",
-    "umbrella", None, None, "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
-    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", None, "wine glass", "cup", "fork", "knife", "spoon", "bowl",
-    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
-    "cake", "chair", "couch", "potted plant", "bed", None, "dining table", None, None, "toilet",
-    None, "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
-    "toaster", "sink", "refrigerator", None, "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush"], start=1))
+COCO_CATEGORY_NAMES: Dict[int, str] = dict(
+    enumerate([
+        "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+        "traffic light", "fire hydrant", None, "stop sign", "parking meter", "bench", "bird", "cat",
+        "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", None, "backpack",
+        "umbrella", None, None, "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+        "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+        "tennis racket", "bottle", None, "wine glass", "cup", "fork", "knife", "spoon", "bowl",
+        "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+        "cake", "chair", "couch", "potted plant", "bed", None, "dining table", None, None, "toilet",
+        None, "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+        "toaster", "sink", "refrigerator", None, "book", "clock", "vase", "scissors", "teddy bear",
+        "hair drier", "toothbrush"
+    ],
+              start=1))
 COCO_CATEGORY_NAMES = {k: v for k, v in COCO_CATEGORY_NAMES.items() if v is not None}
 
 
@@ -42,8 +45,10 @@ def read_label_map(path: str) -> Dict[int, str]:
                    "{\"id\": \"name\"}")
 
 
-def category_names(category_ids: Sequence[int], label_map: Optional[str] = None,
-                   annotations: Optional[str] = None, known: Optional[Dict[int, str]] = None):
+def category_names(category_ids: Sequence[int],
+                   label_map: Optional[str] = None,
+                   annotations: Optional[str] = None,
+                   known: Optional[Dict[int, str]] = None):
   """Names for `category_ids`, from the first source that has them all.
 
   Sources, in order: `label_map` (a file the user passes; it must name every id), `known` (e.g.
@@ -51,7 +56,7 @@ def category_names(category_ids: Sequence[int], label_map: Optional[str] = None,
   COCO id. Falls back to the id as text (with the ids returned so the caller can warn).
   Returns (names [len(category_ids)] list of str, missing ids list).
   """
-  if label_map:   # an explicit file must be readable and complete
+  if label_map:  # an explicit file must be readable and complete
     names = read_label_map(label_map)
     missing = [int(c) for c in category_ids if int(c) not in names]
     if missing:

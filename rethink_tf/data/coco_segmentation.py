@@ -94,8 +94,7 @@ def polygon_ok(poly, h: int, w: int) -> bool:
   return True
 
 
-def decode_segmentation(seg, h: int, w: int, name: str,
-                        report) -> Optional[np.ndarray]:
+def decode_segmentation(seg, h: int, w: int, name: str, report) -> Optional[np.ndarray]:
   """Checks, repairs and decodes a COCO segmentation -> uint8 [h, w] (None when skipped)."""
   if isinstance(seg, list):
     polys = [p for p in seg if polygon_ok(p, h, w)]

@@ -52,9 +52,8 @@ def _png(mask: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def image_example(image: dict, anns: Sequence[dict], image_dir: str,
-                  categories: Mapping[int, int], report: validation.Report,
-                  counts: Dict[str, int]) -> Optional[tf.train.Example]:
+def image_example(image: dict, anns: Sequence[dict], image_dir: str, categories: Mapping[int, int],
+                  report: validation.Report, counts: Dict[str, int]) -> Optional[tf.train.Example]:
   """The tf.train.Example of one image, or None when the image is skipped (its problem is in
   `report`). Annotations are checked and repaired by `coco_validation`; `categories` maps
   each category id to its number of keypoints; `counts` is updated with what was written."""
@@ -63,8 +62,10 @@ def image_example(image: dict, anns: Sequence[dict], image_dir: str,
     return None
   encoded, fmt = read
   h, w = image["height"], image["width"]
-  instances = [i for i in (validation.check_annotation(a, h, w, categories, report)
-                           for a in anns) if i is not None]
+  instances = [
+      i for i in (validation.check_annotation(a, h, w, categories, report) for a in anns)
+      if i is not None
+  ]
   boxes = [(y0 / h, x0 / w, y1 / h, x1 / w) for y0, x0, y1, x1 in (i.box_yxyx for i in instances)]
   ymin, xmin, ymax, xmax = (list(v) for v in zip(*boxes)) if boxes else ([], [], [], [])
   feature = {
@@ -108,9 +109,14 @@ class ConversionError(ValueError):
   """`--strict` found problems; nothing was written."""
 
 
-def convert(annotations: str, image_dir: str, output: str, num_shards: int = 1,
-            subset_size: Optional[int] = None, subset_seed: int = 0,
-            strict: bool = False, verbose: bool = False) -> Dict:
+def convert(annotations: str,
+            image_dir: str,
+            output: str,
+            num_shards: int = 1,
+            subset_size: Optional[int] = None,
+            subset_seed: int = 0,
+            strict: bool = False,
+            verbose: bool = False) -> Dict:
   """Writes `{output}-0000i-of-0000N.tfrecord` shards and `{output}-report.json`.
 
   Every image and annotation is checked (`coco_validation.PROBLEMS`): problems are repaired
@@ -135,9 +141,10 @@ def convert(annotations: str, image_dir: str, output: str, num_shards: int = 1,
     for k, image_id in enumerate(ids):
       if verbose and k and (k % PROGRESS_EVERY == 0):
         rate = k / max(time.time() - t0, 1e-9)
-        print(f"{k}/{len(ids)} images, {rate:.1f} images/s, ETA "
-              f"{(len(ids) - k) / rate / 60:.1f} min, {len(report)} problem(s) so far",
-              flush=True)
+        print(
+            f"{k}/{len(ids)} images, {rate:.1f} images/s, ETA "
+            f"{(len(ids) - k) / rate / 60:.1f} min, {len(report)} problem(s) so far",
+            flush=True)
       ex = image_example(images[image_id], by_image.get(image_id, []), image_dir, categories,
                          report, counts)
       if ex is not None:
@@ -155,12 +162,20 @@ def convert(annotations: str, image_dir: str, output: str, num_shards: int = 1,
       if os.path.exists(n + ".tmp"):
         os.remove(n + ".tmp")
     raise
-  result = dict(images=counts["images"], instances=counts["instances"], crowd=counts["crowd"],
-                shards=num_shards, problems=report.counts)
+  result = dict(images=counts["images"],
+                instances=counts["instances"],
+                crowd=counts["crowd"],
+                shards=num_shards,
+                problems=report.counts)
   report_path = f"{output}-report.json"
   with open(report_path + ".tmp", "w") as f:
-    json.dump({"annotations": annotations, "image_dir": image_dir, **result,
-               "problem_records": report.as_dict()}, f, indent=1)
+    json.dump(
+        {
+            "annotations": annotations, "image_dir": image_dir,
+            **result, "problem_records": report.as_dict()
+        },
+        f,
+        indent=1)
   os.replace(report_path + ".tmp", report_path)
   if verbose:
     print(report.summary(), flush=True)
@@ -177,23 +192,29 @@ def define_flags():
   flags.DEFINE_integer("num_shards", 1, "Number of output shards.")
   flags.DEFINE_integer("subset_size", None, "Keep a deterministic random subset of K images.")
   flags.DEFINE_integer("subset_seed", 0, "Seed of the subset draw.")
-  flags.DEFINE_bool("strict", False, "Fail (exit 1, nothing written) on any problem in the "
-                    "data instead of repairing or skipping the record.")
+  flags.DEFINE_bool(
+      "strict", False, "Fail (exit 1, nothing written) on any problem in the "
+      "data instead of repairing or skipping the record.")
   flags.mark_flags_as_required(["annotations", "image_dir", "output"])
 
 
 def main(argv):
   del argv
   try:
-    counts = convert(FLAGS.annotations, FLAGS.image_dir, FLAGS.output, FLAGS.num_shards,
-                     FLAGS.subset_size, FLAGS.subset_seed, FLAGS.strict, verbose=True)
+    counts = convert(FLAGS.annotations,
+                     FLAGS.image_dir,
+                     FLAGS.output,
+                     FLAGS.num_shards,
+                     FLAGS.subset_size,
+                     FLAGS.subset_seed,
+                     FLAGS.strict,
+                     verbose=True)
   except ValueError as e:  # a bad file, or --strict: the message names every record
     sys.exit(f"error: {e}")
   print(f"wrote {counts['images']} images, {counts['instances']} instances and "
         f"{counts['crowd']} crowd regions to {counts['shards']} shard(s) at {FLAGS.output}; "
         f"report: {FLAGS.output}-report.json")
   print(json.dumps(counts))
-
 
 
 def console_main():

@@ -29,67 +29,82 @@ from rethink_tf.data.coco_segmentation import integer_value as _int
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-  record: str   # "image" or "annotation": what the problem is about
-  action: str   # "skipped" or "repaired"
-  rule: str     # what was wrong and what the converter does about it
+  record: str  # "image" or "annotation": what the problem is about
+  action: str  # "skipped" or "repaired"
+  rule: str  # what was wrong and what the converter does about it
 
 
 PROBLEMS: Dict[str, Problem] = {
-    "malformed_image": Problem(
-        "image", "skipped", "an image entry lacks an integer `id`, a `file_name`, or positive "
-        "integer `height`/`width`; the image and its annotations are skipped"),
-    "duplicate_image_id": Problem(
-        "image", "skipped", "a second image entry with an id already seen: the first is kept, "
-        "the later one skipped"),
-    "missing_image": Problem(
-        "image", "skipped", "the file named by `file_name` does not exist in the image "
-        "directory; the image and its annotations are skipped"),
-    "corrupt_image": Problem(
-        "image", "skipped", "the file does not decode completely (not an image, corrupt or "
-        "truncated); the image and its annotations are skipped"),
-    "size_mismatch": Problem(
-        "image", "skipped", "the decoded image size differs from the JSON `height`/`width`, "
-        "so the annotations' coordinates cannot be trusted; the image is skipped"),
-    "malformed_annotation": Problem(
-        "annotation", "skipped", "an annotation lacks an integer `id`, `image_id` or "
-        "`category_id`, a `bbox` of 4 finite numbers, or a `segmentation`; it is skipped"),
-    "duplicate_annotation_id": Problem(
-        "annotation", "skipped", "a second annotation with an id already seen: the first is "
-        "kept, the later one skipped"),
-    "orphan_annotation": Problem(
-        "annotation", "skipped", "`image_id` names no image of the file; skipped"),
-    "unknown_category": Problem(
-        "annotation", "skipped", "`category_id` is not in the file's `categories`; skipped"),
-    "empty_box": Problem(
-        "annotation", "skipped", "the box has zero or negative width or height (or one too "
-        "small to survive normalization to float32 image coordinates); skipped"),
-    "box_outside_image": Problem(
-        "annotation", "skipped", "the box does not overlap the image; skipped"),
-    "box_clipped": Problem(
-        "annotation", "repaired", "the box extends more than 1 pixel beyond the image: clipped "
-        "to the image (overshoots up to 1 pixel, from rounding, are clipped silently)"),
-    "invalid_polygon": Problem(
-        "annotation", "repaired", "a polygon has fewer than 3 points, an odd number of "
-        "coordinates, or a coordinate that is not finite or lies more than one image size "
-        "outside the image: that polygon is dropped, the annotation keeps its other polygons"),
-    "no_valid_polygon": Problem(
-        "annotation", "skipped", "every polygon of the annotation is invalid (see "
-        "invalid_polygon); skipped"),
-    "malformed_rle": Problem(
-        "annotation", "skipped", "an RLE whose `size` is not the image's [height, width], "
-        "whose `counts` are neither a list of non-negative integers nor a valid compressed "
-        "string, or whose runs do not add up to height x width; skipped"),
-    "empty_mask": Problem(
-        "annotation", "skipped", "a non-crowd instance whose segmentation covers no pixel "
-        "(e.g. a polygon of collinear points); skipped"),
-    "malformed_keypoints": Problem(
-        "annotation", "repaired", "`keypoints` is not 3 numbers per keypoint of its category, "
-        "or a labeled keypoint has a visibility other than 1 or 2 or lies outside the image: "
-        "the whole list, or that keypoint, becomes unlabeled (v = 0); the instance is kept"),
-    "missing_area": Problem(
-        "annotation", "repaired", "`area` is absent, negative or not finite: set to the "
-        "mask's pixel count (a present `area` is kept as is, as COCO evaluation uses it, even "
-        "where it differs from the mask: COCO's crowd regions do)"),
+    "malformed_image":
+        Problem(
+            "image", "skipped", "an image entry lacks an integer `id`, a `file_name`, or positive "
+            "integer `height`/`width`; the image and its annotations are skipped"),
+    "duplicate_image_id":
+        Problem(
+            "image", "skipped", "a second image entry with an id already seen: the first is kept, "
+            "the later one skipped"),
+    "missing_image":
+        Problem(
+            "image", "skipped", "the file named by `file_name` does not exist in the image "
+            "directory; the image and its annotations are skipped"),
+    "corrupt_image":
+        Problem(
+            "image", "skipped", "the file does not decode completely (not an image, corrupt or "
+            "truncated); the image and its annotations are skipped"),
+    "size_mismatch":
+        Problem(
+            "image", "skipped", "the decoded image size differs from the JSON `height`/`width`, "
+            "so the annotations' coordinates cannot be trusted; the image is skipped"),
+    "malformed_annotation":
+        Problem(
+            "annotation", "skipped", "an annotation lacks an integer `id`, `image_id` or "
+            "`category_id`, a `bbox` of 4 finite numbers, or a `segmentation`; it is skipped"),
+    "duplicate_annotation_id":
+        Problem(
+            "annotation", "skipped", "a second annotation with an id already seen: the first is "
+            "kept, the later one skipped"),
+    "orphan_annotation":
+        Problem("annotation", "skipped", "`image_id` names no image of the file; skipped"),
+    "unknown_category":
+        Problem("annotation", "skipped",
+                "`category_id` is not in the file's `categories`; skipped"),
+    "empty_box":
+        Problem(
+            "annotation", "skipped", "the box has zero or negative width or height (or one too "
+            "small to survive normalization to float32 image coordinates); skipped"),
+    "box_outside_image":
+        Problem("annotation", "skipped", "the box does not overlap the image; skipped"),
+    "box_clipped":
+        Problem(
+            "annotation", "repaired", "the box extends more than 1 pixel beyond the image: clipped "
+            "to the image (overshoots up to 1 pixel, from rounding, are clipped silently)"),
+    "invalid_polygon":
+        Problem(
+            "annotation", "repaired", "a polygon has fewer than 3 points, an odd number of "
+            "coordinates, or a coordinate that is not finite or lies more than one image size "
+            "outside the image: that polygon is dropped, the annotation keeps its other polygons"),
+    "no_valid_polygon":
+        Problem("annotation", "skipped", "every polygon of the annotation is invalid (see "
+                "invalid_polygon); skipped"),
+    "malformed_rle":
+        Problem(
+            "annotation", "skipped", "an RLE whose `size` is not the image's [height, width], "
+            "whose `counts` are neither a list of non-negative integers nor a valid compressed "
+            "string, or whose runs do not add up to height x width; skipped"),
+    "empty_mask":
+        Problem(
+            "annotation", "skipped", "a non-crowd instance whose segmentation covers no pixel "
+            "(e.g. a polygon of collinear points); skipped"),
+    "malformed_keypoints":
+        Problem(
+            "annotation", "repaired", "`keypoints` is not 3 numbers per keypoint of its category, "
+            "or a labeled keypoint has a visibility other than 1 or 2 or lies outside the image: "
+            "the whole list, or that keypoint, becomes unlabeled (v = 0); the instance is kept"),
+    "missing_area":
+        Problem(
+            "annotation", "repaired", "`area` is absent, negative or not finite: set to the "
+            "mask's pixel count (a present `area` is kept as is, as COCO evaluation uses it, even "
+            "where it differs from the mask: COCO's crowd regions do)"),
 }
 
 MAX_EXAMPLES = 3  # records quoted per kind in the printed summary
@@ -129,8 +144,11 @@ class Report:
     return "\n".join(f"  {kind}: {r}" for kind in self.counts for r in self.records[kind])
 
   def as_dict(self) -> Dict:
-    return {k: {"count": len(self.records[k]), "action": PROBLEMS[k].action,
-                "records": self.records[k]} for k in self.counts}
+    return {
+        k: {
+            "count": len(self.records[k]), "action": PROBLEMS[k].action, "records": self.records[k]
+        } for k in self.counts
+    }
 
 
 def image_name(image: dict) -> str:
@@ -174,8 +192,8 @@ def index_dataset(data: dict, report: Report):
       report.add("malformed_image", f"image entry {im!r:.60}")
       continue
     image_id, h, w = _int(im.get("id")), _int(im.get("height")), _int(im.get("width"))
-    if (image_id is None or not isinstance(im.get("file_name"), str) or h is None or w is None
-        or h <= 0 or w <= 0):
+    if (image_id is None or not isinstance(im.get("file_name"), str) or h is None or w is None or
+        h <= 0 or w <= 0):
       report.add("malformed_image", image_name(im), "needs integer id, file_name, height, width")
       continue
     if image_id in images:
@@ -190,8 +208,11 @@ def index_dataset(data: dict, report: Report):
       report.add("malformed_annotation", f"annotation entry {a!r:.60}")
       continue
     ann_id, image_id = _int(a.get("id")), _int(a.get("image_id"))
-    missing = [k for k, v in (("id", ann_id), ("image_id", image_id),
-                              ("category_id", _int(a.get("category_id")))) if v is None]
+    missing = [
+        k for k, v in (("id", ann_id), ("image_id", image_id), ("category_id",
+                                                                _int(a.get("category_id"))))
+        if v is None
+    ]
     bbox = a.get("bbox")
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -209,8 +230,8 @@ def index_dataset(data: dict, report: Report):
     if image_id not in images:
       report.add("orphan_annotation", annotation_name(a))
       continue
-    by_image[image_id].append({**a, "id": ann_id, "image_id": image_id,
-                               "category_id": _int(a["category_id"])})
+    by_image[image_id].append(
+        {**a, "id": ann_id, "image_id": image_id, "category_id": _int(a["category_id"])})
   return images, by_image, categories
 
 
@@ -240,8 +261,8 @@ def read_image(image: dict, image_dir: str, report: Report) -> Optional[Tuple[by
         report.add("size_mismatch", name, f"file is {h}x{w}, the JSON says "
                    f"{image['height']}x{image['width']}")
         return None
-      if (fmt == "JPEG" and mode in ("RGB", "L")) or (
-          fmt == "PNG" and mode in ("RGB", "L", "RGBA")):
+      if (fmt == "JPEG" and mode in ("RGB", "L")) or (fmt == "PNG" and
+                                                      mode in ("RGB", "L", "RGBA")):
         return data, fmt.lower()
       buf = io.BytesIO()
       im.convert("RGB").save(buf, format="JPEG", quality=95)
@@ -272,8 +293,8 @@ def _positive_extent(lo: float, hi: float, size: int) -> bool:
   return bool(np.float32(hi / size) > np.float32(lo / size))
 
 
-def check_keypoints(ann: dict, num_keypoints: int, max_keypoints: int, h: int, w: int,
-                    name: str, report: Report) -> np.ndarray:
+def check_keypoints(ann: dict, num_keypoints: int, max_keypoints: int, h: int, w: int, name: str,
+                    report: Report) -> np.ndarray:
   """The annotation's keypoints (its category has `num_keypoints`) as float32
   [max_keypoints, 3] (x, y, v), repaired (see PROBLEMS["malformed_keypoints"]); unlabeled
   where absent."""
@@ -282,15 +303,15 @@ def check_keypoints(ann: dict, num_keypoints: int, max_keypoints: int, h: int, w
   if raw is None or num_keypoints == 0:
     return out
   if not (isinstance(raw, list) and len(raw) == 3 * num_keypoints and all(
-      isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-      for v in raw)):
-    report.add("malformed_keypoints", name, f"{len(raw) if isinstance(raw, list) else raw!r:.20}"
-               f" values for {num_keypoints} keypoints")
+      isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in raw)):
+    report.add(
+        "malformed_keypoints", name, f"{len(raw) if isinstance(raw, list) else raw!r:.20}"
+        f" values for {num_keypoints} keypoints")
     return out
   points = np.asarray(raw, np.float32).reshape(num_keypoints, 3)
   labeled = points[:, 2] != 0
-  ok = (np.isin(points[:, 2], (1, 2)) & (points[:, 0] >= 0) & (points[:, 0] <= w)
-        & (points[:, 1] >= 0) & (points[:, 1] <= h))
+  ok = (np.isin(points[:, 2], (1, 2)) & (points[:, 0] >= 0) & (points[:, 0] <= w) &
+        (points[:, 1] >= 0) & (points[:, 1] <= h))
   bad = labeled & ~ok
   if bad.any():
     report.add("malformed_keypoints", name, f"keypoint(s) {np.flatnonzero(bad).tolist()} made "
@@ -327,8 +348,8 @@ def check_annotation(ann: dict, h: int, w: int, categories: Mapping[int, int],
     report.add("empty_mask", name)
     return None
   area = ann.get("area")
-  if isinstance(area, bool) or not isinstance(area, (int, float)) or not (
-      math.isfinite(area) and area >= 0):
+  if isinstance(
+      area, bool) or not isinstance(area, (int, float)) or not (math.isfinite(area) and area >= 0):
     report.add("missing_area", name, f"area {area!r}")
     area = float(mask.sum())
   keypoints = check_keypoints(ann, categories[ann["category_id"]],

@@ -12,9 +12,9 @@ import tensorflow as tf
 from official.vision.dataloaders import tf_example_decoder
 
 from rethink_tf.layers.roi_align import roi_align_flat
-from rethink_tf.run_config import ConfigError
 from rethink_tf.modeling import anchors as anchor_lib
 from rethink_tf.modeling import keypoints as keypoint_lib
+from rethink_tf.run_config import ConfigError
 
 # torchvision/detectron2 ImageNet statistics (RGB, 0-255); detectron2's scratch configs use them.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -25,8 +25,10 @@ JPEG_DCT_METHODS = ("", "INTEGER_FAST", "INTEGER_ACCURATE")
 def decode_image(encoded, jpeg_dct_method: str = "", expand_animations: bool = True):
   """Encoded JPEG / PNG / GIF / BMP / WebP -> uint8 [H, W, 3] ([N, H, W, 3] for an animated
   GIF with `expand_animations`); JPEGs with `jpeg_dct_method` (see `InputConfig`)."""
+
   def any_format():
     return tf.io.decode_image(encoded, channels=3, expand_animations=expand_animations)
+
   if not jpeg_dct_method:
     return any_format()
   return tf.cond(tf.io.is_jpeg(encoded),
@@ -38,15 +40,28 @@ def decode_image(encoded, jpeg_dct_method: str = "", expand_animations: bool = T
 class InputConfig:
   """Everything that shapes a batch; bound in gin_configs/data/*.gin and base/*.gin."""
 
-  def __init__(self, train_pattern: str = "", val_pattern: str = "", val_annotations: str = "",
-               category_ids: Sequence[int] = (), short_side: int = 800,
-               max_long_side: int = 1333, padded_size: Sequence[int] = (1344, 1344),
-               scale_jitter: Optional[Sequence[int]] = None, flip: bool = True,
-               max_instances: int = 100, max_crowd: int = 16, mask_crop_size: int = 56,
-               pixel_mean: Sequence[float] = PIXEL_MEAN, pixel_std: Sequence[float] = PIXEL_STD,
-               shuffle_buffer: int = 1000, cache: bool = False, synthetic=None,
-               channel_order: str = "RGB", keypoint_names: Sequence[str] = (),
-               keypoint_oks_sigmas: Sequence[float] = (), jpeg_dct_method: str = "",
+  def __init__(self,
+               train_pattern: str = "",
+               val_pattern: str = "",
+               val_annotations: str = "",
+               category_ids: Sequence[int] = (),
+               short_side: int = 800,
+               max_long_side: int = 1333,
+               padded_size: Sequence[int] = (1344, 1344),
+               scale_jitter: Optional[Sequence[int]] = None,
+               flip: bool = True,
+               max_instances: int = 100,
+               max_crowd: int = 16,
+               mask_crop_size: int = 56,
+               pixel_mean: Sequence[float] = PIXEL_MEAN,
+               pixel_std: Sequence[float] = PIXEL_STD,
+               shuffle_buffer: int = 1000,
+               cache: bool = False,
+               synthetic=None,
+               channel_order: str = "RGB",
+               keypoint_names: Sequence[str] = (),
+               keypoint_oks_sigmas: Sequence[float] = (),
+               jpeg_dct_method: str = "",
                resize_antialias: bool = False):
     self.train_pattern, self.val_pattern = train_pattern, val_pattern
     self.val_annotations = val_annotations
@@ -130,8 +145,12 @@ def _pad_to(x, n, axis0_value=0):
   return tf.pad(x, paddings, constant_values=axis0_value)
 
 
-def resize_for_model(image, short_side: int, max_long_side: int, padded_size: Sequence[int],
-                     short=None, antialias: bool = False):
+def resize_for_model(image,
+                     short_side: int,
+                     max_long_side: int,
+                     padded_size: Sequence[int],
+                     short=None,
+                     antialias: bool = False):
   """Resizes to short side `short_side` (or `short`, a jittered one), long side <= max_long_side,
   never beyond `padded_size`. The input pipeline and the exported SavedModel both call this, so
   served images are resized exactly as evaluated ones.
@@ -148,7 +167,8 @@ def resize_for_model(image, short_side: int, max_long_side: int, padded_size: Se
   scale = tf.minimum(scale, tf.minimum(padded_size[0] / h, padded_size[1] / w))
   new_h = tf.minimum(tf.round(h * scale), padded_size[0])
   new_w = tf.minimum(tf.round(w * scale), padded_size[1])
-  image = tf.image.resize(tf.cast(image, tf.float32), tf.cast([new_h, new_w], tf.int32),
+  image = tf.image.resize(tf.cast(image, tf.float32),
+                          tf.cast([new_h, new_w], tf.int32),
                           antialias=antialias)
   return image, scale, tf.stack([new_h, new_w])
 
@@ -172,8 +192,8 @@ class Parser:
     self.rpn_kwargs = rpn_kwargs or {}
     keys = tf.constant(cfg.category_ids, tf.int64)
     vals = tf.range(1, len(cfg.category_ids) + 1, dtype=tf.int32)
-    self.class_table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(keys, vals), default_value=-1)
+    self.class_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, vals),
+                                                 default_value=-1)
 
   def _resize(self, image, seed, training):
     cfg = self.cfg
@@ -214,8 +234,10 @@ class Parser:
       boxes = tf.where(do_flip, flipped, boxes)
       crops = tf.where(do_flip, tf.reverse(crops, axis=[2]), crops)
       if cfg.keypoint_names:
-        points = tf.where(do_flip, keypoint_lib.flip_keypoints(
-            points, size[1], keypoint_lib.flip_permutation(cfg.keypoint_names)), points)
+        points = tf.where(
+            do_flip,
+            keypoint_lib.flip_keypoints(points, size[1],
+                                        keypoint_lib.flip_permutation(cfg.keypoint_names)), points)
     keep = tf.logical_and(boxes[:, 2] - boxes[:, 0] >= 1.0, boxes[:, 3] - boxes[:, 1] >= 1.0)
     valid_class = classes > 0
     inst = tf.logical_and(tf.logical_and(keep, valid_class), tf.logical_not(is_crowd))
@@ -224,29 +246,35 @@ class Parser:
     gt_classes = _pad_to(tf.boolean_mask(classes, inst), cfg.max_instances)
     gt_masks = _pad_to(tf.boolean_mask(crops, inst), cfg.max_instances)
     crowd_boxes = _pad_to(tf.boolean_mask(boxes, crowd), cfg.max_crowd)
-    labels, targets = anchor_lib.rpn_targets(
-        self.anchors, gt_boxes, gt_classes > 0, crowd_boxes,
-        tf.reduce_any(crowd_boxes > 0, axis=-1), seeds[2], **self.rpn_kwargs)
+    labels, targets = anchor_lib.rpn_targets(self.anchors, gt_boxes, gt_classes > 0, crowd_boxes,
+                                             tf.reduce_any(crowd_boxes > 0, axis=-1), seeds[2],
+                                             **self.rpn_kwargs)
     image = self._normalize_and_pad(image)
     extra = {}
     if cfg.keypoint_names:
       extra["gt_keypoints"] = tf.ensure_shape(
           _pad_to(tf.boolean_mask(points, inst), cfg.max_instances),
           [cfg.max_instances, len(cfg.keypoint_names), 3])
-    return dict(images=image, image_size=size, **extra,
-                gt_boxes=tf.ensure_shape(gt_boxes, [cfg.max_instances, 4]),
-                gt_classes=tf.ensure_shape(gt_classes, [cfg.max_instances]),
-                gt_masks=tf.ensure_shape(gt_masks, [cfg.max_instances] + [cfg.mask_crop_size] * 2),
-                crowd_boxes=tf.ensure_shape(crowd_boxes, [cfg.max_crowd, 4]),
-                rpn_labels=labels, rpn_box_targets=targets,
-                # The model's in-graph RoI sampling draws from this per-example seed, so a
-                # step's samples do not depend on how the batch is split over replicas, nor
-                # on whether the run was restarted.
-                sample_seed=tf.random.experimental.stateless_fold_in(seed, 3))
+    return dict(
+        images=image,
+        image_size=size,
+        **extra,
+        gt_boxes=tf.ensure_shape(gt_boxes, [cfg.max_instances, 4]),
+        gt_classes=tf.ensure_shape(gt_classes, [cfg.max_instances]),
+        gt_masks=tf.ensure_shape(gt_masks, [cfg.max_instances] + [cfg.mask_crop_size] * 2),
+        crowd_boxes=tf.ensure_shape(crowd_boxes, [cfg.max_crowd, 4]),
+        rpn_labels=labels,
+        rpn_box_targets=targets,
+        # The model's in-graph RoI sampling draws from this per-example seed, so a
+        # step's samples do not depend on how the batch is split over replicas, nor
+        # on whether the run was restarted.
+        sample_seed=tf.random.experimental.stateless_fold_in(seed, 3))
 
   def parse_eval(self, data):
     image, scale, size = self._resize(data["image"], None, False)
-    return dict(images=self._normalize_and_pad(image), image_size=size, scale=scale,
+    return dict(images=self._normalize_and_pad(image),
+                image_size=size,
+                scale=scale,
                 source_id=tf.strings.to_number(data["source_id"], tf.int64),
                 orig_size=tf.stack([data["height"], data["width"]]))
 
@@ -265,8 +293,15 @@ def box_relative_masks(masks, boxes_normalized, size: int):
   boxes = (boxes_normalized * hw)[None]
   flat = tf.reshape(masks, [1, -1, 1])
   ones = tf.ones([1, n], tf.int32)
-  crops = roi_align_flat(flat, tf.range(n)[None] * h * w, ones * h, ones * w,
-                         tf.ones([1, n]), boxes, size, sampling_ratio=2, aligned=True)
+  crops = roi_align_flat(flat,
+                         tf.range(n)[None] * h * w,
+                         ones * h,
+                         ones * w,
+                         tf.ones([1, n]),
+                         boxes,
+                         size,
+                         sampling_ratio=2,
+                         aligned=True)
   return crops[0, ..., 0]
 
 
@@ -291,19 +326,24 @@ def _decoder(include_mask, num_keypoints: int = 0, jpeg_dct_method: str = ""):
     return decoder
 
   class WithKeypoints:
+
     def decode(self, serialized):
       data = decoder.decode(serialized)
-      flat = tf.io.parse_single_example(
-          serialized, {"image/object/keypoints": tf.io.VarLenFeature(tf.float32)})
-      data["groundtruth_keypoints"] = tf.reshape(
-          tf.sparse.to_dense(flat["image/object/keypoints"]), [-1, num_keypoints, 3])
+      flat = tf.io.parse_single_example(serialized,
+                                        {"image/object/keypoints": tf.io.VarLenFeature(tf.float32)})
+      data["groundtruth_keypoints"] = tf.reshape(tf.sparse.to_dense(flat["image/object/keypoints"]),
+                                                 [-1, num_keypoints, 3])
       return data
 
   return WithKeypoints()
 
 
-def make_dataset(cfg: InputConfig, training: bool, batch_size: int, anchor_kwargs: Dict,
-                 rpn_kwargs: Optional[Dict] = None, seed: Optional[int] = None,
+def make_dataset(cfg: InputConfig,
+                 training: bool,
+                 batch_size: int,
+                 anchor_kwargs: Dict,
+                 rpn_kwargs: Optional[Dict] = None,
+                 seed: Optional[int] = None,
                  input_context: Optional[tf.distribute.InputContext] = None,
                  start_index: int = 0) -> tf.data.Dataset:
   """Batched, prefetched dataset of fixed-shape feature dicts.
@@ -343,10 +383,12 @@ def make_dataset(cfg: InputConfig, training: bool, batch_size: int, anchor_kwarg
     if pipelines > 1:
       ds = ds.shard(pipelines, input_context.input_pipeline_id)
     ds = ds.map(lambda i, s: parser.parse_train(i, decoder.decode(s), seed),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
   else:
     ds = ds.map(lambda s: parser.parse_eval(decoder.decode(s)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=False)
   return ds.prefetch(tf.data.AUTOTUNE)

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-CATEGORIES = [{"id": 1, "name": "circle", "supercategory": "shape"},
-              {"id": 2, "name": "square", "supercategory": "shape"},
+CATEGORIES = [{"id": 1, "name": "circle",
+               "supercategory": "shape"}, {"id": 2, "name": "square", "supercategory": "shape"},
               {"id": 3, "name": "triangle", "supercategory": "shape"}]
 FORMAT_VERSION = 1  # bump when the generator's output changes, to invalidate caches
 # The optional keypoint task: each shape's extreme points (its topmost, bottommost, leftmost
@@ -60,7 +60,8 @@ def _fill(rng, h: int, w: int, colour: np.ndarray) -> np.ndarray:
 
 def _background(rng, h: int, w: int) -> np.ndarray:
   a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-  t = np.linspace(0, 1, w)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, h)[:, None, None]
+  t = np.linspace(0, 1, w)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, h)[:, None,
+                                                                                          None]
   img = a * (1 - t) + b * t + rng.normal(0, 12, (h, w, 3))
   img = np.broadcast_to(img, (h, w, 3)).astype(np.float32).copy()
   pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
@@ -70,7 +71,8 @@ def _background(rng, h: int, w: int) -> np.ndarray:
     kind = rng.integers(3)
     x, y = rng.uniform(0, w), rng.uniform(0, h)
     if kind == 0:
-      draw.line([x, y, x + rng.uniform(-w / 2, w / 2), y + rng.uniform(-h / 2, h / 2)], fill=c,
+      draw.line([x, y, x + rng.uniform(-w / 2, w / 2), y + rng.uniform(-h / 2, h / 2)],
+                fill=c,
                 width=int(rng.integers(1, 4)))
     elif kind == 1:
       s = rng.uniform(2, 5)
@@ -88,8 +90,7 @@ def _raster(poly: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _mask_to_polygons(mask: np.ndarray) -> List[List[float]]:
-  contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                 cv2.CHAIN_APPROX_SIMPLE)
+  contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
   polys = []
   for c in contours:
     if len(c) >= 3:
@@ -107,8 +108,12 @@ def _paint(img, mask, rng, colour):
 
 def extreme_points(poly: np.ndarray) -> np.ndarray:
   """[4, 2] (x, y): the polygon's top, bottom, leftmost and rightmost vertices."""
-  return poly[[np.argmin(poly[:, 1]), np.argmax(poly[:, 1]), np.argmin(poly[:, 0]),
-               np.argmax(poly[:, 0])]]
+  return poly[[
+      np.argmin(poly[:, 1]),
+      np.argmax(poly[:, 1]),
+      np.argmin(poly[:, 0]),
+      np.argmax(poly[:, 0])
+  ]]
 
 
 def _keypoints(poly: np.ndarray, visible: np.ndarray) -> List[float]:
@@ -127,14 +132,21 @@ def _keypoints(poly: np.ndarray, visible: np.ndarray) -> List[float]:
   return out
 
 
-def make_image(rng, size: int, min_obj: int, max_obj: int, min_size: float, max_size: float,
-               crowd_prob: float, empty_prob: float, keypoints: bool = False):
+def make_image(rng,
+               size: int,
+               min_obj: int,
+               max_obj: int,
+               min_size: float,
+               max_size: float,
+               crowd_prob: float,
+               empty_prob: float,
+               keypoints: bool = False):
   """One image: uint8 [size, size, 3] and its annotations (category_id, polygons/RLE, crowd;
   with `keypoints`, each object's `KEYPOINT_NAMES` as COCO keypoints). The keypoints draw no
   random numbers: the images and other annotations are the same with or without them."""
   h = w = size
   img = _background(rng, h, w)
-  objects: List[Tuple[int, np.ndarray, np.ndarray]] = []   # (category, full mask, polygon)
+  objects: List[Tuple[int, np.ndarray, np.ndarray]] = []  # (category, full mask, polygon)
   occupied = np.zeros((h, w), np.uint8)
   crowd = None
   if rng.random() < crowd_prob:
@@ -143,8 +155,8 @@ def make_image(rng, size: int, min_obj: int, max_obj: int, min_size: float, max_
     region = np.zeros((h, w), np.uint8)
     colour = rng.uniform(0, 255, 3)
     for _ in range(rng.integers(8, 16)):
-      poly = _shape_polygon(kind, cy + rng.normal(0, 8), cx + rng.normal(0, 8),
-                            rng.uniform(5, 9), rng.uniform(0, 2 * np.pi))
+      poly = _shape_polygon(kind, cy + rng.normal(0, 8), cx + rng.normal(0, 8), rng.uniform(5, 9),
+                            rng.uniform(0, 2 * np.pi))
       m = _raster(poly, h, w)
       _paint(img, m, rng, colour * rng.uniform(0.8, 1.2))
       region |= m
@@ -194,8 +206,8 @@ def make_image(rng, size: int, min_obj: int, max_obj: int, min_size: float, max_
     if region.sum() > 0:
       # Uncompressed counts list, the form COCO uses for crowd ground truth.
       counts = _rle_counts(region)
-      anns.append({"category_id": kind, "segmentation": {"size": [h, w], "counts": counts},
-                   "iscrowd": 1})
+      anns.append(
+          {"category_id": kind, "segmentation": {"size": [h, w], "counts": counts}, "iscrowd": 1})
   img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
   return img, anns
 
@@ -213,10 +225,18 @@ def _rle_counts(mask: np.ndarray) -> List[int]:
   return counts
 
 
-def generate_split(output_dir: str, split: str, num_images: int, seed: int, image_size: int = 128,
-                   min_objects: int = 1, max_objects: int = 6, min_size: float = 10.0,
-                   max_size: float = 64.0, crowd_prob: float = 0.05,
-                   empty_prob: float = 0.05, keypoints: bool = False) -> Dict[str, str]:
+def generate_split(output_dir: str,
+                   split: str,
+                   num_images: int,
+                   seed: int,
+                   image_size: int = 128,
+                   min_objects: int = 1,
+                   max_objects: int = 6,
+                   min_size: float = 10.0,
+                   max_size: float = 64.0,
+                   crowd_prob: float = 0.05,
+                   empty_prob: float = 0.05,
+                   keypoints: bool = False) -> Dict[str, str]:
   """Writes `output_dir/{split}/*.jpg` and `output_dir/instances_{split}.json` (with
   `keypoints`, every object carries its `KEYPOINT_NAMES` and every category names them).
 
@@ -236,8 +256,7 @@ def generate_split(output_dir: str, split: str, num_images: int, seed: int, imag
     Image.fromarray(img).save(buf, format="JPEG", quality=92)
     with open(os.path.join(image_dir, name), "wb") as f:
       f.write(buf.getvalue())
-    images.append({"id": image_id, "file_name": name, "height": image_size,
-                   "width": image_size})
+    images.append({"id": image_id, "file_name": name, "height": image_size, "width": image_size})
     for a in anns:
       seg = a["segmentation"]
       if a["iscrowd"]:
@@ -245,21 +264,26 @@ def generate_split(output_dir: str, split: str, num_images: int, seed: int, imag
       else:
         rle = mask_utils.merge(mask_utils.frPyObjects(seg, image_size, image_size))
       x, y, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
-      annotations.append({"id": ann_id, "image_id": image_id, "category_id": a["category_id"],
-                          "segmentation": seg, "iscrowd": a["iscrowd"],
-                          "area": float(mask_utils.area(rle)), "bbox": [x, y, bw, bh]})
+      annotations.append({
+          "id": ann_id, "image_id": image_id, "category_id": a["category_id"], "segmentation": seg,
+          "iscrowd": a["iscrowd"], "area": float(mask_utils.area(rle)), "bbox": [x, y, bw, bh]
+      })
       if keypoints:
         points = a.get("keypoints", [0.0] * 3 * len(KEYPOINT_NAMES))
-        annotations[-1].update(keypoints=points, num_keypoints=sum(
-            1 for v in points[2::3] if v > 0))
+        annotations[-1].update(keypoints=points,
+                               num_keypoints=sum(1 for v in points[2::3] if v > 0))
       ann_id += 1
   ann_path = os.path.join(output_dir, f"instances_{split}.json")
   with open(ann_path + ".tmp", "w") as f:
     categories = ([{**c, "keypoints": list(KEYPOINT_NAMES), "skeleton": []} for c in CATEGORIES]
                   if keypoints else CATEGORIES)
-    json.dump({"images": images, "annotations": annotations, "categories": categories,
-               "info": {"description": "rethink_tf synthetic shapes", "seed": seed,
-                        "version": FORMAT_VERSION}}, f)
+    json.dump(
+        {
+            "images": images, "annotations": annotations, "categories": categories, "info": {
+                "description": "rethink_tf synthetic shapes", "seed": seed,
+                "version": FORMAT_VERSION
+            }
+        }, f)
   os.replace(ann_path + ".tmp", ann_path)
   return {"annotations": ann_path, "image_dir": image_dir}
 
@@ -273,11 +297,21 @@ def default_cache_dir() -> str:
 class SyntheticDataset:
   """The embedded dataset, generated and converted to TFRecords once per parameter set."""
 
-  def __init__(self, num_train: int = 2000, num_val: int = 200, seed: int = 0,
-               image_size: int = 128, max_objects: int = 6, cache_dir: Optional[str] = None,
-               num_shards: int = 4, keypoints: bool = False):
-    self.params = dict(num_train=num_train, num_val=num_val, seed=seed, image_size=image_size,
-                       max_objects=max_objects, version=FORMAT_VERSION)
+  def __init__(self,
+               num_train: int = 2000,
+               num_val: int = 200,
+               seed: int = 0,
+               image_size: int = 128,
+               max_objects: int = 6,
+               cache_dir: Optional[str] = None,
+               num_shards: int = 4,
+               keypoints: bool = False):
+    self.params = dict(num_train=num_train,
+                       num_val=num_val,
+                       seed=seed,
+                       image_size=image_size,
+                       max_objects=max_objects,
+                       version=FORMAT_VERSION)
     if keypoints:  # only then: the cache key of every existing configuration stays the same
       self.params["keypoints"] = True
     self.num_shards = num_shards
@@ -292,27 +326,37 @@ class SyntheticDataset:
     """Generates and converts the `splits` not yet in the cache; returns train/val patterns
     and val annotations. Evaluation prepares ("val",) alone."""
     from rethink_tf.data import coco_tfrecord  # the same converter as real COCO
-    out = {"train_pattern": os.path.join(self.root, "train-*.tfrecord"),
-           "val_pattern": os.path.join(self.root, "val-*.tfrecord"),
-           "val_annotations": os.path.join(self.root, "instances_val.json")}
+    out = {
+        "train_pattern": os.path.join(self.root, "train-*.tfrecord"),
+        "val_pattern": os.path.join(self.root, "val-*.tfrecord"),
+        "val_annotations": os.path.join(self.root, "instances_val.json")
+    }
     if os.path.exists(os.path.join(self.root, "DONE")):  # every split
       return out
     os.makedirs(self.root, exist_ok=True)
     p = self.params
-    for split, n, seed in (("train", p["num_train"], p["seed"]),
-                           ("val", p["num_val"], p["seed"] + 1)):
+    for split, n, seed in (("train", p["num_train"], p["seed"]), ("val", p["num_val"],
+                                                                  p["seed"] + 1)):
       done = os.path.join(self.root, f"DONE-{split}")
       if split not in splits or os.path.exists(done):
         continue
       t = time.time()
-      src = generate_split(self.root, split, n, seed, p["image_size"],
-                           max_objects=p["max_objects"], keypoints=p.get("keypoints", False))
-      counts = coco_tfrecord.convert(src["annotations"], src["image_dir"],
-                                     os.path.join(self.root, split), self.num_shards,
+      src = generate_split(self.root,
+                           split,
+                           n,
+                           seed,
+                           p["image_size"],
+                           max_objects=p["max_objects"],
+                           keypoints=p.get("keypoints", False))
+      counts = coco_tfrecord.convert(src["annotations"],
+                                     src["image_dir"],
+                                     os.path.join(self.root, split),
+                                     self.num_shards,
                                      strict=True)  # generated data has no excuse
-      print(f"synthetic {split}: {counts['images']} images, {counts['instances']} instances, "
-            f"{counts['crowd']} crowd regions -> {self.root} ({time.time() - t:.1f}s)",
-            flush=True)
+      print(
+          f"synthetic {split}: {counts['images']} images, {counts['instances']} instances, "
+          f"{counts['crowd']} crowd regions -> {self.root} ({time.time() - t:.1f}s)",
+          flush=True)
       with open(done, "w") as f:
         json.dump(self.params, f)
     if all(os.path.exists(os.path.join(self.root, f"DONE-{s}")) for s in ("train", "val")):

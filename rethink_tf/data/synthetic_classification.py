@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw
 
 from rethink_tf.data.synthetic import _background, _fill
 
-CLASS_NAMES = ("pentagon", "hexagon", "star", "plus", "ring", "ellipse", "ell", "tee",
-               "chevron", "crescent")
+CLASS_NAMES = ("pentagon", "hexagon", "star", "plus", "ring", "ellipse", "ell", "tee", "chevron",
+               "crescent")
 
 
 def _rotate(points: np.ndarray, angle: float, cy: float, cx: float, r: float) -> np.ndarray:
@@ -43,8 +43,8 @@ def _unit_polygon(kind: int, rng) -> np.ndarray:
     return pts * np.where(np.arange(10) % 2 == 0, 1.0, 0.42)[:, None]
   if kind == 3:  # plus sign of arm half-width w
     w = rng.uniform(0.22, 0.34)
-    return np.array([[-w, -1], [w, -1], [w, -w], [1, -w], [1, w], [w, w], [w, 1], [-w, 1],
-                     [-w, w], [-1, w], [-1, -w], [-w, -w]])
+    return np.array([[-w, -1], [w, -1], [w, -w], [1, -w], [1, w], [w, w], [w, 1], [-w, 1], [-w, w],
+                     [-1, w], [-1, -w], [-w, -w]])
   if kind == 6:  # L
     w = rng.uniform(0.35, 0.5)
     return np.array([[-1, -1], [-1 + w, -1], [-1 + w, 1 - w], [1, 1 - w], [1, 1], [-1, 1]])

@@ -38,7 +38,9 @@ def load_coco(annotations: Union[str, dict]) -> COCO:
     return coco
 
 
-def evaluate(gt: COCO, detections: Union[str, List[dict]], iou_type: str,
+def evaluate(gt: COCO,
+             detections: Union[str, List[dict]],
+             iou_type: str,
              verbose: bool = False,
              kpt_oks_sigmas: Optional[Sequence[float]] = None) -> Dict[str, float]:
   """Runs COCOeval; returns {stat name: value} for the standard stats (`STAT_NAMES`, or
@@ -70,8 +72,11 @@ def evaluate(gt: COCO, detections: Union[str, List[dict]], iou_type: str,
   return {k: float(v) for k, v in zip(names, ev.stats)}
 
 
-def detections_to_coco(image_id: int, boxes_yxyx: np.ndarray, scores: np.ndarray,
-                       category_ids: np.ndarray, masks: np.ndarray = None,
+def detections_to_coco(image_id: int,
+                       boxes_yxyx: np.ndarray,
+                       scores: np.ndarray,
+                       category_ids: np.ndarray,
+                       masks: np.ndarray = None,
                        keypoints: np.ndarray = None) -> List[dict]:
   """COCO result dicts for one image.
 
@@ -84,8 +89,10 @@ def detections_to_coco(image_id: int, boxes_yxyx: np.ndarray, scores: np.ndarray
   xywh = yxyx_to_coco_xywh(boxes_yxyx)
   results = []
   for i in range(len(scores)):
-    r = {"image_id": int(image_id), "category_id": int(category_ids[i]),
-         "bbox": [round(float(v), 3) for v in xywh[i]], "score": float(scores[i])}
+    r = {
+        "image_id": int(image_id), "category_id": int(category_ids[i]),
+        "bbox": [round(float(v), 3) for v in xywh[i]], "score": float(scores[i])
+    }
     if masks is not None:
       rle = mask_utils.encode(np.asfortranarray(masks[i].astype(np.uint8)))
       rle["counts"] = rle["counts"].decode("ascii")

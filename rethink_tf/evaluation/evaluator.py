@@ -13,7 +13,11 @@ from rethink_tf.modeling import postprocess
 from rethink_tf.training import run_files
 
 
-def to_original_image(det: Dict[str, np.ndarray], i: int, scale, orig_hw, category_ids,
+def to_original_image(det: Dict[str, np.ndarray],
+                      i: int,
+                      scale,
+                      orig_hw,
+                      category_ids,
                       with_masks: bool = True):
   """Detections of image i in original-image pixels, COCO category ids and pasted masks.
 
@@ -46,8 +50,7 @@ def detect_function(model):
   return fn
 
 
-def _batches(model, cfg: InputConfig, batch_size: int,
-             tta: Optional[TestTimeAugmentation]):
+def _batches(model, cfg: InputConfig, batch_size: int, tta: Optional[TestTimeAugmentation]):
   """Yields (detections as numpy, the base-scale batch, per-image scale of the detections'
   frame). With `tta`, the same images at every test scale are zipped into one step and the
   detections are already in input-image pixels (scale 1)."""
@@ -57,7 +60,7 @@ def _batches(model, cfg: InputConfig, batch_size: int,
       det = detect(batch["images"], batch["image_size"])
       yield {k: v.numpy() for k, v in det.items()}, batch, batch["scale"].numpy()
     return
-  configs = tta.input_configs(cfg, 2 ** model.feature_levels[-1])
+  configs = tta.input_configs(cfg, 2**model.feature_levels[-1])
   augmentations = tta.augmentations(len(configs))
   datasets = [make_dataset(c, False, batch_size, model.anchor_kwargs) for c in configs]
   for batches in tf.data.Dataset.zip(tuple(datasets)):
@@ -65,11 +68,12 @@ def _batches(model, cfg: InputConfig, batch_size: int,
     if any(i != ids[0] for i in ids):  # the scales read the same files in the same order
       raise RuntimeError(f"test-time augmentation: the scales' batches differ ({ids})")
     det = detect_tta(model, batches, augmentations)
-    yield ({k: v.numpy() for k, v in det.items()}, batches[0],
-           np.ones([len(ids[0])], np.float32))
+    yield ({k: v.numpy() for k, v in det.items()}, batches[0], np.ones([len(ids[0])], np.float32))
 
 
-def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
+def predict_coco_results(model,
+                         cfg: InputConfig,
+                         batch_size: int = 8,
                          max_images: Optional[int] = None,
                          tta: Optional[TestTimeAugmentation] = None) -> List[dict]:
   """COCO-format results (boxes, RLE masks, keypoints) for every validation image; `tta`
@@ -77,23 +81,28 @@ def predict_coco_results(model, cfg: InputConfig, batch_size: int = 8,
   results, seen = [], 0
   for det, batch, det_scale in _batches(model, cfg, batch_size, tta):
     for i in range(det["scores"].shape[0]):
-      boxes, scores, cats, masks = to_original_image(
-          det, i, det_scale[i], batch["orig_size"][i].numpy(), cfg.category_ids,
-          with_masks="masks" in det)
+      boxes, scores, cats, masks = to_original_image(det,
+                                                     i,
+                                                     det_scale[i],
+                                                     batch["orig_size"][i].numpy(),
+                                                     cfg.category_ids,
+                                                     with_masks="masks" in det)
       keypoints = None
       if "keypoints" in det:  # detection frame -> original pixels; the score stays
         n = int(det["num_detections"][i])
         scale = float(det_scale[i])
         keypoints = det["keypoints"][i, :n] / np.array([scale, scale, 1.0])
-      results += coco_evaluator.detections_to_coco(int(batch["source_id"][i]), boxes, scores,
-                                                   cats, masks, keypoints)
+      results += coco_evaluator.detections_to_coco(int(batch["source_id"][i]), boxes, scores, cats,
+                                                   masks, keypoints)
       seen += 1
     if max_images and seen >= max_images:
       break
   return results
 
 
-def run_evaluation(model, cfg: InputConfig, batch_size: int = 8,
+def run_evaluation(model,
+                   cfg: InputConfig,
+                   batch_size: int = 8,
                    tta: Optional[TestTimeAugmentation] = None,
                    results_path: Optional[str] = None) -> Dict[str, Dict[str, float]]:
   """{"bbox": {12 stats}, "segm": {12 stats}, "keypoints": {10 stats}} on the validation
@@ -113,6 +122,8 @@ def run_evaluation(model, cfg: InputConfig, batch_size: int = 8,
   metrics = {iou: coco_evaluator.evaluate(gt, results, iou) for iou in iou_types}
   if getattr(model, "keypoint_head", None) is not None:
     boxes_only = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
-    metrics["keypoints"] = coco_evaluator.evaluate(
-        gt, boxes_only, "keypoints", kpt_oks_sigmas=cfg.keypoint_oks_sigmas or None)
+    metrics["keypoints"] = coco_evaluator.evaluate(gt,
+                                                   boxes_only,
+                                                   "keypoints",
+                                                   kpt_oks_sigmas=cfg.keypoint_oks_sigmas or None)
   return metrics

@@ -33,7 +33,9 @@ class TestTimeAugmentation:
 
   __test__ = False  # not a pytest class
 
-  def __init__(self, scales: Sequence[int] = (), max_long_side: Optional[int] = None,
+  def __init__(self,
+               scales: Sequence[int] = (),
+               max_long_side: Optional[int] = None,
                flip: bool = True):
     self.scales = tuple(int(s) for s in scales)
     self.max_long_side = max_long_side
@@ -65,9 +67,9 @@ def flip_images(images, image_size):
   """Mirrors each image of [B, H, W, C] within its valid width image_size[:, 1]; the padding
   stays on the right."""
   width = images.shape[2]
-  valid_w = tf.cast(image_size[:, 1], tf.int32)[:, None]                   # [B, 1]
+  valid_w = tf.cast(image_size[:, 1], tf.int32)[:, None]  # [B, 1]
   x = tf.range(width)[None, :]
-  index = tf.where(x < valid_w, valid_w - 1 - x, x)                        # [B, W]
+  index = tf.where(x < valid_w, valid_w - 1 - x, x)  # [B, W]
   return tf.gather(images, index, axis=2, batch_dims=1)
 
 
@@ -101,8 +103,10 @@ def detect_tta(model, batches: Sequence[Dict[str, tf.Tensor]],
   boxes, probs = zip(*(fns["boxes"](batches[i], flipped) for i, flipped in augmentations))
   det = fns["nms"](tf.concat(boxes, 1), tf.concat(probs, 1))
   if model.mask_head is not None:
-    masks = [fns["masks"](batches[i], flipped, det["boxes"], det["classes"])
-             for i, flipped in augmentations]
+    masks = [
+        fns["masks"](batches[i], flipped, det["boxes"], det["classes"])
+        for i, flipped in augmentations
+    ]
     det["masks"] = tf.add_n(masks) / len(masks)
   if model.keypoint_head is not None:
     i, flipped = augmentations[0]
@@ -130,19 +134,19 @@ def _functions(model):
 
   def aug_boxes(batch, flipped):
     feats, image_size = features(batch, flipped)
-    boxes, probs = model.box_predictions(feats, image_size)          # [B, N, K-1, 4]
+    boxes, probs = model.box_predictions(feats, image_size)  # [B, N, K-1, 4]
     if flipped:
       boxes = flip_boxes(boxes, image_size[:, 1])
     return _scale(boxes, 1.0 / batch["scale"]), probs
 
   def nms(boxes, probs):
-    return postprocess.nms_detections(boxes, probs, model.score_threshold,
-                                      model.nms_threshold, model.detections_per_image)
+    return postprocess.nms_detections(boxes, probs, model.score_threshold, model.nms_threshold,
+                                      model.detections_per_image)
 
   def aug_masks(batch, flipped, boxes, classes):
     feats, _ = features(batch, flipped)
     masks = model.mask_probs(feats, to_frame(boxes, batch, flipped), classes)
-    return tf.reverse(masks, axis=[-1]) if flipped else masks     # box-relative, unflipped
+    return tf.reverse(masks, axis=[-1]) if flipped else masks  # box-relative, unflipped
 
   def aug_keypoints(batch, flipped, boxes):
     if flipped:
@@ -152,8 +156,10 @@ def _functions(model):
     scale = tf.cast(batch["scale"], tf.float32)[:, None, None, None]
     return tf.concat([points[..., :2] / scale, points[..., 2:]], -1)
 
-  fns = {"boxes": tf.function(aug_boxes), "nms": tf.function(nms),
-         "masks": tf.function(aug_masks), "keypoints": tf.function(aug_keypoints)}
+  fns = {
+      "boxes": tf.function(aug_boxes), "nms": tf.function(nms), "masks": tf.function(aug_masks),
+      "keypoints": tf.function(aug_keypoints)
+  }
   # Not Keras-tracked (checkpoints and exports stay as they are).
   object.__setattr__(model, "_tta_functions", fns)
   return fns

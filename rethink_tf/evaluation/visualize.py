@@ -8,8 +8,8 @@ from rethink_tf.evaluation import evaluator
 from rethink_tf.layers.paste_masks import paste_masks
 
 # One colour per contiguous class (cycled), RGB 0-255.
-PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-                    [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]], np.float32)
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230]], np.float32)
 
 
 def _display(image, cfg: InputConfig):
@@ -41,7 +41,9 @@ def draw_detections(image, boxes, classes, masks=None, alpha: float = 0.45, thic
   return out.astype(np.uint8)
 
 
-def prediction_images(model, cfg: InputConfig, num_images: int = 4,
+def prediction_images(model,
+                      cfg: InputConfig,
+                      num_images: int = 4,
                       min_score: float = 0.5) -> np.ndarray:
   """The first `num_images` validation images (the split in file order: the same images at
   every evaluation) with the detections scoring >= min_score.
@@ -61,8 +63,8 @@ def prediction_images(model, cfg: InputConfig, num_images: int = 4,
     masks = None
     if "masks" in det and len(keep):
       ph, pw = images.shape[1:3]
-      probs = paste_masks(det["masks"][i, keep], boxes, int(sizes[i, 0]), int(sizes[i, 1]),
-                          ph, pw).numpy()
+      probs = paste_masks(det["masks"][i, keep], boxes, int(sizes[i, 0]), int(sizes[i, 1]), ph,
+                          pw).numpy()
       masks = probs >= 0.5
     picture = _display(images[i], cfg)
     picture[int(sizes[i, 0]):] = 0

@@ -40,8 +40,13 @@ def clip_boxes(boxes_yxyx, image_size, plus_one: float = 0.0):
   image_size = tf.cast(image_size, boxes_yxyx.dtype) - plus_one
   h, w = image_size[..., 0:1], image_size[..., 1:2]
   y1, x1, y2, x2 = tf.split(boxes_yxyx, 4, axis=-1)
-  return tf.concat([tf.clip_by_value(y1, 0.0, h), tf.clip_by_value(x1, 0.0, w),
-                    tf.clip_by_value(y2, 0.0, h), tf.clip_by_value(x2, 0.0, w)], axis=-1)
+  return tf.concat([
+      tf.clip_by_value(y1, 0.0, h),
+      tf.clip_by_value(x1, 0.0, w),
+      tf.clip_by_value(y2, 0.0, h),
+      tf.clip_by_value(x2, 0.0, w)
+  ],
+                   axis=-1)
 
 
 def pairwise_iou(boxes_a, boxes_b):

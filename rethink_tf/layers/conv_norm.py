@@ -10,7 +10,8 @@ from rethink_tf.layers.norm import get_norm
 
 def msra_fan_out():
   """He (MSRA) init with fan_out, as Detectron/detectron2 use for scratch training."""
-  return tf_keras.initializers.VarianceScaling(scale=2.0, mode="fan_out",
+  return tf_keras.initializers.VarianceScaling(scale=2.0,
+                                               mode="fan_out",
                                                distribution="untruncated_normal")
 
 
@@ -32,20 +33,31 @@ class ConvNorm(tf_keras.layers.Layer):
   symmetric (k // 2, as torch), not TF "same", so strided outputs line up with PyTorch weights.
   """
 
-  def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1, groups: int = 1,
-               norm: Optional[str] = None, activation: Optional[str] = "relu",
-               gn_num_groups: int = 32, kernel_init: str = "msra", **kwargs):
+  def __init__(self,
+               filters: int,
+               kernel_size: int = 3,
+               strides: int = 1,
+               groups: int = 1,
+               norm: Optional[str] = None,
+               activation: Optional[str] = "relu",
+               gn_num_groups: int = 32,
+               kernel_init: str = "msra",
+               **kwargs):
     super().__init__(**kwargs)
-    self.filters, self.kernel_size, self.strides, self.groups = filters, kernel_size, strides, groups
+    self.filters, self.kernel_size = filters, kernel_size
+    self.strides, self.groups = strides, groups
     self.norm_name, self.activation, self.gn_num_groups = norm, activation, gn_num_groups
     self.kernel_init = kernel_init
     pad = kernel_size // 2
     self.pad = tf_keras.layers.ZeroPadding2D(pad) if (pad and strides > 1) else None
-    self.conv = tf_keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, groups=groups,
-        padding="valid" if self.pad is not None else "same",
-        use_bias=norm in (None, "", "none"),
-        kernel_initializer=INITIALIZERS[kernel_init](), name="conv")
+    self.conv = tf_keras.layers.Conv2D(filters,
+                                       kernel_size,
+                                       strides=strides,
+                                       groups=groups,
+                                       padding="valid" if self.pad is not None else "same",
+                                       use_bias=norm in (None, "", "none"),
+                                       kernel_initializer=INITIALIZERS[kernel_init](),
+                                       name="conv")
     self.norm = get_norm(norm, filters, name="norm", num_groups=gn_num_groups)
 
   def call(self, x, training=None):
@@ -59,7 +71,9 @@ class ConvNorm(tf_keras.layers.Layer):
     return x
 
   def get_config(self):
-    return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
-            "strides": self.strides, "groups": self.groups, "norm": self.norm_name,
-            "activation": self.activation, "gn_num_groups": self.gn_num_groups,
-            "kernel_init": self.kernel_init}
+    return {
+        **super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+        "strides": self.strides, "groups": self.groups, "norm": self.norm_name,
+        "activation": self.activation, "gn_num_groups": self.gn_num_groups,
+        "kernel_init": self.kernel_init
+    }

@@ -8,7 +8,10 @@ of the plane, so one NMS call handles every class (torchvision `batched_nms` doe
 import tensorflow as tf
 
 
-def nms_padded(boxes_yxyx, scores, max_output_size: int, iou_threshold: float,
+def nms_padded(boxes_yxyx,
+               scores,
+               max_output_size: int,
+               iou_threshold: float,
                score_threshold: float = float("-inf")):
   """Batched NMS.
 
@@ -20,15 +23,21 @@ def nms_padded(boxes_yxyx, scores, max_output_size: int, iou_threshold: float,
       entries are 0 and must be masked with `valid`.
     valid: [B, max_output_size] bool.
   """
-  idx, num = tf.image.non_max_suppression_padded(
-      tf.cast(boxes_yxyx, tf.float32), tf.cast(scores, tf.float32), max_output_size,
-      iou_threshold=iou_threshold, score_threshold=score_threshold,
-      pad_to_max_output_size=True)
+  idx, num = tf.image.non_max_suppression_padded(tf.cast(boxes_yxyx, tf.float32),
+                                                 tf.cast(scores, tf.float32),
+                                                 max_output_size,
+                                                 iou_threshold=iou_threshold,
+                                                 score_threshold=score_threshold,
+                                                 pad_to_max_output_size=True)
   valid = tf.range(max_output_size)[None, :] < num[:, None]
   return tf.where(valid, idx, 0), valid
 
 
-def batched_nms_padded(boxes_yxyx, scores, groups, max_output_size: int, iou_threshold: float,
+def batched_nms_padded(boxes_yxyx,
+                       scores,
+                       groups,
+                       max_output_size: int,
+                       iou_threshold: float,
                        score_threshold: float = float("-inf")):
   """NMS applied independently within each group (class or FPN level), results merged by score.
 

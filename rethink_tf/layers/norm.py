@@ -35,7 +35,8 @@ class FrozenBatchNorm(tf_keras.layers.Layer):
     self.gamma = self.add_weight("gamma", [c], initializer="ones", trainable=False)
     self.beta = self.add_weight("beta", [c], initializer="zeros", trainable=False)
     self.moving_mean = self.add_weight("moving_mean", [c], initializer="zeros", trainable=False)
-    self.moving_variance = self.add_weight("moving_variance", [c], initializer="ones",
+    self.moving_variance = self.add_weight("moving_variance", [c],
+                                           initializer="ones",
                                            trainable=False)
     super().build(input_shape)
 
@@ -68,10 +69,10 @@ class GroupNorm(tf_keras.layers.GroupNormalization):
     x = tf.reshape(inputs, [shape[0], shape[1], shape[2], g, c // g])
     x32 = tf.cast(x, tf.float32)
     mean, var = tf.nn.moments(x32, axes=[1, 2, 4], keepdims=True)
-    inv = tf.math.rsqrt(var + self.epsilon)                       # [B, 1, 1, G, 1]
+    inv = tf.math.rsqrt(var + self.epsilon)  # [B, 1, 1, G, 1]
     gamma = tf.reshape(tf.cast(self.gamma, tf.float32), [1, 1, 1, g, c // g])
     beta = tf.reshape(tf.cast(self.beta, tf.float32), [1, 1, 1, g, c // g])
-    scale = inv * gamma                                           # [B, 1, 1, G, C/G]
+    scale = inv * gamma  # [B, 1, 1, G, C/G]
     offset = beta - mean * scale
     y = x * tf.cast(scale, x.dtype) + tf.cast(offset, x.dtype)
     return tf.reshape(y, shape)
@@ -87,25 +88,33 @@ class BatchNorm(tf_keras.layers.BatchNormalization):
   replica would drift from SyncBN on several), while `fused=False` computes the moments and the
   normalization op by op, forward and backward (several passes over every activation; and in
   inference it leaves a Mul/Add after every conv that the graph optimizer cannot fold, where a
-  fused BN is folded into the conv; measured in benchmarks/README.md). Here: FusedBatchNormV3 forward and gradient, the returned
-  variance times (n - 1) / n for the moving average, and the inference form that grappler fuses
-  into the preceding conv. Same variables, checkpoints and config as the Keras layer.
+  fused BN is folded into the conv; measured in benchmarks/README.md). Here: FusedBatchNormV3
+  forward and gradient, the returned variance times (n - 1) / n for the moving average, and the
+  inference form that grappler fuses into the preceding conv. Same variables, checkpoints and
+  config as the Keras layer.
   Input and output [B, H, W, C] (other ranks and symbolic `training` use the Keras path).
   """
 
   def call(self, inputs, training=None, mask=None):
     training = self._get_training_value(training)
-    if (inputs.shape.rank != 4 or self.axis not in ([3], [-1]) or mask is not None
-        or self.synchronized or not isinstance(training, bool)):
+    if (inputs.shape.rank != 4 or self.axis not in ([3], [-1]) or mask is not None or
+        self.synchronized or not isinstance(training, bool)):
       return super().call(inputs, training=training, mask=mask)
     gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([inputs.shape[-1]])
     beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([inputs.shape[-1]])
     if not training:
-      y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-          inputs, gamma, beta, mean=self.moving_mean, variance=self.moving_variance,
-          epsilon=self.epsilon, is_training=False)
+      y, _, _ = tf.compat.v1.nn.fused_batch_norm(inputs,
+                                                 gamma,
+                                                 beta,
+                                                 mean=self.moving_mean,
+                                                 variance=self.moving_variance,
+                                                 epsilon=self.epsilon,
+                                                 is_training=False)
       return y
-    y, mean, var = tf.compat.v1.nn.fused_batch_norm(inputs, gamma, beta, epsilon=self.epsilon,
+    y, mean, var = tf.compat.v1.nn.fused_batch_norm(inputs,
+                                                    gamma,
+                                                    beta,
+                                                    epsilon=self.epsilon,
                                                     is_training=True)
     shape = tf.shape(inputs)
     n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
@@ -116,7 +125,9 @@ class BatchNorm(tf_keras.layers.BatchNormalization):
     return y
 
 
-def get_norm(norm: Optional[str], channels: int, name: str = None,
+def get_norm(norm: Optional[str],
+             channels: int,
+             name: str = None,
              num_groups: int = 32) -> Optional[tf_keras.layers.Layer]:
   """Returns the normalization layer for `norm` over `channels` channels, or None.
 
@@ -137,8 +148,10 @@ def get_norm(norm: Optional[str], channels: int, name: str = None,
     # Groups are consecutive channels, as torch.nn.GroupNorm forms them.
     return GroupNorm(groups=num_groups, epsilon=GN_EPSILON, name=name)
   if norm == "SyncBN":
-    return tf_keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                              synchronized=True, name=name)
+    return tf_keras.layers.BatchNormalization(momentum=BN_MOMENTUM,
+                                              epsilon=BN_EPSILON,
+                                              synchronized=True,
+                                              name=name)
   if norm == "BN":
     # Fused kernels with the biased variance in the moving average: BN over 2 images on one
     # replica updates as SyncBN over 2 replicas of 1 image (see BatchNorm).
@@ -146,4 +159,3 @@ def get_norm(norm: Optional[str], channels: int, name: str = None,
   if norm == "FrozenBN":
     return FrozenBatchNorm(name=name)
   raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")
-

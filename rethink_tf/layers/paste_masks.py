@@ -45,5 +45,5 @@ def paste_masks(masks, boxes_yxyx, height, width, canvas_height=None, canvas_wid
   cw = width if canvas_width is None else canvas_width
   wy = _axis_weights(boxes[:, 0], boxes[:, 2], height, ch, m)
   wx = _axis_weights(boxes[:, 1], boxes[:, 3], width, cw, m)
-  rows = tf.linalg.matmul(wy, masks)                        # [N, H, M]
-  return tf.linalg.matmul(rows, wx, transpose_b=True)       # [N, H, W]
+  rows = tf.linalg.matmul(wy, masks)  # [N, H, M]
+  return tf.linalg.matmul(rows, wx, transpose_b=True)  # [N, H, W]

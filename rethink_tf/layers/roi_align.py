@@ -42,11 +42,11 @@ def _axis_samples(start, size, extent, out, sr, count=None):
   """
   bin_size = size / out
   slot = tf.range(out * sr)
-  bins = tf.cast(slot // sr, tf.float32)                      # [S] bin of each slot
-  within = tf.cast(slot % sr, tf.float32) + 0.5               # [S] slot inside its bin
+  bins = tf.cast(slot // sr, tf.float32)  # [S] bin of each slot
+  within = tf.cast(slot % sr, tf.float32) + 0.5  # [S] slot inside its bin
   if count is None:
-    grid = bins + within / sr                                 # in bins, [S]
-    pos = start[..., None] + grid * bin_size[..., None]       # [B, N, S]
+    grid = bins + within / sr  # in bins, [S]
+    pos = start[..., None] + grid * bin_size[..., None]  # [B, N, S]
     used = 1.0
   else:
     per_bin = tf.maximum(count, 1.0)[..., None]
@@ -65,8 +65,16 @@ def _axis_samples(start, size, extent, out, sr, count=None):
   return (tf.cast(lo, tf.int32), tf.cast(hi, tf.int32), (1.0 - frac) * valid, frac * valid)
 
 
-def roi_align_flat(flat_features, offsets, heights, widths, scales, boxes, output_size,
-                    sampling_ratio, aligned, max_adaptive_samples: int = MAX_ADAPTIVE_SAMPLES):
+def roi_align_flat(flat_features,
+                   offsets,
+                   heights,
+                   widths,
+                   scales,
+                   boxes,
+                   output_size,
+                   sampling_ratio,
+                   aligned,
+                   max_adaptive_samples: int = MAX_ADAPTIVE_SAMPLES):
   """Core RoIAlign over a flattened feature tensor.
 
   Args:
@@ -103,13 +111,13 @@ def roi_align_flat(flat_features, offsets, heights, widths, scales, boxes, outpu
   b, n = tf.shape(boxes)[0], tf.shape(boxes)[1]
   s = out * sr
   c = flat_features.shape[-1]
-  base = offsets[..., None, None]           # [B, N, 1, 1]
+  base = offsets[..., None, None]  # [B, N, 1, 1]
   row_w = widths[..., None, None]
   feats32 = tf.cast(flat_features, tf.float32)
   result = 0.0
   for yi, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
     for xi, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
-      idx = base + yi[..., :, None] * row_w + xi[..., None, :]   # [B, N, S, S]
+      idx = base + yi[..., :, None] * row_w + xi[..., None, :]  # [B, N, S, S]
       vals = tf.gather(feats32, tf.reshape(idx, [b, -1]), batch_dims=1)
       vals = tf.reshape(vals, [b, n, s, s, c])
       result += vals * (wy[..., :, None] * wx[..., None, :])[..., None]
@@ -123,8 +131,13 @@ def roi_align_flat(flat_features, offsets, heights, widths, scales, boxes, outpu
   return tf.cast(result, flat_features.dtype)
 
 
-def roi_align(features, boxes, output_size: int, spatial_scale: float, sampling_ratio: int = 2,
-              aligned: bool = True, max_adaptive_samples: int = MAX_ADAPTIVE_SAMPLES):
+def roi_align(features,
+              boxes,
+              output_size: int,
+              spatial_scale: float,
+              sampling_ratio: int = 2,
+              aligned: bool = True,
+              max_adaptive_samples: int = MAX_ADAPTIVE_SAMPLES):
   """RoIAlign on one feature map.
 
   Args:
@@ -143,11 +156,14 @@ def roi_align(features, boxes, output_size: int, spatial_scale: float, sampling_
   flat = tf.reshape(features, [b, -1, features.shape[-1]])
   full = lambda v: tf.fill([b, n], v)
   scale = full(tf.constant(spatial_scale, tf.float32))
-  return roi_align_flat(flat, full(0), full(h), full(w), scale, boxes, output_size,
-                        sampling_ratio, aligned, max_adaptive_samples)
+  return roi_align_flat(flat, full(0), full(h), full(w), scale, boxes, output_size, sampling_ratio,
+                        aligned, max_adaptive_samples)
 
 
-def assign_levels(boxes, min_level: int, max_level: int, log_epsilon: Optional[float] = None,
+def assign_levels(boxes,
+                  min_level: int,
+                  max_level: int,
+                  log_epsilon: Optional[float] = None,
                   box_plus_one: float = 0.0):
   """The FPN level of each box (FPN paper, eq. 1; canonical size 224 at level 4), clipped.
 
@@ -163,8 +179,8 @@ def assign_levels(boxes, min_level: int, max_level: int, log_epsilon: Optional[f
     [...] int32 levels in [min_level, max_level].
   """
   boxes = tf.cast(boxes, tf.float32)
-  area = tf.maximum((boxes[..., 2] - boxes[..., 0] + box_plus_one)
-                    * (boxes[..., 3] - boxes[..., 1] + box_plus_one), 1e-8)
+  area = tf.maximum((boxes[..., 2] - boxes[..., 0] + box_plus_one) *
+                    (boxes[..., 3] - boxes[..., 1] + box_plus_one), 1e-8)
   ratio = tf.sqrt(area) / CANONICAL_BOX_SIZE
   if log_epsilon is None:
     level = tf.floor(CANONICAL_LEVEL + tf.math.log(ratio) / math.log(2.0) + 1e-6)
@@ -181,10 +197,14 @@ def roi_chunk(batch: int, num_boxes: int, samples: int, channels: int, max_bytes
   return max(fits, default=1)
 
 
-def multilevel_roi_align(features: Dict[int, tf.Tensor], boxes, output_size: int,
-                         sampling_ratio: int = 2, aligned: bool = True,
+def multilevel_roi_align(features: Dict[int, tf.Tensor],
+                         boxes,
+                         output_size: int,
+                         sampling_ratio: int = 2,
+                         aligned: bool = True,
                          max_chunk_bytes: Optional[int] = None,
-                         level_epsilon: Optional[float] = None, box_plus_one: float = 0.0,
+                         level_epsilon: Optional[float] = None,
+                         box_plus_one: float = 0.0,
                          max_adaptive_samples: int = MAX_ADAPTIVE_SAMPLES):
   """RoIAlign over an FPN, each box pooled from its level (`assign_levels`).
 
@@ -203,7 +223,8 @@ def multilevel_roi_align(features: Dict[int, tf.Tensor], boxes, output_size: int
   """
   b, n = boxes.shape[0], boxes.shape[1]
   c = next(iter(features.values())).shape[-1]
-  kw = dict(level_epsilon=level_epsilon, box_plus_one=box_plus_one,
+  kw = dict(level_epsilon=level_epsilon,
+            box_plus_one=box_plus_one,
             max_adaptive_samples=max_adaptive_samples)
   if max_chunk_bytes and b is not None and n is not None:
     slots = sampling_ratio or max_adaptive_samples
@@ -211,11 +232,11 @@ def multilevel_roi_align(features: Dict[int, tf.Tensor], boxes, output_size: int
     if chunk < n:
       parts = tf.transpose(tf.reshape(boxes, [b, n // chunk, chunk, 4]), [1, 0, 2, 3])
       dtype = next(iter(features.values())).dtype
-      pooled = tf.map_fn(
-          lambda part: multilevel_roi_align(features, part, output_size, sampling_ratio,
-                                            aligned, **kw),
-          parts, fn_output_signature=tf.TensorSpec([b, chunk, output_size, output_size, c],
-                                                   dtype))
+      pooled = tf.map_fn(lambda part: multilevel_roi_align(features, part, output_size,
+                                                           sampling_ratio, aligned, **kw),
+                         parts,
+                         fn_output_signature=tf.TensorSpec([b, chunk, output_size, output_size, c],
+                                                           dtype))
       return tf.reshape(tf.transpose(pooled, [1, 0, 2, 3, 4, 5]),
                         [b, n, output_size, output_size, c])
   levels = sorted(int(k) for k in features)
@@ -234,6 +255,6 @@ def multilevel_roi_align(features: Dict[int, tf.Tensor], boxes, output_size: int
   flat = tf.concat(flats, axis=1)
   lvl = assign_levels(boxes, levels[0], levels[-1], level_epsilon, box_plus_one) - levels[0]
   pick = lambda vals: tf.gather(tf.stack(vals), lvl)
-  scales = tf.gather(tf.constant([2.0 ** -l for l in levels], tf.float32), lvl)
+  scales = tf.gather(tf.constant([2.0**-l for l in levels], tf.float32), lvl)
   return roi_align_flat(flat, pick(offsets), pick(hs), pick(ws), scales, boxes, output_size,
-                         sampling_ratio, aligned, max_adaptive_samples)
+                        sampling_ratio, aligned, max_adaptive_samples)

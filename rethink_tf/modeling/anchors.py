@@ -19,10 +19,13 @@ from rethink_tf.layers import box_ops
 RPN_BOX_WEIGHTS = None  # Detectron RPN uses unit weights for (dy, dx, dh, dw).
 
 
-def multilevel_anchors(image_size: Sequence[int], min_level: int = 2, max_level: int = 6,
+def multilevel_anchors(image_size: Sequence[int],
+                       min_level: int = 2,
+                       max_level: int = 6,
                        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
                        anchor_size: float = 8.0,
-                       anchor_scales: Sequence[float] = (1.0,), offset: float = 0.5,
+                       anchor_scales: Sequence[float] = (1.0,),
+                       offset: float = 0.5,
                        detectron_rounding: bool = False) -> Dict[int, tf.Tensor]:
   """Anchors per level, dict level -> [H_l * W_l * A, 4] float32 [y1, x1, y2, x2] pixels.
 
@@ -49,7 +52,7 @@ def multilevel_anchors(image_size: Sequence[int], min_level: int = 2, max_level:
     grids = [tf.reshape(boxes[k], [h, w, len(aspect_ratios), 4]) for boxes in per_scale]
     boxes = tf.reshape(tf.concat(grids, axis=2), [-1, 4])
     # Model Garden centres at (i + 0.5) * stride.
-    out[int(k)] = boxes + (offset - 0.5) * 2.0 ** int(k)
+    out[int(k)] = boxes + (offset - 0.5) * 2.0**int(k)
   return out
 
 
@@ -64,8 +67,9 @@ def detectron_cell_anchors(stride: int, sizes: Sequence[float],
   ctr = 0.5 * (stride - 1)
 
   def boxes(ws, hs):
-    return np.stack([ctr - 0.5 * (ws - 1), ctr - 0.5 * (hs - 1),
-                     ctr + 0.5 * (ws - 1), ctr + 0.5 * (hs - 1)], axis=-1)
+    return np.stack(
+        [ctr - 0.5 * (ws - 1), ctr - 0.5 * (hs - 1), ctr + 0.5 * (ws - 1), ctr + 0.5 * (hs - 1)],
+        axis=-1)
 
   ratios = np.asarray(aspect_ratios, np.float64)
   ws = np.round(np.sqrt(stride * stride / ratios))
@@ -74,20 +78,22 @@ def detectron_cell_anchors(stride: int, sizes: Sequence[float],
   return np.concatenate([boxes(w * scales, h * scales) for w, h in zip(ws, hs)], axis=0)
 
 
-def _detectron_anchors(image_size, min_level, max_level, aspect_ratios, anchor_size,
-                       anchor_scales):
+def _detectron_anchors(image_size, min_level, max_level, aspect_ratios, anchor_size, anchor_scales):
   """Detectron's FPN anchors: cell anchors shifted by (j * stride, i * stride), as yxyx.
 
   Our `aspect_ratios` are width / height; Detectron's generator takes height / width."""
   out = {}
   for level in range(min_level, max_level + 1):
-    stride = 2 ** level
+    stride = 2**level
     # Detectron orders a cell's anchors ratio-major; ours (and the RPN head's channels for
     # converted weights) scale-major, so build one size at a time.
-    cells = np.stack([detectron_cell_anchors(stride, [anchor_size * s * stride],
-                                             [1.0 / r for r in aspect_ratios])
-                      for s in anchor_scales], axis=0)              # [S, R, 4] xyxy
-    cells = cells.reshape(-1, 4)[:, [1, 0, 3, 2]]                  # yxyx, scale-major
+    cells = np.stack([
+        detectron_cell_anchors(stride, [anchor_size * s * stride], [1.0 / r
+                                                                    for r in aspect_ratios])
+        for s in anchor_scales
+    ],
+                     axis=0)  # [S, R, 4] xyxy
+    cells = cells.reshape(-1, 4)[:, [1, 0, 3, 2]]  # yxyx, scale-major
     h, w = -(-image_size[0] // stride), -(-image_size[1] // stride)
     ys, xs = np.meshgrid(np.arange(h) * stride, np.arange(w) * stride, indexing="ij")
     shifts = np.stack([ys, xs, ys, xs], axis=-1).reshape(-1, 1, 4)
@@ -95,9 +101,16 @@ def _detectron_anchors(image_size, min_level, max_level, aspect_ratios, anchor_s
   return out
 
 
-def rpn_targets(anchors, gt_boxes, gt_valid, crowd_boxes, crowd_valid, seed,
-                batch_size_per_image: int = 256, positive_fraction: float = 0.5,
-                positive_iou: float = 0.7, negative_iou: float = 0.3,
+def rpn_targets(anchors,
+                gt_boxes,
+                gt_valid,
+                crowd_boxes,
+                crowd_valid,
+                seed,
+                batch_size_per_image: int = 256,
+                positive_fraction: float = 0.5,
+                positive_iou: float = 0.7,
+                negative_iou: float = 0.3,
                 crowd_ioa: float = 0.7) -> Tuple[tf.Tensor, tf.Tensor]:
   """Labels and regression targets for one image.
 
@@ -110,19 +123,19 @@ def rpn_targets(anchors, gt_boxes, gt_valid, crowd_boxes, crowd_valid, seed,
     labels: [A] int32, 1 positive / 0 negative / -1 ignored (not sampled or near crowd).
     box_targets: [A, 4] float32 encoded deltas w.r.t. the anchor (0 where not positive).
   """
-  iou = box_ops.pairwise_iou(anchors[None], gt_boxes[None])[0]         # [A, M]
+  iou = box_ops.pairwise_iou(anchors[None], gt_boxes[None])[0]  # [A, M]
   iou = tf.where(gt_valid[None, :], iou, -1.0)
   max_iou = tf.reduce_max(iou, axis=1)
   matched = tf.argmax(iou, axis=1, output_type=tf.int32)
   # Low-quality matches: every GT keeps the anchors with its highest IoU (ties included).
-  best_per_gt = tf.reduce_max(iou, axis=0)                                # [M]
+  best_per_gt = tf.reduce_max(iou, axis=0)  # [M]
   is_best = tf.logical_and(tf.equal(iou, best_per_gt[None, :]),
                            tf.logical_and(gt_valid[None, :], best_per_gt[None, :] > 0.0))
   positive = tf.logical_or(max_iou >= positive_iou, tf.reduce_any(is_best, axis=1))
   negative = tf.logical_and(max_iou < negative_iou, max_iou >= 0.0)
   negative = tf.logical_or(negative, tf.logical_and(max_iou < 0.0, tf.logical_not(positive)))
   negative = tf.logical_and(negative, tf.logical_not(positive))
-  ioa = box_ops.intersection_over_first(anchors[None], crowd_boxes[None])[0]   # [A, C]
+  ioa = box_ops.intersection_over_first(anchors[None], crowd_boxes[None])[0]  # [A, C]
   near_crowd = tf.reduce_any(tf.logical_and(ioa > crowd_ioa, crowd_valid[None, :]), axis=1)
   negative = tf.logical_and(negative, tf.logical_not(near_crowd))
 
@@ -130,7 +143,9 @@ def rpn_targets(anchors, gt_boxes, gt_valid, crowd_boxes, crowd_valid, seed,
   seeds = tf.random.experimental.stateless_split(seed, 2)
   pos_sel = _sample(positive, num_pos_max, seeds[0])
   num_pos = tf.reduce_sum(tf.cast(pos_sel, tf.int32))
-  neg_sel = _sample(negative, batch_size_per_image - num_pos, seeds[1],
+  neg_sel = _sample(negative,
+                    batch_size_per_image - num_pos,
+                    seeds[1],
                     static_max=batch_size_per_image)
   labels = tf.where(pos_sel, 1, tf.where(neg_sel, 0, -1))
   targets = box_ops.encode_boxes(tf.gather(gt_boxes, matched), anchors, RPN_BOX_WEIGHTS)

@@ -18,8 +18,7 @@ from rethink_tf.layers import box_ops
 CASCADE_IOUS = (0.5, 0.6, 0.7)
 # Stage-specific box-coding weights (wy, wx, wh, ww): deltas of better-localized boxes are
 # smaller, larger weights keep the regression targets at unit scale.
-CASCADE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0),
-                       (30.0, 30.0, 15.0, 15.0))
+CASCADE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
 
 
 def refine_boxes(rois, box_deltas, box_weights, image_size):
@@ -30,8 +29,7 @@ def refine_boxes(rois, box_deltas, box_weights, image_size):
   return tf.stop_gradient(boxes)
 
 
-def label_boxes(rois, roi_weights, gt_boxes, gt_classes, gt_valid, fg_iou: float,
-                box_weights):
+def label_boxes(rois, roi_weights, gt_boxes, gt_classes, gt_valid, fg_iou: float, box_weights):
   """Targets of a later stage for all of its RoIs.
 
   Args:
@@ -49,8 +47,10 @@ def label_boxes(rois, roi_weights, gt_boxes, gt_classes, gt_valid, fg_iou: float
   classes = tf.where(is_fg, tf.gather(gt_classes, matched, batch_dims=1), 0)
   targets = box_ops.encode_boxes(tf.gather(gt_boxes, matched, batch_dims=1), rois, box_weights)
   targets = tf.where(is_fg[..., None], targets, 0.0)
-  return dict(classes=tf.cast(classes, tf.int32), box_targets=tf.stop_gradient(targets),
-              weights=roi_weights, is_fg=is_fg)
+  return dict(classes=tf.cast(classes, tf.int32),
+              box_targets=tf.stop_gradient(targets),
+              weights=roi_weights,
+              is_fg=is_fg)
 
 
 def scale_gradient(x, scale: float):
@@ -100,9 +100,10 @@ def later_stage_train_outputs(model, feats, s, box_deltas, image_size, gt_boxes,
     head, predictor = stage(model, k)
     pooled = stage_input(model, model.pool_rois(feats, rois, "box"))
     logits, deltas = predictor(head(pooled, training=True))
-    out.update({f"class_logits_stage{k + 1}": logits, f"box_deltas_stage{k + 1}": deltas,
-                f"roi_classes_stage{k + 1}": t["classes"],
-                f"roi_box_targets_stage{k + 1}": t["box_targets"],
-                f"roi_weights_stage{k + 1}": t["weights"]})
+    out.update({
+        f"class_logits_stage{k + 1}": logits, f"box_deltas_stage{k + 1}": deltas,
+        f"roi_classes_stage{k + 1}": t["classes"],
+        f"roi_box_targets_stage{k + 1}": t["box_targets"], f"roi_weights_stage{k + 1}": t["weights"]
+    })
   out["cascade_active"] = tf.cast(model.cascade_active, tf.float32)
   return out

@@ -63,10 +63,12 @@ def class_categories(num_classes: int, categories_path=None):
 
 def gin_text(spec: detector_configs.DetectorSpec, category_ids, header: str) -> str:
   """model.gin: build_model and InputConfig bindings, one per line."""
+
   def value(v):
     if isinstance(v, (list, tuple)):
       return "(" + ", ".join(value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
     return repr(v)
+
   lines = [header, ""]
   lines += [f"build_model.{k} = {value(v)}" for k, v in spec.model.items()]
   lines.append("")
@@ -93,15 +95,15 @@ def convert(fmt: str, input_path: str, output: str, config_path=None, categories
         if name in tensors:
           cfg["MODEL"][key] = [float(v) for v in tensors[name].reshape(-1)]
   where = config_path or f"{input_path} (no --config: {fmt} defaults)"
-  make_spec = (detector_specs.detectron2_spec if fmt == "detectron2"
-               else detector_specs.detectron_spec)
+  make_spec = (detector_specs.detectron2_spec
+               if fmt == "detectron2" else detector_specs.detectron_spec)
   spec = make_spec(cfg, tensors, where)
   classes = class_categories(spec.num_classes, categories_path)
   header = (f"# {fmt} detector converted by rethink_tf.modeling.convert_detector from "
-            f"{os.path.basename(input_path)}"
-            + (f" ({os.path.basename(config_path)})" if config_path else "")
-            + "\n# Evaluate: python -m rethink_tf.evaluate --gin_file=THIS_FILE "
-              "--gin_file=<data gin> --checkpoint=THIS_DIR")
+            f"{os.path.basename(input_path)}" +
+            (f" ({os.path.basename(config_path)})" if config_path else "") +
+            "\n# Evaluate: python -m rethink_tf.evaluate --gin_file=THIS_FILE "
+            "--gin_file=<data gin> --checkpoint=THIS_DIR")
   text = gin_text(spec, [c for c, _ in classes], header)
 
   partial = f"{output.rstrip(os.sep)}.partial-{os.getpid()}"
@@ -119,10 +121,16 @@ def convert(fmt: str, input_path: str, output: str, config_path=None, categories
     detector_import.check_finite(model, input_path)
     tf.train.Checkpoint(model=model).save(os.path.join(partial, "ckpt"))
     with open(os.path.join(partial, CATEGORIES_FILE), "w") as f:
-      json.dump({"source": {"format": fmt, "weights": os.path.basename(input_path),
-                            "config": os.path.basename(config_path) if config_path else None},
-                 "categories": [{"id": int(i), "name": n, "contiguous_id": k + 1}
-                                for k, (i, n) in enumerate(classes)]}, f, indent=1)
+      json.dump(
+          {
+              "source": {
+                  "format": fmt, "weights": os.path.basename(input_path),
+                  "config": os.path.basename(config_path) if config_path else None
+              }, "categories": [{"id": int(i), "name": n, "contiguous_id": k + 1}
+                                for k, (i, n) in enumerate(classes)]
+          },
+          f,
+          indent=1)
     if os.path.isdir(output):
       os.rmdir(output)  # empty (checked above)
     os.rename(partial, output)
@@ -150,14 +158,14 @@ def main(argv):
         f"{os.path.join(FLAGS.output, CATEGORIES_FILE)}")
 
 
-
 def console_main():
   """Defines the flags and runs `main` (installed as `rethink-tf-convert-detector`)."""
   flags.DEFINE_enum("format", None, list(detector_configs.FORMATS), "Source framework.")
   flags.DEFINE_string("input", None, "model_final.pkl (detectron2 or Detectron) or a "
                       "detectron2 .pth.")
-  flags.DEFINE_string("config", None, "The source's config yaml (detectron2: config.yaml or "
-                      "a model-zoo config with its _BASE_ files beside it).")
+  flags.DEFINE_string(
+      "config", None, "The source's config yaml (detectron2: config.yaml or "
+      "a model-zoo config with its _BASE_ files beside it).")
   flags.DEFINE_string("categories", None, "COCO annotations JSON of the training classes "
                       "(default: COCO's 80).")
   flags.DEFINE_string("output", None, "Output directory (new or empty).")

@@ -35,10 +35,14 @@ from rethink_tf.modeling.vgg import VGG16  # noqa: E402
 
 # Pixel conventions of each source (0-255 inputs).
 CONVENTIONS = {
-    "torchvision": {"channel_order": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
-                    "pixel_std": [58.395, 57.12, 57.375]},
-    "detectron": {"channel_order": "BGR", "pixel_mean": [102.9801, 115.9465, 122.7717],
-                  "pixel_std": [1.0, 1.0, 1.0]},
+    "torchvision": {
+        "channel_order": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
+        "pixel_std": [58.395, 57.12, 57.375]
+    },
+    "detectron": {
+        "channel_order": "BGR", "pixel_mean": [102.9801, 115.9465, 122.7717],
+        "pixel_std": [1.0, 1.0, 1.0]
+    },
 }
 FEATURE_KEYS = {"c1_pool": 1, "c2": 2, "c3": 3, "c4": 4, "c5": 5}
 
@@ -47,9 +51,17 @@ class ConversionError(ValueError):
   pass
 
 
-def convert(fmt: str, input_path: str, output: str, depth: int = 50, groups: int = 1,
-            width_per_group: int = 64, norm: str = "GN", stride_in_1x1: bool = False,
-            arch: str = "resnet", width_multiplier: float = 1.0, fc_dim: int = 4096):
+def convert(fmt: str,
+            input_path: str,
+            output: str,
+            depth: int = 50,
+            groups: int = 1,
+            width_per_group: int = 64,
+            norm: str = "GN",
+            stride_in_1x1: bool = False,
+            arch: str = "resnet",
+            width_multiplier: float = 1.0,
+            fc_dim: int = 4096):
   """Converts and writes the checkpoint and its convention file; returns the backbone.
 
   `width_multiplier` and `fc_dim` shrink VGG-16 for tests (1.0 and 4096 are the real one).
@@ -67,8 +79,12 @@ def convert(fmt: str, input_path: str, output: str, depth: int = 50, groups: int
     return _convert_vgg16(fmt, input_path, output, norm, width_multiplier, fc_dim)
   if arch != "resnet":
     raise ConversionError(f"--arch={arch!r} is not one of resnet, vgg16")
-  backbone = ResNet(depth=depth, groups=groups, width_per_group=width_per_group, norm=norm,
-                    stride_in_1x1=stride_in_1x1, name="backbone")
+  backbone = ResNet(depth=depth,
+                    groups=groups,
+                    width_per_group=width_per_group,
+                    norm=norm,
+                    stride_in_1x1=stride_in_1x1,
+                    name="backbone")
   backbone(tf.zeros([1, 64, 64, 3]))
   try:
     if fmt == "torchvision":
@@ -86,9 +102,14 @@ def convert(fmt: str, input_path: str, output: str, depth: int = 50, groups: int
                           f"{unused[:20]}")
   init_lib.save_backbone(backbone, output)
   with open(output + ".json", "w") as f:
-    json.dump({"source_format": fmt, "source": os.path.abspath(input_path), "depth": depth,
-               "groups": groups, "width_per_group": width_per_group, "norm": norm,
-               "stride_in_1x1": stride_in_1x1, **CONVENTIONS[fmt]}, f, indent=1)
+    json.dump(
+        {
+            "source_format": fmt, "source": os.path.abspath(input_path), "depth": depth,
+            "groups": groups, "width_per_group": width_per_group, "norm": norm,
+            "stride_in_1x1": stride_in_1x1, **CONVENTIONS[fmt]
+        },
+        f,
+        indent=1)
   return backbone
 
 
@@ -100,8 +121,8 @@ def _convert_vgg16(fmt, input_path, output, norm, width_multiplier, fc_dim):
   channels = backbone.out_channels[max(backbone.out_channels)]
   box_head = BoxHead("2fc", fc_dim=fc_dim, norm=None, name="box_head")
   box_head(tf.zeros([1, 1, 7, 7, channels]))
-  weights = (weight_import.load_state_dict(input_path) if fmt == "torchvision"
-             else weight_import.load_pickle_blobs(input_path))
+  weights = (weight_import.load_state_dict(input_path)
+             if fmt == "torchvision" else weight_import.load_pickle_blobs(input_path))
   try:
     unused = weight_import.assign_vgg16(backbone, box_head, weights, fmt)
   except KeyError as e:
@@ -114,8 +135,13 @@ def _convert_vgg16(fmt, input_path, output, norm, width_multiplier, fc_dim):
                           f"{unused[:20]}")
   init_lib.save_backbone(backbone, output, box_head=box_head)
   with open(output + ".json", "w") as f:
-    json.dump({"source_format": fmt, "source": os.path.abspath(input_path), "arch": "vgg16",
-               "norm": None, "stride_in_1x1": False, **CONVENTIONS[fmt]}, f, indent=1)
+    json.dump(
+        {
+            "source_format": fmt, "source": os.path.abspath(input_path), "arch": "vgg16",
+            "norm": None, "stride_in_1x1": False, **CONVENTIONS[fmt]
+        },
+        f,
+        indent=1)
   return backbone
 
 
@@ -141,7 +167,6 @@ def main(argv):
     print(f"wrote {', '.join(feats)} to {FLAGS.check_output}")
 
 
-
 def console_main():
   """Defines the flags and runs `main` (installed as `rethink-tf-convert-weights`)."""
   flags.DEFINE_enum("format", None, ["torchvision", "detectron", "keras"], "Source layout.")
@@ -153,9 +178,10 @@ def console_main():
   flags.DEFINE_enum("arch", "resnet", ["resnet", "vgg16"], "Backbone family.")
   flags.DEFINE_enum("norm", "GN", ["GN", "BN", "SyncBN", "FrozenBN", "None"],
                     "Backbone norm (None for VGG-16).")
-  flags.DEFINE_bool("stride_in_1x1", False, "ResNet v1 layout (MSRA R-50.pkl, Keras): the "
-                    "stride in the first 1x1 conv; the model must bind "
-                    "build_model.stride_in_1x1 = True to match.")
+  flags.DEFINE_bool(
+      "stride_in_1x1", False, "ResNet v1 layout (MSRA R-50.pkl, Keras): the "
+      "stride in the first 1x1 conv; the model must bind "
+      "build_model.stride_in_1x1 = True to match.")
   flags.DEFINE_string("check_input", None, "NHWC float32 .npy batch to run the backbone on.")
   flags.DEFINE_string("check_output", "features.npz", "Where --check_input's features go.")
   flags.mark_flags_as_required(["format", "input", "output"])

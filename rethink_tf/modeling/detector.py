@@ -33,13 +33,18 @@ def apply_input_convention(cfg: InputConfig) -> InputConfig:
     cfg.channel_order = convention["channel_order"]
     cfg.pixel_mean = tuple(convention["pixel_mean"])
     cfg.pixel_std = tuple(convention["pixel_std"])
-    print(f"input convention of {checkpoint}: {convention['channel_order']}, mean "
-          f"{convention['pixel_mean']}, std {convention['pixel_std']}", flush=True)
+    print(
+        f"input convention of {checkpoint}: {convention['channel_order']}, mean "
+        f"{convention['pixel_mean']}, std {convention['pixel_std']}",
+        flush=True)
   return cfg
 
 
-def build_detector(cfg: InputConfig, *, training: bool = False,
-                   checkpoint: Optional[str] = None, **model_overrides) -> tf_keras.Model:
+def build_detector(cfg: InputConfig,
+                   *,
+                   training: bool = False,
+                   checkpoint: Optional[str] = None,
+                   **model_overrides) -> tf_keras.Model:
   """Builds `build_model` for `cfg` (classes, padded size) with every variable created.
 
   training: validate the init mode (guard rails of `modeling/init.py`), the keypoint count

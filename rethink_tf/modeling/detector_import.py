@@ -93,12 +93,13 @@ def _read_torch(path: str) -> Dict[str, np.ndarray]:
 
 
 def is_ignored(name: str) -> bool:
-  return (name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES)
-          or name.startswith(IGNORED_PREFIXES))
+  return (name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES) or
+          name.startswith(IGNORED_PREFIXES))
 
 
 # ---------------------------------------------------------------------------------------------
 # Names.
+
 
 class _Scheme:
   """How one source names a conv's weight, bias and norm parameters."""
@@ -117,8 +118,10 @@ class _Scheme:
     """Norm parameter names {gamma, beta[, moving_mean, moving_variance]} of conv `p`."""
     if self.fmt == "detectron2":
       n = f"{p}.norm"
-      return {"gamma": f"{n}.weight", "beta": f"{n}.bias", "moving_mean": f"{n}.running_mean",
-              "moving_variance": f"{n}.running_var"}
+      return {
+          "gamma": f"{n}.weight", "beta": f"{n}.bias", "moving_mean": f"{n}.running_mean",
+          "moving_variance": f"{n}.running_var"
+      }
     return {"gamma": f"{p}_s", "beta": f"{p}_b"}
 
 
@@ -136,8 +139,9 @@ def backbone_units(model, scheme: _Scheme) -> List[Tuple[object, str, str]]:
       units.append((unit, name, name))
     else:
       kind = scheme.norm_kind
-      units.append((unit, weight_import.detectron_name(conv, kind),
-                    weight_import.detectron_name(norm, kind)))
+      units.append(
+          (unit, weight_import.detectron_name(conv, kind), weight_import.detectron_name(norm,
+                                                                                        kind)))
   return units
 
 
@@ -152,8 +156,8 @@ def fpn_units(model, scheme: _Scheme, block_counts) -> List[Tuple[object, str, s
       blob = f"res{level}_{block_counts[level - 2] - 1}_sum"
       lat = f"fpn_inner_{blob}" + ("" if level == levels[-1] else "_lateral")
       out = f"fpn_{blob}"
-      units += [(model.fpn.lateral[i], lat, f"{lat}_gn"), (model.fpn.output_convs[i], out,
-                                                           f"{out}_gn")]
+      units += [(model.fpn.lateral[i], lat, f"{lat}_gn"),
+                (model.fpn.output_convs[i], out, f"{out}_gn")]
   return units
 
 
@@ -168,6 +172,7 @@ def head_units(head, prefix: str, scheme: _Scheme, name: str) -> List[Tuple[obje
 
 # ---------------------------------------------------------------------------------------------
 # Assignment.
+
 
 class _Assigner:
   """Sets variables from source tensors, tracking which tensors were used and which variables
@@ -226,8 +231,8 @@ class _Assigner:
         self.set(var, self.take(names[attr]), names[attr])
       else:  # Detectron's folded BN: the statistics are inside scale and bias
         size = var.shape[0]
-        value = (np.zeros([size], np.float32) if attr == "moving_mean"
-                 else np.full([size], 1.0 - weight_import.BN_EPSILON, np.float32))
+        value = (np.zeros([size], np.float32) if attr == "moving_mean" else np.full(
+            [size], 1.0 - weight_import.BN_EPSILON, np.float32))
         self.set(var, value, names["gamma"])
 
   def finish(self, model):
@@ -255,8 +260,11 @@ def _permute_deltas(x, axis=-1):
 
 def assign(model, tensors: Dict[str, np.ndarray], fmt: str, block_counts, path: str):
   """Loads `tensors` (names of `fmt`) into the built `model`; raises ImportError_."""
-  kinds = {"gn" if n.endswith("_gn_s") else "bn" for n in tensors if n.startswith("res")
-           and n.endswith(("_gn_s", "_bn_s"))}
+  kinds = {
+      "gn" if n.endswith("_gn_s") else "bn"
+      for n in tensors
+      if n.startswith("res") and n.endswith(("_gn_s", "_bn_s"))
+  }
   scheme = _Scheme(fmt, "gn" if "gn" in kinds else "bn")
   a = _Assigner(tensors, path)
   d2 = fmt == "detectron2"
@@ -268,7 +276,9 @@ def assign(model, tensors: Dict[str, np.ndarray], fmt: str, block_counts, path: 
   a.conv(model.rpn_head.conv, f"{rpn}conv" if d2 else "conv_rpn_fpn2", scheme)
   a.conv(model.rpn_head.objectness, f"{rpn}objectness_logits" if d2 else "rpn_cls_logits_fpn2",
          scheme)
-  a.conv(model.rpn_head.deltas, f"{rpn}anchor_deltas" if d2 else "rpn_bbox_pred_fpn2", scheme,
+  a.conv(model.rpn_head.deltas,
+         f"{rpn}anchor_deltas" if d2 else "rpn_bbox_pred_fpn2",
+         scheme,
          out_perm=_permute_deltas)
 
   stages = [(model.box_head, model.box_predictor)] + list(
@@ -279,15 +289,17 @@ def assign(model, tensors: Dict[str, np.ndarray], fmt: str, block_counts, path: 
         if d2 else ""
     for unit, conv, norm in head_units(head, box, scheme, "conv" if d2 else "head_conv"):
       a.conv_norm(unit, conv, norm, scheme)
-    fc_names = ([f"{box}fc{i + 1}" for i in range(len(head.fcs))] if d2
-                else ["fc6", "fc7"][:len(head.fcs)])
+    fc_names = ([f"{box}fc{i + 1}" for i in range(len(head.fcs))]
+                if d2 else ["fc6", "fc7"][:len(head.fcs)])
     channels = head.convs[-1].filters if head.convs else None
     for i, (fc, name) in enumerate(zip(head.fcs, fc_names)):
       if i == 0:
         size = model.box_pool_size
         in_c = channels or fc.kernel.shape[0] // (size * size)
-        a.conv(fc, name, scheme, transform=lambda w, c=in_c, s=size:
-               weight_import.fc6_kernel(w, (s, s, c)))
+        a.conv(fc,
+               name,
+               scheme,
+               transform=lambda w, c=in_c, s=size: weight_import.fc6_kernel(w, (s, s, c)))
       else:
         a.conv(fc, name, scheme)
     _assign_predictor(a, predictor, pred, scheme)
@@ -302,7 +314,9 @@ def assign(model, tensors: Dict[str, np.ndarray], fmt: str, block_counts, path: 
     for unit, conv, norm in head_units(mh, prefix, scheme, name):
       a.conv_norm(unit, conv, norm, scheme)
     a.conv(mh.deconv, f"{prefix}deconv" if d2 else "conv5_mask", scheme)
-    a.conv(mh.predictor, f"{prefix}predictor" if d2 else "mask_fcn_logits", scheme,
+    a.conv(mh.predictor,
+           f"{prefix}predictor" if d2 else "mask_fcn_logits",
+           scheme,
            out_perm=(lambda x, axis: _background_first(x, axis, 1)) if d2 else None)
 
   if model.keypoint_head is not None:
@@ -328,7 +342,9 @@ def _background_first(x, axis: int, group: int, background_last: bool = False):
 
 def _assign_predictor(a: _Assigner, predictor, prefix: str, scheme: _Scheme):
   d2 = scheme.fmt == "detectron2"
-  a.conv(predictor.cls_score, f"{prefix}cls_score", scheme,
+  a.conv(predictor.cls_score,
+         f"{prefix}cls_score",
+         scheme,
          out_perm=(lambda x, axis: _background_first(x, axis, 1, background_last=True))
          if d2 else None)
   if predictor.class_agnostic:
@@ -344,7 +360,10 @@ def _assign_predictor(a: _Assigner, predictor, prefix: str, scheme: _Scheme):
 
 
 def check_finite(model, path: str):
-  bad = [v.name for v in model.variables if v.dtype.is_floating
-         and not bool(tf.reduce_all(tf.math.is_finite(v)))]
+  bad = [
+      v.name
+      for v in model.variables
+      if v.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)))
+  ]
   if bad:
     raise ImportError_(f"{path}: non-finite values in {', '.join(bad[:8])}")

@@ -9,16 +9,23 @@ from typing import Dict
 
 import numpy as np
 
-from rethink_tf.modeling.detector_configs import (DetectorSpec, SpecError, config_value,
-                                                  depth_of, infer_block_counts, require_choice)
+from rethink_tf.modeling.detector_configs import (
+    DetectorSpec,
+    SpecError,
+    config_value,
+    depth_of,
+    infer_block_counts,
+    require_choice,
+)
 from rethink_tf.modeling.resnet import BLOCK_COUNTS
-
 
 # ---------------------------------------------------------------------------------------------
 # detectron2.
 
-_D2_NORMS = {"GN": "GN", "SyncBN": "SyncBN", "BN": "BN", "FrozenBN": "FrozenBN", "": None,
-             "naiveSyncBN": "SyncBN"}
+_D2_NORMS = {
+    "GN": "GN", "SyncBN": "SyncBN", "BN": "BN", "FrozenBN": "FrozenBN", "": None,
+    "naiveSyncBN": "SyncBN"
+}
 
 
 def _pooler(cfg, head: str, path: str, out: dict, prefix: str):
@@ -40,14 +47,14 @@ def detectron2_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Det
   require_choice(cfg, "MODEL.RPN.CONV_DIMS", lambda v: list(v) == [-1], path)
   require_choice(cfg, "MODEL.RPN.BBOX_REG_WEIGHTS", lambda v: list(v) == [1, 1, 1, 1], path)
   require_choice(cfg, "MODEL.RPN.IN_FEATURES", lambda v: list(v) == ["p2", "p3", "p4", "p5", "p6"],
-           path)
+                 path)
   roi_heads = require_choice(cfg, "MODEL.ROI_HEADS.NAME", ("StandardROIHeads", "CascadeROIHeads"),
-                       path)
+                             path)
   require_choice(cfg, "MODEL.ROI_HEADS.IN_FEATURES", lambda v: list(v) == ["p2", "p3", "p4", "p5"],
-           path)
+                 path)
   require_choice(cfg, "MODEL.FPN.FUSE_TYPE", ("sum",), path)
-  require_choice(cfg, "MODEL.FPN.IN_FEATURES", lambda v: list(v) == ["res2", "res3", "res4", "res5"],
-           path)
+  require_choice(cfg, "MODEL.FPN.IN_FEATURES",
+                 lambda v: list(v) == ["res2", "res3", "res4", "res5"], path)
   require_choice(cfg, "MODEL.RESNETS.RES5_DILATION", (1,), path)
   require_choice(cfg, "MODEL.RESNETS.DEFORM_ON_PER_STAGE", lambda v: not any(v), path)
   norm = _D2_NORMS[require_choice(cfg, "MODEL.RESNETS.NORM", tuple(_D2_NORMS), path)]
@@ -67,30 +74,37 @@ def detectron2_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Det
     raise SpecError(f"{path}: MODEL.RESNETS.STEM_OUT_CHANNELS = {rn['STEM_OUT_CHANNELS']} with "
                     f"RES2_OUT_CHANNELS = {rn['RES2_OUT_CHANNELS']} is not supported (the stem "
                     "has a quarter of res2's channels here)")
-  m.update(backbone="resnet", use_fpn=True, norm=norm, fpn_norm=fpn_norm, head_norm=box_norm,
-           depth=depth_of(counts) or 50, block_counts=counts,
+  m.update(backbone="resnet",
+           use_fpn=True,
+           norm=norm,
+           fpn_norm=fpn_norm,
+           head_norm=box_norm,
+           depth=depth_of(counts) or 50,
+           block_counts=counts,
            groups=int(rn["NUM_GROUPS"]),
            width_per_group=int(round(rn["WIDTH_PER_GROUP"] / multiplier)),
-           width_multiplier=multiplier, stride_in_1x1=bool(rn["STRIDE_IN_1X1"]),
-           fpn_channels=int(config_value(cfg, "MODEL.FPN.OUT_CHANNELS")), freeze_at=0)
+           width_multiplier=multiplier,
+           stride_in_1x1=bool(rn["STRIDE_IN_1X1"]),
+           fpn_channels=int(config_value(cfg, "MODEL.FPN.OUT_CHANNELS")),
+           freeze_at=0)
 
   ag = config_value(cfg, "MODEL.ANCHOR_GENERATOR")
   sizes = [list(s) for s in ag["SIZES"]]
   if len(sizes) != 5 or any(len(s) != 1 for s in sizes):
     raise SpecError(f"{path}: MODEL.ANCHOR_GENERATOR.SIZES = {ag['SIZES']} is not supported "
                     "(one size per level P2..P6)")
-  per_stride = [s[0] / 2.0 ** (l + 2) for l, s in enumerate(sizes)]
+  per_stride = [s[0] / 2.0**(l + 2) for l, s in enumerate(sizes)]
   if len(set(per_stride)) != 1:
     raise SpecError(f"{path}: MODEL.ANCHOR_GENERATOR.SIZES = {ag['SIZES']} is not supported "
                     "(sizes must be a constant multiple of the level's stride)")
   ratios = ag["ASPECT_RATIOS"]
   ratios = ratios[0] if isinstance(ratios[0], (list, tuple)) else ratios
-  if any(list(r) != list(ratios) for r in ag["ASPECT_RATIOS"]
-         if isinstance(r, (list, tuple))):
+  if any(list(r) != list(ratios) for r in ag["ASPECT_RATIOS"] if isinstance(r, (list, tuple))):
     raise SpecError(f"{path}: MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS must be the same on every "
                     "level")
   # detectron2's ratios are height / width, ours width / height: same anchors, same order.
-  m.update(anchor_size=per_stride[0], aspect_ratios=tuple(1.0 / float(r) for r in ratios),
+  m.update(anchor_size=per_stride[0],
+           aspect_ratios=tuple(1.0 / float(r) for r in ratios),
            anchor_offset=float(ag["OFFSET"]))
 
   rpn = config_value(cfg, "MODEL.RPN")
@@ -109,7 +123,8 @@ def detectron2_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Det
 
   bh = config_value(cfg, "MODEL.ROI_BOX_HEAD")
   if bh["NUM_CONV"] > 0 and bh["NUM_FC"] == 1:
-    m.update(box_head_type="4conv1fc", box_head_num_conv=int(bh["NUM_CONV"]),
+    m.update(box_head_type="4conv1fc",
+             box_head_num_conv=int(bh["NUM_CONV"]),
              head_conv_dim=int(bh["CONV_DIM"]))
   elif bh["NUM_CONV"] == 0 and bh["NUM_FC"] == 2:
     m.update(box_head_type="2fc")
@@ -121,11 +136,10 @@ def detectron2_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Det
   if roi_heads == "CascadeROIHeads":
     ch = config_value(cfg, "MODEL.ROI_BOX_CASCADE_HEAD")
     m.update(cascade_ious=tuple(float(v) for v in ch["IOUS"]),
-             cascade_box_weights=tuple(tuple(float(x) for x in w)
-                                       for w in ch["BBOX_REG_WEIGHTS"]))
+             cascade_box_weights=tuple(tuple(float(x) for x in w) for w in ch["BBOX_REG_WEIGHTS"]))
   else:
-    require_choice(cfg, "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS",
-             lambda v: list(v) == [10, 10, 5, 5], path)
+    require_choice(cfg, "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", lambda v: list(v) == [10, 10, 5, 5],
+                   path)
     m["class_agnostic_box_regression"] = bool(bh["CLS_AGNOSTIC_BBOX_REG"])
 
   m["mask_on"] = bool(config_value(cfg, "MODEL.MASK_ON"))
@@ -143,9 +157,11 @@ def detectron2_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Det
     kh = config_value(cfg, "MODEL.ROI_KEYPOINT_HEAD")
     require_choice(cfg, "MODEL.ROI_KEYPOINT_HEAD.NAME", ("KRCNNConvDeconvUpsampleHead",), path)
     dims = require_choice(cfg, "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS",
-                    lambda v: len(v) > 0 and len(set(v)) == 1, path)
-    m.update(num_keypoints=int(kh["NUM_KEYPOINTS"]), keypoint_head_conv_dim=int(dims[0]),
-             keypoint_head_num_conv=len(dims), keypoint_head_norm=None)
+                          lambda v: len(v) > 0 and len(set(v)) == 1, path)
+    m.update(num_keypoints=int(kh["NUM_KEYPOINTS"]),
+             keypoint_head_conv_dim=int(dims[0]),
+             keypoint_head_num_conv=len(dims),
+             keypoint_head_norm=None)
     if _pooler(cfg, "ROI_KEYPOINT_HEAD", path, m, "keypoint") != aligned:
       raise SpecError(f"{path}: the box and keypoint heads' POOLER_TYPE differ")
   m.update(roi_align_aligned=aligned, roi_level_epsilon=1e-8)
@@ -154,7 +170,8 @@ def detectron2_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Det
   inputs = _test_size(int(config_value(cfg, "INPUT.MIN_SIZE_TEST")),
                       int(config_value(cfg, "INPUT.MAX_SIZE_TEST")))
   # detectron2 resizes uint8 images with PIL's bilinear filter (antialiased when shrinking).
-  inputs.update(channel_order=fmt_in, resize_antialias=True,
+  inputs.update(channel_order=fmt_in,
+                resize_antialias=True,
                 pixel_mean=tuple(float(v) for v in config_value(cfg, "MODEL.PIXEL_MEAN")),
                 pixel_std=tuple(float(v) for v in config_value(cfg, "MODEL.PIXEL_STD")))
   return DetectorSpec("detectron2", m, inputs, int(rh["NUM_CLASSES"]), counts, [2, 3, 4, 5])
@@ -163,18 +180,22 @@ def detectron2_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Det
 def _test_size(short: int, long: int) -> dict:
   """InputConfig's test-time resize: the padded canvas holds the largest resized image."""
   side = -(-long // 32) * 32
-  return dict(short_side=short, max_long_side=long, padded_size=(side, side),
-              # PIL (detectron2) and OpenCV (Detectron) decode JPEGs with libjpeg's accurate
-              # IDCT; TensorFlow's default is the fast one.
-              jpeg_dct_method="INTEGER_ACCURATE")
+  return dict(
+      short_side=short,
+      max_long_side=long,
+      padded_size=(side, side),
+      # PIL (detectron2) and OpenCV (Detectron) decode JPEGs with libjpeg's accurate
+      # IDCT; TensorFlow's default is the fast one.
+      jpeg_dct_method="INTEGER_ACCURATE")
 
 
 # ---------------------------------------------------------------------------------------------
 # Detectron.
 
-_DETECTRON_BODIES = {"FPN.add_fpn_ResNet50_conv5_body": 50,
-                     "FPN.add_fpn_ResNet101_conv5_body": 101,
-                     "FPN.add_fpn_ResNet152_conv5_body": 152}
+_DETECTRON_BODIES = {
+    "FPN.add_fpn_ResNet50_conv5_body": 50, "FPN.add_fpn_ResNet101_conv5_body": 101,
+    "FPN.add_fpn_ResNet152_conv5_body": 152
+}
 _DETECTRON_BOX_HEADS = ("fast_rcnn_heads.add_roi_Xconv1fc_gn_head",
                         "fast_rcnn_heads.add_roi_Xconv1fc_head",
                         "fast_rcnn_heads.add_roi_2mlp_head")
@@ -203,19 +224,26 @@ def detectron_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Dete
                     "bilinear upsampling layer) is not supported; convert detectron2 keypoint "
                     "models instead")
   gn = require_choice(cfg, "RESNETS.TRANS_FUNC",
-                ("bottleneck_gn_transformation", "bottleneck_transformation"),
-                path) == "bottleneck_gn_transformation"
+                      ("bottleneck_gn_transformation", "bottleneck_transformation"),
+                      path) == "bottleneck_gn_transformation"
   fpn_gn = bool(config_value(cfg, "FPN.USE_GN"))
   head = require_choice(cfg, "FAST_RCNN.ROI_BOX_HEAD", _DETECTRON_BOX_HEADS, path)
   groups = int(config_value(cfg, "RESNETS.NUM_GROUPS"))
   width = int(config_value(cfg, "RESNETS.WIDTH_PER_GROUP"))
   stem = tensors.get("conv1_w")
   multiplier = 1.0 if stem is None else stem.shape[0] / 64.0
-  m.update(backbone="resnet", use_fpn=True, norm="GN" if gn else "FrozenBN",
-           fpn_norm="GN" if fpn_gn else None, depth=depth_of(counts) or 50,
-           block_counts=counts, groups=groups, width_per_group=int(round(width / multiplier)),
-           width_multiplier=multiplier, stride_in_1x1=bool(config_value(cfg, "RESNETS.STRIDE_1X1")),
-           fpn_channels=int(config_value(cfg, "FPN.DIM")), freeze_at=0,
+  m.update(backbone="resnet",
+           use_fpn=True,
+           norm="GN" if gn else "FrozenBN",
+           fpn_norm="GN" if fpn_gn else None,
+           depth=depth_of(counts) or 50,
+           block_counts=counts,
+           groups=groups,
+           width_per_group=int(round(width / multiplier)),
+           width_multiplier=multiplier,
+           stride_in_1x1=bool(config_value(cfg, "RESNETS.STRIDE_1X1")),
+           fpn_channels=int(config_value(cfg, "FPN.DIM")),
+           freeze_at=0,
            gn_num_groups=int(config_value(cfg, "GROUP_NORM.NUM_GROUPS")))
   if config_value(cfg, "GROUP_NORM.DIM_PER_GP") != -1:
     raise SpecError(f"{path}: GROUP_NORM.DIM_PER_GP is not supported (GN with NUM_GROUPS)")
@@ -223,7 +251,8 @@ def detectron_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Dete
   if head == "fast_rcnn_heads.add_roi_2mlp_head":
     m.update(box_head_type="2fc", head_norm=None)
   else:
-    m.update(box_head_type="4conv1fc", box_head_num_conv=int(fr["NUM_STACKED_CONVS"]),
+    m.update(box_head_type="4conv1fc",
+             box_head_num_conv=int(fr["NUM_STACKED_CONVS"]),
              head_conv_dim=int(fr["CONV_HEAD_DIM"]),
              head_norm="GN" if head.endswith("_gn_head") else None)
   m["head_fc_dim"] = int(fr["MLP_HEAD_DIM"])
@@ -236,7 +265,7 @@ def detectron_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Dete
   if m["mask_on"]:
     mr = config_value(cfg, "MRCNN")
     mask_head = require_choice(cfg, "MRCNN.ROI_MASK_HEAD",
-                         lambda v: bool(_DETECTRON_MASK_HEAD.match(str(v))), path)
+                               lambda v: bool(_DETECTRON_MASK_HEAD.match(str(v))), path)
     convs, gn_mask = _DETECTRON_MASK_HEAD.match(mask_head).groups()
     require_choice(cfg, "MRCNN.ROI_XFORM_METHOD", ("RoIAlign",), path)
     require_choice(cfg, "MRCNN.CLS_SPECIFIC_MASK", (True,), path)
@@ -258,7 +287,9 @@ def detectron_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Dete
     raise SpecError(f"{path}: FPN levels other than RPN P2-P6 and RoI P2-P5 are not supported")
   m.update(anchor_size=float(fpn["RPN_ANCHOR_START_SIZE"]) / 4.0,
            aspect_ratios=tuple(1.0 / float(r) for r in fpn["RPN_ASPECT_RATIOS"]),
-           box_plus_one=True, roi_align_aligned=False, roi_level_epsilon=1e-6)
+           box_plus_one=True,
+           roi_align_aligned=False,
+           roi_level_epsilon=1e-6)
   te, tr = config_value(cfg, "TEST"), config_value(cfg, "TRAIN")
   require_choice(cfg, "TEST.RPN_MIN_SIZE", (0,), path)
   m.update(rpn_pre_nms_topk_test=int(te["RPN_PRE_NMS_TOP_N"]),
@@ -268,11 +299,13 @@ def detectron_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Dete
            rpn_nms_threshold=float(te["RPN_NMS_THRESH"]),
            roi_samples_per_image=int(tr["BATCH_SIZE_PER_IM"]),
            roi_positive_fraction=float(tr["FG_FRACTION"]),
-           score_threshold=float(te["SCORE_THRESH"]), nms_threshold=float(te["NMS"]),
+           score_threshold=float(te["SCORE_THRESH"]),
+           nms_threshold=float(te["NMS"]),
            detections_per_image=int(te["DETECTIONS_PER_IM"]))
   mean = np.asarray(config_value(cfg, "PIXEL_MEANS"), np.float64).reshape(-1)
   inputs = _test_size(int(te["SCALE"]), int(te["MAX_SIZE"]))
-  inputs.update(channel_order="BGR", pixel_mean=tuple(float(v) for v in mean),
+  inputs.update(channel_order="BGR",
+                pixel_mean=tuple(float(v) for v in mean),
                 pixel_std=(1.0, 1.0, 1.0))
   num_classes = int(config_value(cfg, "MODEL.NUM_CLASSES"))
   if num_classes < 2:

@@ -16,20 +16,29 @@ class FPN(tf_keras.layers.Layer):
   out_channels]}. `norm` applies to laterals and outputs (the paper's GN models use it).
   """
 
-  def __init__(self, out_channels: int = 256, norm: Optional[str] = "GN",
-               gn_num_groups: int = 32, min_level: int = 2, max_level: int = 6, **kwargs):
+  def __init__(self,
+               out_channels: int = 256,
+               norm: Optional[str] = "GN",
+               gn_num_groups: int = 32,
+               min_level: int = 2,
+               max_level: int = 6,
+               **kwargs):
     super().__init__(**kwargs)
-    self._cfg = dict(out_channels=out_channels, norm=norm, gn_num_groups=gn_num_groups,
-                     min_level=min_level, max_level=max_level)
+    self._cfg = dict(out_channels=out_channels,
+                     norm=norm,
+                     gn_num_groups=gn_num_groups,
+                     min_level=min_level,
+                     max_level=max_level)
     self.min_level, self.max_level = min_level, max_level
     self.backbone_levels = list(range(min_level, min(max_level, 5) + 1))
-    kw = dict(norm=norm, gn_num_groups=gn_num_groups, activation=None,
-              kernel_init="xavier")
+    kw = dict(norm=norm, gn_num_groups=gn_num_groups, activation=None, kernel_init="xavier")
     # Lists, indexed like backbone_levels: checkpoints cannot hold int-keyed dicts of layers.
-    self.lateral = [ConvNorm(out_channels, 1, **kw, name=f"lateral_p{l}")
-                    for l in self.backbone_levels]
-    self.output_convs = [ConvNorm(out_channels, 3, **kw, name=f"output_p{l}")
-                         for l in self.backbone_levels]
+    self.lateral = [
+        ConvNorm(out_channels, 1, **kw, name=f"lateral_p{l}") for l in self.backbone_levels
+    ]
+    self.output_convs = [
+        ConvNorm(out_channels, 3, **kw, name=f"output_p{l}") for l in self.backbone_levels
+    ]
 
   def call(self, feats: Dict[int, tf.Tensor], training=None) -> Dict[int, tf.Tensor]:
     out = {}

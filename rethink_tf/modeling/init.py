@@ -106,5 +106,6 @@ def input_convention(checkpoint: Optional[str]) -> Optional[dict]:
     return None
   with open(checkpoint + ".json") as f:
     meta = json.load(f)
-  return {k: meta[k] for k in ("channel_order", "pixel_mean", "pixel_std", "stride_in_1x1")
-          if k in meta}
+  return {
+      k: meta[k] for k in ("channel_order", "pixel_mean", "pixel_std", "stride_in_1x1") if k in meta
+  }

@@ -18,10 +18,10 @@ from typing import Sequence, Tuple
 
 import tensorflow as tf
 
-COCO_PERSON_KEYPOINTS = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
-    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
-    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")
+COCO_PERSON_KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
+                         "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+                         "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+                         "right_ankle")
 
 
 def flip_permutation(names: Sequence[str]) -> Tuple[int, ...]:
@@ -65,7 +65,7 @@ def keypoint_targets(keypoints: tf.Tensor, rois_yxyx: tf.Tensor,
 
   def to_bin(p, lo, hi):
     scaled = tf.floor((p - lo) * s / tf.maximum(hi - lo, 1e-6))
-    scaled = tf.where(tf.equal(p, hi), s - 1.0, scaled)   # the far edge is in the last bin
+    scaled = tf.where(tf.equal(p, hi), s - 1.0, scaled)  # the far edge is in the last bin
     return scaled
 
   bx, by = to_bin(x, x1, x2), to_bin(y, y1, y2)
@@ -75,7 +75,9 @@ def keypoint_targets(keypoints: tf.Tensor, rois_yxyx: tf.Tensor,
   return index, tf.cast(valid, tf.float32)
 
 
-def keypoint_loss(logits: tf.Tensor, target_bins: tf.Tensor, valid: tf.Tensor,
+def keypoint_loss(logits: tf.Tensor,
+                  target_bins: tf.Tensor,
+                  valid: tf.Tensor,
                   normalizer=None) -> tf.Tensor:
   """Softmax cross-entropy over the S x S positions of each labeled keypoint.
 

@@ -40,23 +40,45 @@ class MaskRCNN(tf_keras.Model):
   `call(training=False)` returns detections (see `detect`).
   """
 
-  def __init__(self, backbone, fpn, rpn_head, box_head, box_predictor, mask_head,
-               keypoint_head=None, *,
-               num_classes: int, image_size: Sequence[int], min_level: int = 2,
-               max_level: int = 6, aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-               anchor_size: float = 8.0, anchor_scales: Sequence[float] = (1.0,),
+  def __init__(self,
+               backbone,
+               fpn,
+               rpn_head,
+               box_head,
+               box_predictor,
+               mask_head,
+               keypoint_head=None,
+               *,
+               num_classes: int,
+               image_size: Sequence[int],
+               min_level: int = 2,
+               max_level: int = 6,
+               aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+               anchor_size: float = 8.0,
+               anchor_scales: Sequence[float] = (1.0,),
                rpn_pre_nms_topk_train: int = 2000,
-               rpn_post_nms_topk_train: int = 1000, rpn_pre_nms_topk_test: int = 1000,
-               rpn_post_nms_topk_test: int = 1000, rpn_nms_threshold: float = 0.7,
-               roi_samples_per_image: int = 512, roi_positive_fraction: float = 0.25,
+               rpn_post_nms_topk_train: int = 1000,
+               rpn_pre_nms_topk_test: int = 1000,
+               rpn_post_nms_topk_test: int = 1000,
+               rpn_nms_threshold: float = 0.7,
+               roi_samples_per_image: int = 512,
+               roi_positive_fraction: float = 0.25,
                mask_rois_per_image: Optional[int] = None,
-               box_pool_size: int = 7, mask_pool_size: int = 14, keypoint_pool_size: int = 14,
-               box_sampling_ratio: int = 2, mask_sampling_ratio: int = 2,
-               keypoint_sampling_ratio: int = 2, max_adaptive_samples: int = 4,
-               roi_align_aligned: bool = True, roi_level_epsilon: Optional[float] = None,
-               anchor_offset: float = 0.5, box_plus_one: bool = False,
-               detections_per_image: int = 100, score_threshold: float = 0.05,
-               nms_threshold: float = 0.5, roi_chunk_mb: Optional[float] = 64.0,
+               box_pool_size: int = 7,
+               mask_pool_size: int = 14,
+               keypoint_pool_size: int = 14,
+               box_sampling_ratio: int = 2,
+               mask_sampling_ratio: int = 2,
+               keypoint_sampling_ratio: int = 2,
+               max_adaptive_samples: int = 4,
+               roi_align_aligned: bool = True,
+               roi_level_epsilon: Optional[float] = None,
+               anchor_offset: float = 0.5,
+               box_plus_one: bool = False,
+               detections_per_image: int = 100,
+               score_threshold: float = 0.05,
+               nms_threshold: float = 0.5,
+               roi_chunk_mb: Optional[float] = 64.0,
                cascade_heads: Sequence[Tuple[tf_keras.layers.Layer, tf_keras.layers.Layer]] = (),
                cascade_ious: Sequence[float] = (0.5,),
                cascade_box_weights: Sequence[Sequence[float]] = (roi_sampling.ROI_BOX_WEIGHTS,),
@@ -77,8 +99,8 @@ class MaskRCNN(tf_keras.Model):
     self.cascade_box_heads = [h for h, _ in cascade_heads]
     self.cascade_box_predictors = [p for _, p in cascade_heads]
     self.cascade_ious = tuple(float(v) for v in cascade_ious[:self.num_stages])
-    self.cascade_box_weights = tuple(tuple(float(x) for x in w)
-                                     for w in cascade_box_weights[:self.num_stages])
+    self.cascade_box_weights = tuple(
+        tuple(float(x) for x in w) for w in cascade_box_weights[:self.num_stages])
     if self.num_stages > 1:
       self.cascade_active = tf.Variable(True, trainable=False, name="cascade_active")
     self.image_size = tuple(int(s) for s in image_size)
@@ -88,13 +110,18 @@ class MaskRCNN(tf_keras.Model):
     # 1.0 or 0.0, added to widths in box coding, clipping, NMS and level assignment.
     self.box_plus_one = 1.0 if box_plus_one else 0.0
     # The input pipeline labels anchors with the same arguments (one source of truth).
-    self.anchor_kwargs = dict(min_level=min_level, max_level=max_level,
-                              aspect_ratios=tuple(aspect_ratios), anchor_size=anchor_size,
-                              anchor_scales=tuple(anchor_scales), offset=anchor_offset,
+    self.anchor_kwargs = dict(min_level=min_level,
+                              max_level=max_level,
+                              aspect_ratios=tuple(aspect_ratios),
+                              anchor_size=anchor_size,
+                              anchor_scales=tuple(anchor_scales),
+                              offset=anchor_offset,
                               detectron_rounding=bool(box_plus_one))
     self.anchors = anchor_lib.multilevel_anchors(self.image_size, **self.anchor_kwargs)
-    self.rpn_topk = {True: (rpn_pre_nms_topk_train, rpn_post_nms_topk_train),
-                     False: (rpn_pre_nms_topk_test, rpn_post_nms_topk_test)}
+    self.rpn_topk = {
+        True: (rpn_pre_nms_topk_train, rpn_post_nms_topk_train),
+        False: (rpn_pre_nms_topk_test, rpn_post_nms_topk_test)
+    }
     self.rpn_nms_threshold = rpn_nms_threshold
     self.roi_samples_per_image = roi_samples_per_image
     self.roi_positive_fraction = roi_positive_fraction
@@ -105,17 +132,19 @@ class MaskRCNN(tf_keras.Model):
     self.box_pool_size, self.mask_pool_size = box_pool_size, mask_pool_size
     self.keypoint_pool_size = keypoint_pool_size
     # RoIAlign per head: (output size, samples per bin; 0 = adaptive, detectron2's model zoo).
-    self.poolers = {"box": (box_pool_size, box_sampling_ratio),
-                    "mask": (mask_pool_size, mask_sampling_ratio),
-                    "keypoint": (keypoint_pool_size, keypoint_sampling_ratio)}
-    self.pooler_kwargs = dict(aligned=roi_align_aligned, level_epsilon=roi_level_epsilon,
+    self.poolers = {
+        "box": (box_pool_size, box_sampling_ratio), "mask": (mask_pool_size, mask_sampling_ratio),
+        "keypoint": (keypoint_pool_size, keypoint_sampling_ratio)
+    }
+    self.pooler_kwargs = dict(aligned=roi_align_aligned,
+                              level_epsilon=roi_level_epsilon,
                               box_plus_one=self.box_plus_one,
                               max_adaptive_samples=max_adaptive_samples)
     self.detections_per_image = detections_per_image
     self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
     # Inference pools RoIs in chunks whose bilinear samples fit in this budget (None: all at
     # once); bounds the peak memory of serving and evaluation.
-    self.roi_chunk_bytes = int(roi_chunk_mb * 2 ** 20) if roi_chunk_mb else None
+    self.roi_chunk_bytes = int(roi_chunk_mb * 2**20) if roi_chunk_mb else None
 
   def features(self, images, training):
     """images [B, H, W, 3] -> dict level -> [B, H/2^l, W/2^l, C] (FPN or backbone levels)."""
@@ -127,7 +156,9 @@ class MaskRCNN(tf_keras.Model):
   def pool_rois(self, feats, boxes, head: str, training=True):
     """RoIAlign of boxes [B, N, 4] for `head` ("box", "mask", "keypoint") -> [B, N, S, S, C]."""
     size, sampling_ratio = self.poolers[head]
-    return multilevel_roi_align({l: feats[l] for l in self.roi_levels}, boxes, size,
+    return multilevel_roi_align({l: feats[l] for l in self.roi_levels},
+                                boxes,
+                                size,
                                 sampling_ratio,
                                 max_chunk_bytes=None if training else self.roi_chunk_bytes,
                                 **self.pooler_kwargs)
@@ -141,9 +172,9 @@ class MaskRCNN(tf_keras.Model):
     # Another padded size than the model's (multi-scale test-time augmentation) gets its own
     # anchors, computed from the static shape of the finest feature level.
     level = self.feature_levels[0]
-    padded = tuple(int(d) * 2 ** level for d in feats[level].shape[1:3])
-    anchors = (self.anchors if padded == self.image_size
-               else anchor_lib.multilevel_anchors(padded, **self.anchor_kwargs))
+    padded = tuple(int(d) * 2**level for d in feats[level].shape[1:3])
+    anchors = (self.anchors if padded == self.image_size else anchor_lib.multilevel_anchors(
+        padded, **self.anchor_kwargs))
     props, valid = generate_proposals(scores, deltas, anchors, image_size, pre, post,
                                       self.rpn_nms_threshold, self.box_plus_one)
     return scores, deltas, props, valid
@@ -162,24 +193,34 @@ class MaskRCNN(tf_keras.Model):
     gt_valid = gt_classes > 0
     crowd = inputs["crowd_boxes"]
     crowd_valid = tf.reduce_any(crowd > 0, axis=-1)
-    s = roi_sampling.sample_rois(props, valid, gt_boxes, gt_classes, gt_valid, crowd,
-                                 crowd_valid, self.roi_samples_per_image,
-                                 self.roi_positive_fraction, fg_iou=self.cascade_ious[0],
+    s = roi_sampling.sample_rois(props,
+                                 valid,
+                                 gt_boxes,
+                                 gt_classes,
+                                 gt_valid,
+                                 crowd,
+                                 crowd_valid,
+                                 self.roi_samples_per_image,
+                                 self.roi_positive_fraction,
+                                 fg_iou=self.cascade_ious[0],
                                  seeds=inputs.get("sample_seed"),
                                  box_weights=self.cascade_box_weights[0])
     pooled = cascade_lib.stage_input(self, self.pool_rois(feats, s["rois"], "box"))
     class_logits, box_deltas = self.box_predictor(self.box_head(pooled, training=True))
     levels = sorted(scores)
-    outputs = dict(
-        rpn_scores=tf.concat([scores[l] for l in levels], 1),
-        rpn_deltas=tf.concat([deltas[l] for l in levels], 1),
-        class_logits=class_logits, box_deltas=box_deltas,
-        roi_classes=s["classes"], roi_box_targets=s["box_targets"], roi_weights=s["weights"],
-        num_proposals=tf.reduce_sum(tf.cast(valid, tf.float32), axis=1),
-        num_fg_rois=tf.reduce_sum(tf.cast(s["is_fg"], tf.float32), axis=1))
+    outputs = dict(rpn_scores=tf.concat([scores[l] for l in levels], 1),
+                   rpn_deltas=tf.concat([deltas[l] for l in levels], 1),
+                   class_logits=class_logits,
+                   box_deltas=box_deltas,
+                   roi_classes=s["classes"],
+                   roi_box_targets=s["box_targets"],
+                   roi_weights=s["weights"],
+                   num_proposals=tf.reduce_sum(tf.cast(valid, tf.float32), axis=1),
+                   num_fg_rois=tf.reduce_sum(tf.cast(s["is_fg"], tf.float32), axis=1))
     if self.num_stages > 1:
-      outputs.update(cascade_lib.later_stage_train_outputs(
-          self, feats, s, box_deltas, image_size, gt_boxes, gt_classes, gt_valid))
+      outputs.update(
+          cascade_lib.later_stage_train_outputs(self, feats, s, box_deltas, image_size, gt_boxes,
+                                                gt_classes, gt_valid))
     if self.keypoint_head is not None:
       outputs.update(self._keypoint_train_outputs(feats, s, inputs["gt_keypoints"]))
     if self.mask_head is None:
@@ -193,7 +234,8 @@ class MaskRCNN(tf_keras.Model):
     mask_logits = _select_class(mask_logits, mask_classes)
     targets = roi_sampling.mask_targets(mask_rois, s["gt_index"][:, :num_fg], gt_boxes,
                                         inputs["gt_masks"], mask_logits.shape[2])
-    outputs.update(mask_logits=mask_logits, mask_targets=targets,
+    outputs.update(mask_logits=mask_logits,
+                   mask_targets=targets,
                    mask_weights=tf.cast(s["is_fg"][:, :num_fg], tf.float32))
     return outputs
 
@@ -239,8 +281,7 @@ class MaskRCNN(tf_keras.Model):
     for k in range(self.num_stages):
       head, predictor = cascade_lib.stage(self, k)
       if k:
-        rois = cascade_lib.refine_boxes(rois, deltas, self.cascade_box_weights[k - 1],
-                                        image_size)
+        rois = cascade_lib.refine_boxes(rois, deltas, self.cascade_box_weights[k - 1], image_size)
       pooled = self.pool_rois(feats, rois, "box", training=False)
       logits, deltas = predictor(head(pooled, training=False))
       boxes, probs = postprocess.class_boxes(rois, valid, logits, deltas, image_size,
@@ -252,7 +293,8 @@ class MaskRCNN(tf_keras.Model):
       return boxes + self._plus_one(), probs
     active = self.cascade_active
     return (tf.where(active, boxes, first_boxes),
-            tf.where(active, tf.add_n(all_probs) / self.num_stages, all_probs[0]))
+            tf.where(active,
+                     tf.add_n(all_probs) / self.num_stages, all_probs[0]))
 
   def instance_outputs(self, feats, det):
     """Adds masks and keypoints of the detected boxes to `det` (see `detect`)."""
@@ -265,8 +307,8 @@ class MaskRCNN(tf_keras.Model):
 
   def keypoint_points(self, feats, boxes):
     """Keypoints [B, D, K, 3] (x, y, score; resized-image pixels) of boxes [B, D, 4]."""
-    logits = self.keypoint_head(
-        self.pool_rois(feats, boxes, "keypoint", training=False), training=False)
+    logits = self.keypoint_head(self.pool_rois(feats, boxes, "keypoint", training=False),
+                                training=False)
     return keypoint_lib.decode_heatmaps(logits, boxes)
 
   def mask_probs(self, feats, boxes, classes):

@@ -8,8 +8,13 @@ from rethink_tf.layers.paste_masks import paste_masks
 from rethink_tf.modeling.roi_sampling import ROI_BOX_WEIGHTS
 
 
-def class_boxes(proposals, proposal_valid, class_logits, box_deltas, image_size,
-                box_weights=ROI_BOX_WEIGHTS, box_plus_one: float = 0.0):
+def class_boxes(proposals,
+                proposal_valid,
+                class_logits,
+                box_deltas,
+                image_size,
+                box_weights=ROI_BOX_WEIGHTS,
+                box_plus_one: float = 0.0):
   """Per-class boxes and scores of every proposal: softmax, decode, clip (no NMS).
 
   `box_plus_one`: Detectron's "+1" box coding and clipping (layers/box_ops.py).
@@ -27,13 +32,15 @@ def class_boxes(proposals, proposal_valid, class_logits, box_deltas, image_size,
   deltas = tf.cast(box_deltas, tf.float32)
   deltas = deltas[:, :, 1:, :] if deltas.shape[2] > 1 else deltas
   boxes = box_ops.decode_boxes(deltas, proposals[:, :, None, :], box_weights, box_plus_one)
-  boxes = box_ops.clip_boxes(boxes, tf.cast(image_size, tf.float32)[:, None, None, :],
-                             box_plus_one)
+  boxes = box_ops.clip_boxes(boxes, tf.cast(image_size, tf.float32)[:, None, None, :], box_plus_one)
   boxes = tf.broadcast_to(boxes, tf.concat([tf.shape(probs), [4]], 0))
   return boxes, probs
 
 
-def nms_detections(boxes, probs, score_threshold: float = 0.05, nms_threshold: float = 0.5,
+def nms_detections(boxes,
+                   probs,
+                   score_threshold: float = 0.05,
+                   nms_threshold: float = 0.5,
                    max_detections: int = 100):
   """Per-class NMS, then the top `max_detections` over all classes.
 
@@ -42,15 +49,27 @@ def nms_detections(boxes, probs, score_threshold: float = 0.05, nms_threshold: f
     num_detections [B] int32. Padding entries have score 0.
   """
   nmsed_boxes, nmsed_scores, nmsed_classes, num = tf.image.combined_non_max_suppression(
-      boxes, probs, max_output_size_per_class=max_detections, max_total_size=max_detections,
-      iou_threshold=nms_threshold, score_threshold=score_threshold, pad_per_class=False,
+      boxes,
+      probs,
+      max_output_size_per_class=max_detections,
+      max_total_size=max_detections,
+      iou_threshold=nms_threshold,
+      score_threshold=score_threshold,
+      pad_per_class=False,
       clip_boxes=False)
-  return dict(boxes=nmsed_boxes, scores=nmsed_scores,
-              classes=tf.cast(nmsed_classes, tf.int32) + 1, num_detections=num)
+  return dict(boxes=nmsed_boxes,
+              scores=nmsed_scores,
+              classes=tf.cast(nmsed_classes, tf.int32) + 1,
+              num_detections=num)
 
 
-def detect_boxes(proposals, proposal_valid, class_logits, box_deltas, image_size,
-                 score_threshold: float = 0.05, nms_threshold: float = 0.5,
+def detect_boxes(proposals,
+                 proposal_valid,
+                 class_logits,
+                 box_deltas,
+                 image_size,
+                 score_threshold: float = 0.05,
+                 nms_threshold: float = 0.5,
                  max_detections: int = 100):
   """Detectron's test-time rule: softmax, decode per class, clip, per-class NMS, keep top 100.
 
@@ -60,8 +79,14 @@ def detect_boxes(proposals, proposal_valid, class_logits, box_deltas, image_size
   return nms_detections(boxes, probs, score_threshold, nms_threshold, max_detections)
 
 
-def to_input_image(boxes, masks, num_detections, scale, image_hw, canvas_hw=None,
-                   binary_masks: bool = True, mask_threshold: float = 0.5):
+def to_input_image(boxes,
+                   masks,
+                   num_detections,
+                   scale,
+                   image_hw,
+                   canvas_hw=None,
+                   binary_masks: bool = True,
+                   mask_threshold: float = 0.5):
   """One image's detections, from the resized (model) frame to the input image's pixels.
 
   Evaluation and the exported SavedModel both call this (one rule for both).

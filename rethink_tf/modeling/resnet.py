@@ -25,22 +25,37 @@ class Bottleneck(tf_keras.layers.Layer):
   Input [B, H, W, Cin] -> [B, H/stride, W/stride, out_channels].
   """
 
-  def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int,
-               strides: int = 1, groups: int = 1, norm: Optional[str] = "GN",
-               gn_num_groups: int = 32, stride_in_1x1: bool = False, **kwargs):
+  def __init__(self,
+               in_channels: int,
+               bottleneck_channels: int,
+               out_channels: int,
+               strides: int = 1,
+               groups: int = 1,
+               norm: Optional[str] = "GN",
+               gn_num_groups: int = 32,
+               stride_in_1x1: bool = False,
+               **kwargs):
     super().__init__(**kwargs)
-    self._cfg = dict(in_channels=in_channels, bottleneck_channels=bottleneck_channels,
-                     out_channels=out_channels, strides=strides, groups=groups, norm=norm,
-                     gn_num_groups=gn_num_groups, stride_in_1x1=stride_in_1x1)
+    self._cfg = dict(in_channels=in_channels,
+                     bottleneck_channels=bottleneck_channels,
+                     out_channels=out_channels,
+                     strides=strides,
+                     groups=groups,
+                     norm=norm,
+                     gn_num_groups=gn_num_groups,
+                     stride_in_1x1=stride_in_1x1)
     kw = dict(norm=norm, gn_num_groups=gn_num_groups)
     s1, s3 = (strides, 1) if stride_in_1x1 else (1, strides)
     self.conv1 = ConvNorm(bottleneck_channels, 1, strides=s1, **kw, name="conv1")
-    self.conv2 = ConvNorm(bottleneck_channels, 3, strides=s3, groups=groups, **kw,
-                          name="conv2")
+    self.conv2 = ConvNorm(bottleneck_channels, 3, strides=s3, groups=groups, **kw, name="conv2")
     self.conv3 = ConvNorm(out_channels, 1, activation=None, **kw, name="conv3")
     self.shortcut = None
     if in_channels != out_channels or strides != 1:
-      self.shortcut = ConvNorm(out_channels, 1, strides=strides, activation=None, **kw,
+      self.shortcut = ConvNorm(out_channels,
+                               1,
+                               strides=strides,
+                               activation=None,
+                               **kw,
                                name="shortcut")
 
   def call(self, x, training=None):
@@ -65,15 +80,27 @@ class ResNet(tf_keras.Model):
   ImageNet fine-tuning convention, Detectron FREEZE_AT=2).
   """
 
-  def __init__(self, depth: int = 50, groups: int = 1, width_per_group: int = 64,
-               norm: Optional[str] = "GN", freeze_at: int = 0, width_multiplier: float = 1.0,
-               block_counts: Optional[Sequence[int]] = None, gn_num_groups: int = 32,
-               stride_in_1x1: bool = False, **kwargs):
+  def __init__(self,
+               depth: int = 50,
+               groups: int = 1,
+               width_per_group: int = 64,
+               norm: Optional[str] = "GN",
+               freeze_at: int = 0,
+               width_multiplier: float = 1.0,
+               block_counts: Optional[Sequence[int]] = None,
+               gn_num_groups: int = 32,
+               stride_in_1x1: bool = False,
+               **kwargs):
     super().__init__(**kwargs)
-    self._cfg = dict(depth=depth, groups=groups, width_per_group=width_per_group, norm=norm,
-                     freeze_at=freeze_at, width_multiplier=width_multiplier,
+    self._cfg = dict(depth=depth,
+                     groups=groups,
+                     width_per_group=width_per_group,
+                     norm=norm,
+                     freeze_at=freeze_at,
+                     width_multiplier=width_multiplier,
                      block_counts=list(block_counts) if block_counts else None,
-                     gn_num_groups=gn_num_groups, stride_in_1x1=stride_in_1x1)
+                     gn_num_groups=gn_num_groups,
+                     stride_in_1x1=stride_in_1x1)
     self.stride_in_1x1 = stride_in_1x1
     if block_counts is None:
       if depth not in BLOCK_COUNTS:
@@ -93,10 +120,15 @@ class ResNet(tf_keras.Model):
     for stage, count in enumerate(block_counts):
       blocks = []
       for i in range(count):
-        blocks.append(Bottleneck(in_ch, bottleneck, out_ch,
-                                 strides=2 if (i == 0 and stage > 0) else 1, groups=groups,
-                                 stride_in_1x1=stride_in_1x1, **kw,
-                                 name=f"res{stage + 2}_{i}"))
+        blocks.append(
+            Bottleneck(in_ch,
+                       bottleneck,
+                       out_ch,
+                       strides=2 if (i == 0 and stage > 0) else 1,
+                       groups=groups,
+                       stride_in_1x1=stride_in_1x1,
+                       **kw,
+                       name=f"res{stage + 2}_{i}"))
         in_ch = out_ch
       self.stages.append(blocks)
       bottleneck *= 2

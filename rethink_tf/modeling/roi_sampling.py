@@ -10,9 +10,18 @@ from rethink_tf.layers.roi_align import roi_align_flat
 ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # Detectron BBOX_REG_WEIGHTS
 
 
-def sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, crowd_boxes,
-                crowd_valid, num_samples: int = 512, positive_fraction: float = 0.25,
-                fg_iou: float = 0.5, crowd_ioa: float = 0.7, seeds=None,
+def sample_rois(proposals,
+                proposal_valid,
+                gt_boxes,
+                gt_classes,
+                gt_valid,
+                crowd_boxes,
+                crowd_valid,
+                num_samples: int = 512,
+                positive_fraction: float = 0.25,
+                fg_iou: float = 0.5,
+                crowd_ioa: float = 0.7,
+                seeds=None,
                 box_weights=ROI_BOX_WEIGHTS):
   """Samples RoIs: GT boxes join the proposals; fg IoU >= fg_iou, bg IoU < fg_iou.
 
@@ -57,8 +66,11 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, crowd
   matched_boxes = tf.gather(gt_boxes, gt_index, batch_dims=1)
   targets = box_ops.encode_boxes(matched_boxes, rois, box_weights)
   targets = tf.where(is_fg[..., None], targets, 0.0)
-  return dict(rois=tf.stop_gradient(rois), classes=tf.cast(classes, tf.int32),
-              box_targets=tf.stop_gradient(targets), weights=weights, is_fg=is_fg,
+  return dict(rois=tf.stop_gradient(rois),
+              classes=tf.cast(classes, tf.int32),
+              box_targets=tf.stop_gradient(targets),
+              weights=weights,
+              is_fg=is_fg,
               gt_index=gt_index)
 
 
@@ -73,8 +85,8 @@ def _per_image_uniform(seeds, like):
   if seeds is None:
     return tf.random.uniform(tf.shape(like))
   mask = tf.constant(0xFFFFFFFF, tf.int64)
-  seeds = tf.cast(seeds, tf.int64) & mask                             # [B, 2]
-  x = tf.range(like.shape[1], dtype=tf.int64)[None, :] * 0x7FEB352D    # products < 2**63
+  seeds = tf.cast(seeds, tf.int64) & mask  # [B, 2]
+  x = tf.range(like.shape[1], dtype=tf.int64)[None, :] * 0x7FEB352D  # products < 2**63
   x = (x + seeds[:, :1] * 0x68E31DA4 + seeds[:, 1:]) & mask
   for shift, mult in ((16, 0x45D9F3B), (16, 0x45D9F3B), (16, None)):
     x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, shift))
@@ -100,9 +112,17 @@ def mask_targets(rois, gt_index, gt_boxes, gt_masks, output_size: int = 28):
   # The RoI in the GT mask's own pixel grid; RoIAlign (not crop_and_resize, which XLA lacks
   # and which samples at corners) resamples it with pixel-centre alignment.
   rel = tf.stack([(rois[..., 0] - g[..., 0]) / gh, (rois[..., 1] - g[..., 1]) / gw,
-                  (rois[..., 2] - g[..., 0]) / gh, (rois[..., 3] - g[..., 1]) / gw], axis=-1)
+                  (rois[..., 2] - g[..., 0]) / gh, (rois[..., 3] - g[..., 1]) / gw],
+                 axis=-1)
   flat = tf.reshape(tf.cast(gt_masks, tf.float32), [b, -1, 1])
   full = lambda v: tf.fill([b, r], v)
-  crops = roi_align_flat(flat, gt_index * size * size, full(size), full(size), full(1.0), rel,
-                         output_size, sampling_ratio=2, aligned=True)
+  crops = roi_align_flat(flat,
+                         gt_index * size * size,
+                         full(size),
+                         full(size),
+                         full(1.0),
+                         rel,
+                         output_size,
+                         sampling_ratio=2,
+                         aligned=True)
   return tf.stop_gradient(tf.cast(crops[..., 0] >= 0.5, tf.float32))

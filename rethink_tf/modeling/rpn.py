@@ -21,13 +21,23 @@ class RPNHead(tf_keras.layers.Layer):
     super().__init__(**kwargs)
     self.channels, self.num_anchors = channels, num_anchors
     init = lambda: tf_keras.initializers.RandomNormal(stddev=0.01)  # fresh per layer
-    self.conv = tf_keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                       kernel_initializer=init(), name="conv")
+    self.conv = tf_keras.layers.Conv2D(channels,
+                                       3,
+                                       padding="same",
+                                       activation="relu",
+                                       kernel_initializer=init(),
+                                       name="conv")
     # float32 outputs under mixed precision: proposals are decoded and ranked from them.
-    self.objectness = tf_keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init(),
-                                             dtype="float32", name="objectness")
-    self.deltas = tf_keras.layers.Conv2D(4 * num_anchors, 1, kernel_initializer=init(),
-                                         dtype="float32", name="deltas")
+    self.objectness = tf_keras.layers.Conv2D(num_anchors,
+                                             1,
+                                             kernel_initializer=init(),
+                                             dtype="float32",
+                                             name="objectness")
+    self.deltas = tf_keras.layers.Conv2D(4 * num_anchors,
+                                         1,
+                                         kernel_initializer=init(),
+                                         dtype="float32",
+                                         name="deltas")
 
   def call(self, feats: Dict[int, tf.Tensor]):
     scores, deltas = {}, {}
@@ -44,9 +54,13 @@ class RPNHead(tf_keras.layers.Layer):
     return {**super().get_config(), "channels": self.channels, "num_anchors": self.num_anchors}
 
 
-def generate_proposals(scores: Dict[int, tf.Tensor], deltas: Dict[int, tf.Tensor],
-                       anchors: Dict[int, tf.Tensor], image_size, pre_nms_topk: int,
-                       post_nms_topk: int, nms_threshold: float = 0.7,
+def generate_proposals(scores: Dict[int, tf.Tensor],
+                       deltas: Dict[int, tf.Tensor],
+                       anchors: Dict[int, tf.Tensor],
+                       image_size,
+                       pre_nms_topk: int,
+                       post_nms_topk: int,
+                       nms_threshold: float = 0.7,
                        box_plus_one: float = 0.0):
   """Top-k per level, decode, clip, drop empty boxes, per-level NMS, then the best
   `post_nms_topk` over all levels.
@@ -87,8 +101,8 @@ def generate_proposals(scores: Dict[int, tf.Tensor], deltas: Dict[int, tf.Tensor
   boxes = tf.concat(all_boxes, 1)
   nonempty = tf.concat(keep, 1)
   scores_cat = tf.where(nonempty, tf.concat(all_scores, 1), -1e9)
-  idx, valid = batched_nms_padded(boxes + one, scores_cat, tf.concat(all_levels, 1),
-                                  post_nms_topk, nms_threshold)
+  idx, valid = batched_nms_padded(boxes + one, scores_cat, tf.concat(all_levels, 1), post_nms_topk,
+                                  nms_threshold)
   props = tf.gather(boxes, idx, batch_dims=1)
   valid = tf.logical_and(valid, tf.gather(nonempty, idx, batch_dims=1))
   props = tf.where(valid[..., None], props, 0.0)
@@ -100,6 +114,8 @@ def _detectron_keep(boxes, size):
   (+1) >= 1 and the box centre inside the image. boxes [B, K, 4] inclusive, size [B, 1, 2]."""
   hs = boxes[..., 2] - boxes[..., 0] + 1.0
   ws = boxes[..., 3] - boxes[..., 1] + 1.0
-  return tf.reduce_all(tf.stack([hs >= 1.0, ws >= 1.0,
-                                 boxes[..., 0] + hs / 2.0 < size[..., 0],
-                                 boxes[..., 1] + ws / 2.0 < size[..., 1]]), axis=0)
+  return tf.reduce_all(tf.stack([
+      hs >= 1.0, ws >= 1.0, boxes[..., 0] + hs / 2.0 < size[..., 0], boxes[..., 1] + ws / 2.0
+      < size[..., 1]
+  ]),
+                       axis=0)

@@ -29,8 +29,11 @@ class VGG16(tf_keras.layers.Layer):
   ImageNet fine-tuning stops gradients after pool2, i.e. freeze_at=2).
   """
 
-  def __init__(self, freeze_at: int = 0, width_multiplier: float = 1.0,
-               norm: Optional[str] = None, **kwargs):
+  def __init__(self,
+               freeze_at: int = 0,
+               width_multiplier: float = 1.0,
+               norm: Optional[str] = None,
+               **kwargs):
     super().__init__(**kwargs)
     if norm is not None:
       raise ValueError(f"VGG-16 Faster R-CNN has no normalization layers; got norm={norm!r} "
@@ -41,9 +44,14 @@ class VGG16(tf_keras.layers.Layer):
     self.stride_in_1x1 = False  # read by the init guard rails; no bottlenecks here
     self.blocks = []
     for b, (channels, count) in enumerate(VGG16_BLOCKS):
-      convs = [tf_keras.layers.Conv2D(int(channels * width_multiplier), 3, padding="same",
-                                      activation="relu", kernel_initializer=msra_fan_out(),
-                                      name=f"conv{b + 1}_{i + 1}") for i in range(count)]
+      convs = [
+          tf_keras.layers.Conv2D(int(channels * width_multiplier),
+                                 3,
+                                 padding="same",
+                                 activation="relu",
+                                 kernel_initializer=msra_fan_out(),
+                                 name=f"conv{b + 1}_{i + 1}") for i in range(count)
+      ]
       for conv in convs:
         conv.trainable = freeze_at < b + 1
       self.blocks.append(convs)

@@ -17,18 +17,25 @@ import numpy as np
 
 BN_EPSILON = 1e-5
 
-
 # --------------------------------------------------------------------------------------------
 # Reading files.
+
 
 class DataOnlyUnpickler(pickle.Unpickler):
   """Admits numpy arrays and plain containers; any other global is refused."""
 
   ALLOWED = {
-      ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-      ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-      ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
-      ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+      ("numpy.core.multiarray", "_reconstruct"),
+      ("numpy._core.multiarray", "_reconstruct"),
+      ("numpy", "ndarray"),
+      ("numpy", "dtype"),
+      ("numpy.core.multiarray", "scalar"),
+      ("numpy._core.multiarray", "scalar"),
+      ("collections", "OrderedDict"),
+      ("builtins", "dict"),
+      ("builtins", "list"),
+      ("builtins", "tuple"),
+      ("builtins", "set"),
       # Protocol-2 pickles rebuild array bytes with _codecs.encode(str, "latin1"): it only
       # turns a string into bytes.
       ("_codecs", "encode"),
@@ -75,6 +82,7 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------------------------
 # Naming: our ResNet's conv+norm units, named the way each source names them.
+
 
 def resnet_units(backbone) -> Iterator[Tuple[object, str, str]]:
   """Yields (ConvNorm unit, torchvision conv prefix, torchvision norm prefix)."""
@@ -123,8 +131,9 @@ def assign_torchvision(backbone, sd: Dict[str, np.ndarray]):
     if hasattr(layer, "moving_mean"):
       _set(layer.moving_mean, _take(sd, f"{norm}.running_mean", used), norm)
       _set(layer.moving_variance, _take(sd, f"{norm}.running_var", used), norm)
-  return sorted(k for k in sd if k not in used and not k.startswith("fc.")
-                and not k.endswith("num_batches_tracked"))
+  return sorted(
+      k for k in sd
+      if k not in used and not k.startswith("fc.") and not k.endswith("num_batches_tracked"))
 
 
 def assign_detectron(backbone, blobs: Dict[str, np.ndarray]):
@@ -145,8 +154,8 @@ def assign_detectron(backbone, blobs: Dict[str, np.ndarray]):
       _set(layer.moving_mean, np.zeros_like(scale), n)
       _set(layer.moving_variance, np.full_like(scale, 1.0 - BN_EPSILON), n)
   ignored = ("conv1_b", "fc1000_w", "fc1000_b", "pred_w", "pred_b")
-  return sorted(k for k in blobs if k not in used and k not in ignored
-                and not k.endswith("_momentum"))
+  return sorted(
+      k for k in blobs if k not in used and k not in ignored and not k.endswith("_momentum"))
 
 
 def _take(d, key, used):
@@ -167,7 +176,8 @@ VGG16_FC = {"fc6": ("classifier.0", 0), "fc7": ("classifier.3", 1)}  # name: (to
 
 def vgg16_units(backbone) -> Iterator[Tuple[object, str, str]]:
   """Yields (Conv2D, torchvision prefix 'features.N', Detectron prefix 'convB_I')."""
-  convs = [(conv, f"conv{b + 1}_{i + 1}") for b, block in enumerate(backbone.blocks)
+  convs = [(conv, f"conv{b + 1}_{i + 1}")
+           for b, block in enumerate(backbone.blocks)
            for i, conv in enumerate(block)]
   for (conv, name), index in zip(convs, TORCHVISION_VGG16_CONVS):
     yield conv, f"features.{index}", name
@@ -201,5 +211,5 @@ def assign_vgg16(backbone, box_head, weights: Dict[str, np.ndarray], layout: str
     _set(dense.kernel, kernel, p)
     _set(dense.bias, _take(weights, b_key(p), used), p)
   ignored = ("classifier.6.", "fc8_", "pred_")  # the 1000-way ImageNet classifier
-  return sorted(k for k in weights if k not in used and not k.startswith(ignored)
-                and not k.endswith("_momentum"))
+  return sorted(k for k in weights
+                if k not in used and not k.startswith(ignored) and not k.endswith("_momentum"))

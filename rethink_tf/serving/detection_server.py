@@ -67,7 +67,10 @@ def _contains(data, pattern: bytes):
   return tf.reduce_any(if_match)
 
 
-def decode_checked(encoded, index, name: str, empty: str = "empty string (0 bytes)",
+def decode_checked(encoded,
+                   index,
+                   name: str,
+                   empty: str = "empty string (0 bytes)",
                    jpeg_dct_method: str = ""):
   """Decodes one encoded image to uint8 [H, W, 3] after checks that name what is wrong.
 
@@ -75,6 +78,7 @@ def decode_checked(encoded, index, name: str, empty: str = "empty string (0 byte
   which image or why; these checks do, for the common cases: empty input, bytes of no image
   format, and JPEG/PNG files cut short (no end-of-image marker / IEND chunk).
   """
+
   def message(text, *args):
     return tf.strings.format(f"{name}[{{}}]: {text}", [index, *args])
 
@@ -83,18 +87,21 @@ def decode_checked(encoded, index, name: str, empty: str = "empty string (0 byte
   with tf.control_dependencies([is_empty]):
     head = tf.strings.substr(encoded, 0, 12)
   fmt = {k: tf.strings.substr(head, 0, len(v)) == v for k, v in _MAGIC.items()}
-  fmt["WEBP"] = tf.logical_and(tf.strings.substr(head, 0, 4) == b"RIFF",
-                               tf.strings.substr(head, 8, 4) == b"WEBP")
+  fmt["WEBP"] = tf.logical_and(
+      tf.strings.substr(head, 0, 4) == b"RIFF",
+      tf.strings.substr(head, 8, 4) == b"WEBP")
   known = tf.reduce_any(tf.stack(list(fmt.values())))
-  is_image = _fail_unless(known, message(
-      "not an image ({} bytes that are not JPEG, PNG, GIF, BMP or WebP)", length))
+  is_image = _fail_unless(
+      known, message("not an image ({} bytes that are not JPEG, PNG, GIF, BMP or WebP)", length))
   with tf.control_dependencies([is_image]):
     data = tf.io.decode_raw(encoded, tf.uint8)
   complete = tf.logical_and(
       tf.logical_or(tf.logical_not(fmt["JPEG"]), _contains(data, b"\xff\xd9")),
       tf.logical_or(tf.logical_not(fmt["PNG"]), _contains(data, b"IEND")))
-  is_complete = _fail_unless(complete, message(
-      "truncated image: a {}-byte JPEG/PNG without its end marker (file cut short?)", length))
+  is_complete = _fail_unless(
+      complete,
+      message("truncated image: a {}-byte JPEG/PNG without its end marker (file cut short?)",
+              length))
   with tf.control_dependencies([is_complete]):
     image = decode_image(encoded, jpeg_dct_method, expand_animations=False)
   image.set_shape([None, None, 3])
@@ -116,9 +123,14 @@ class DetectionServer(tf.Module):
     assets: {attribute name: file path} shipped in the SavedModel's assets/.
   """
 
-  def __init__(self, model, preprocessing: Dict, category_ids: Sequence[int],
-               category_names: Sequence[str], binary_masks: bool = True,
-               batch_size: Optional[int] = None, assets: Optional[Dict[str, str]] = None):
+  def __init__(self,
+               model,
+               preprocessing: Dict,
+               category_ids: Sequence[int],
+               category_names: Sequence[str],
+               binary_masks: bool = True,
+               batch_size: Optional[int] = None,
+               assets: Optional[Dict[str, str]] = None):
     super().__init__(name="detection_server")
     if not model.variables:
       raise ValueError("the model has no variables yet: build it (run detect once) and restore "
@@ -130,14 +142,20 @@ class DetectionServer(tf.Module):
     # 3.63 MB at R50-FPN; the Python loader's time grows with the nodes it re-imports). It is
     # set past tf.Module's attribute tracking, or the saver adds a copy of its own.
     ph, pw = preprocessing["padded_size"]
-    object.__setattr__(self, "_detect_fn", tf.function(model.detect, input_signature=[
-        tf.TensorSpec([batch_size, ph, pw, 3], tf.float32),
-        tf.TensorSpec([batch_size, 2], tf.float32)]))
+    object.__setattr__(
+        self, "_detect_fn",
+        tf.function(model.detect,
+                    input_signature=[
+                        tf.TensorSpec([batch_size, ph, pw, 3], tf.float32),
+                        tf.TensorSpec([batch_size, 2], tf.float32)
+                    ]))
     # Tracked so the traced graph's captured variables are saved (the Keras model is not).
     self.model_variables = list(model.variables)
     self.category_ids = tf.Variable(tf.constant([int(c) for c in category_ids], tf.int64),
-                                    trainable=False, name="category_ids")
-    self.category_names = tf.Variable(tf.constant(list(category_names)), trainable=False,
+                                    trainable=False,
+                                    name="category_ids")
+    self.category_names = tf.Variable(tf.constant(list(category_names)),
+                                      trainable=False,
                                       name="category_names")
     for attr, path in (assets or {}).items():
       setattr(self, attr, tf.saved_model.Asset(path))
@@ -152,7 +170,9 @@ class DetectionServer(tf.Module):
 
   def _preprocess(self, image):
     p = self._pre
-    resized, scale, size = resize_for_model(image, p["short_side"], p["max_long_side"],
+    resized, scale, size = resize_for_model(image,
+                                            p["short_side"],
+                                            p["max_long_side"],
                                             p["padded_size"],
                                             antialias=p.get("resize_antialias", False))
     padded = normalize_and_pad(resized, p["pixel_mean"], p["pixel_std"], p["channel_order"],
@@ -166,11 +186,13 @@ class DetectionServer(tf.Module):
     with tf.control_dependencies([not_empty]):
       index = tf.range(batch)
     ph, pw = self._pre["padded_size"]
-    padded, sizes, scales, hws = tf.map_fn(
-        lambda a: self._preprocess(decode_one(a[0], a[1])), (index, inputs),
-        fn_output_signature=(tf.TensorSpec([ph, pw, 3], tf.float32),
-                             tf.TensorSpec([2], tf.float32), tf.TensorSpec([], tf.float32),
-                             tf.TensorSpec([2], tf.int32)))
+    padded, sizes, scales, hws = tf.map_fn(lambda a: self._preprocess(decode_one(a[0], a[1])),
+                                           (index, inputs),
+                                           fn_output_signature=(tf.TensorSpec([ph, pw, 3],
+                                                                              tf.float32),
+                                                                tf.TensorSpec([2], tf.float32),
+                                                                tf.TensorSpec([], tf.float32),
+                                                                tf.TensorSpec([2], tf.int32)))
     if self._batch:
       padded = tf.ensure_shape(padded, [self._batch, ph, pw, 3])
     det = self._detect_fn(padded, sizes)
@@ -183,23 +205,30 @@ class DetectionServer(tf.Module):
 
     def to_image(args):
       boxes, masks, n, scale, hw = args
-      boxes, pasted = postprocess.to_input_image(boxes, masks if has_masks else None, n, scale,
-                                                 hw, canvas, binary_masks=self._binary_masks)
+      boxes, pasted = postprocess.to_input_image(boxes,
+                                                 masks if has_masks else None,
+                                                 n,
+                                                 scale,
+                                                 hw,
+                                                 canvas,
+                                                 binary_masks=self._binary_masks)
       return (boxes, pasted) if has_masks else boxes
 
     mask_dtype = tf.uint8 if self._binary_masks else tf.float32
     box_spec = tf.TensorSpec([d, 4], tf.float32)
     relative = det["masks"] if has_masks else tf.zeros([batch, d, 1, 1])
-    mapped = tf.map_fn(to_image, (det["boxes"], relative, num, scales, hws),
-                       fn_output_signature=(box_spec, tf.TensorSpec([d, None, None], mask_dtype))
-                       if has_masks else box_spec)
+    mapped = tf.map_fn(
+        to_image, (det["boxes"], relative, num, scales, hws),
+        fn_output_signature=(box_spec,
+                             tf.TensorSpec([d, None, None], mask_dtype)) if has_masks else box_spec)
     boxes = mapped[0] if has_masks else mapped
-    out = {"num_detections": tf.cast(num, tf.int32),
-           "detection_boxes": boxes * tf.cast(valid, tf.float32)[..., None],
-           "detection_scores": det["scores"] * tf.cast(valid, tf.float32),
-           "detection_classes": tf.gather(self._ids_table, classes),
-           "detection_class_names": tf.gather(self._names_table, classes),
-           "image_size": hws}
+    out = {
+        "num_detections": tf.cast(num, tf.int32),
+        "detection_boxes": boxes * tf.cast(valid, tf.float32)[..., None],
+        "detection_scores": det["scores"] * tf.cast(valid, tf.float32),
+        "detection_classes": tf.gather(self._ids_table, classes),
+        "detection_class_names": tf.gather(self._names_table, classes), "image_size": hws
+    }
     if has_masks:
       out["detection_masks"] = mapped[1]
       out["detection_masks_box_relative"] = (tf.cast(det["masks"], tf.float32) *
@@ -212,10 +241,13 @@ class DetectionServer(tf.Module):
     rank_ok = _check_rank(images, 4, "images", "uint8 [batch, height, width, 3]")
     with tf.control_dependencies([rank_ok]):
       shape = tf.shape(images)
-    rgb = _fail_unless(tf.equal(shape[3], 3), tf.strings.format(
-        "images must have 3 channels (RGB), got shape {}", [shape]))
-    ok = _fail_unless(tf.logical_and(shape[1] > 0, shape[2] > 0), tf.strings.format(
-        "images: zero-size image (shape {}): height and width must be at least 1", [shape]))
+    rgb = _fail_unless(
+        tf.equal(shape[3], 3),
+        tf.strings.format("images must have 3 channels (RGB), got shape {}", [shape]))
+    ok = _fail_unless(
+        tf.logical_and(shape[1] > 0, shape[2] > 0),
+        tf.strings.format("images: zero-size image (shape {}): height and width must be at least 1",
+                          [shape]))
     with tf.control_dependencies([rgb, ok]):
       images = tf.identity(images)
     return self._detect(lambda i, image: image, images)
@@ -245,10 +277,12 @@ class DetectionServer(tf.Module):
     traces the whole detector once."""
     b = self._batch
     fns = {
-        "serving_default": (self._serve_images, tf.TensorSpec([b, None, None, 3], tf.uint8,
-                                                              name="images")),
+        "serving_default": (self._serve_images,
+                            tf.TensorSpec([b, None, None, 3], tf.uint8, name="images")),
         "image_bytes": (self._serve_bytes, tf.TensorSpec([b], tf.string, name="image_bytes")),
         "tf_example": (self._serve_examples, tf.TensorSpec([b], tf.string, name="examples")),
     }
-    return {name: tf.function(fns[name][0], input_signature=[fns[name][1]])
-            .get_concrete_function() for name in names}
+    return {
+        name: tf.function(fns[name][0], input_signature=[fns[name][1]]).get_concrete_function()
+        for name in names
+    }

@@ -7,7 +7,8 @@ r"""Exports a trained detector as a SavedModel for TF Serving or `tf.saved_model
 Writes D/<version>/ (TF Serving's layout: the highest integer version is served), by default
 one more than the highest version already in D. The export is written under a temporary name
 and renamed when complete, so a server watching D never loads half a model, and an existing
-version is never overwritten. Signatures and outputs: see rethink_tf/serving/detection_server.py and docs/serving.md.
+version is never overwritten. Signatures and outputs: rethink_tf/serving/detection_server.py
+and docs/serving.md.
 `--checkpoint` is a prefix or a run directory (its latest checkpoint). Category names come from
 --label_map (a COCO JSON or {"id": "name"}), else the categories.json beside a converted
 detector's checkpoint, else the data config (synthetic shapes, the validation JSON when present,
@@ -26,72 +27,94 @@ import gin  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from rethink_tf.serving.detection_server import SIGNATURES, DetectionServer  # noqa: E402
 from rethink_tf import config  # noqa: E402
 from rethink_tf.data import categories, synthetic  # noqa: E402
 from rethink_tf.inference import build_for_inference, resolve_checkpoint  # noqa: E402
+from rethink_tf.serving.detection_server import SIGNATURES, DetectionServer  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def next_version(export_dir: str) -> int:
   """One more than the highest integer-named version directory (1 for a new directory)."""
-  versions = [int(d) for d in (os.listdir(export_dir) if os.path.isdir(export_dir) else [])
-              if d.isdigit()]
+  versions = [
+      int(d) for d in (os.listdir(export_dir) if os.path.isdir(export_dir) else []) if d.isdigit()
+  ]
   return max(versions, default=0) + 1
 
 
-def export(checkpoint: str, export_dir: str, batch_size=None, max_detections: int = 100,
-           score_threshold: float = 0.05, binary_masks: bool = True, label_map=None,
+def export(checkpoint: str,
+           export_dir: str,
+           batch_size=None,
+           max_detections: int = 100,
+           score_threshold: float = 0.05,
+           binary_masks: bool = True,
+           label_map=None,
            version=None) -> str:
   """Exports the gin-configured model restored from `checkpoint`; returns the version dir.
 
   Gin must already be parsed (the training run's files).
   """
-  model, cfg = build_for_inference(checkpoint, detections_per_image=max_detections,
+  model, cfg = build_for_inference(checkpoint,
+                                   detections_per_image=max_detections,
                                    score_threshold=score_threshold)
-  known = ({c["id"]: c["name"] for c in synthetic.CATEGORIES} if cfg.synthetic is not None
-           else None)
+  known = None
+  if cfg.synthetic is not None:
+    known = {c["id"]: c["name"] for c in synthetic.CATEGORIES}
   # A converted detector names its classes beside its checkpoint.
   label_map = label_map or categories.checkpoint_categories(checkpoint)
   names, missing = categories.category_names(cfg.category_ids, label_map, cfg.val_annotations,
                                              known)
   if missing:
-    print(f"warning: no names for category ids {missing}; their names are the ids (pass "
-          "--label_map)", flush=True)
+    print(
+        f"warning: no names for category ids {missing}; their names are the ids (pass "
+        "--label_map)",
+        flush=True)
   version = int(version) if version is not None else next_version(export_dir)
   final = os.path.join(export_dir, str(version))
   if os.path.exists(final):
     raise FileExistsError(f"{final} exists; exports never overwrite a version (pick another "
                           "--version or leave it unset for the next one)")
   os.makedirs(export_dir, exist_ok=True)
-  preprocessing = dict(short_side=cfg.short_side, max_long_side=cfg.max_long_side,
-                       padded_size=list(cfg.padded_size), pixel_mean=list(cfg.pixel_mean),
-                       pixel_std=list(cfg.pixel_std), channel_order=cfg.channel_order,
+  preprocessing = dict(short_side=cfg.short_side,
+                       max_long_side=cfg.max_long_side,
+                       padded_size=list(cfg.padded_size),
+                       pixel_mean=list(cfg.pixel_mean),
+                       pixel_std=list(cfg.pixel_std),
+                       channel_order=cfg.channel_order,
                        jpeg_dct_method=cfg.jpeg_dct_method,
                        resize_antialias=cfg.resize_antialias)
   with tempfile.TemporaryDirectory() as scratch:
     cat_path = os.path.join(scratch, "categories.json")
     with open(cat_path, "w") as f:
-      json.dump([{"id": int(i), "name": n} for i, n in zip(cfg.category_ids, names)], f,
-                indent=1)
+      json.dump([{"id": int(i), "name": n} for i, n in zip(cfg.category_ids, names)], f, indent=1)
     info_path = os.path.join(scratch, "export_info.json")
     with open(info_path, "w") as f:
-      json.dump({"checkpoint": checkpoint, "signatures": list(SIGNATURES),
-                 "batch_size": batch_size or "dynamic", "max_detections": max_detections,
-                 "score_threshold": score_threshold, "nms_threshold": model.nms_threshold,
-                 "detection_masks": ("uint8 {0, 1} (probability >= 0.5)" if binary_masks
-                                     else "float32 probability"),
-                 "mask_resolution": (2 * model.mask_pool_size if model.mask_head is not None
-                                     else None),
-                 "preprocessing": preprocessing}, f, indent=1)
+      json.dump(
+          {
+              "checkpoint": checkpoint, "signatures": list(SIGNATURES), "batch_size": batch_size
+                                                                                      or "dynamic",
+              "max_detections": max_detections, "score_threshold": score_threshold,
+              "nms_threshold": model.nms_threshold, "detection_masks":
+                  ("uint8 {0, 1} (probability >= 0.5)" if binary_masks else "float32 probability"),
+              "mask_resolution": (2 * model.mask_pool_size if model.mask_head is not None else None
+                                 ), "preprocessing": preprocessing
+          },
+          f,
+          indent=1)
     config_path = os.path.join(scratch, "operative_config.gin")
     with open(config_path, "w") as f:
       f.write(gin.config_str())
-    server = DetectionServer(model, preprocessing, cfg.category_ids, names,
-                             binary_masks=binary_masks, batch_size=batch_size,
-                             assets={"categories_file": cat_path, "export_info_file": info_path,
-                                     "gin_config_file": config_path})
+    server = DetectionServer(model,
+                             preprocessing,
+                             cfg.category_ids,
+                             names,
+                             binary_masks=binary_masks,
+                             batch_size=batch_size,
+                             assets={
+                                 "categories_file": cat_path, "export_info_file": info_path,
+                                 "gin_config_file": config_path
+                             })
     partial = os.path.join(export_dir, f".partial-{version}-{os.getpid()}")
     try:
       tf.saved_model.save(server, partial, signatures=server.signatures())
@@ -113,13 +136,11 @@ def main(argv):
     sys.exit(f"--batch_size must be a positive integer or 'dynamic', got {FLAGS.batch_size!r}")
   try:
     checkpoint = resolve_checkpoint(FLAGS.checkpoint)
-    path = export(checkpoint, FLAGS.export_dir, batch, FLAGS.max_detections,
-                  FLAGS.score_threshold, FLAGS.mask_output == "binary", FLAGS.label_map,
-                  FLAGS.version)
+    path = export(checkpoint, FLAGS.export_dir, batch, FLAGS.max_detections, FLAGS.score_threshold,
+                  FLAGS.mask_output == "binary", FLAGS.label_map, FLAGS.version)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     sys.exit(f"export failed: {e}")
   print(f"exported {checkpoint} -> {path} (signatures: {', '.join(SIGNATURES)})")
-
 
 
 def console_main():
@@ -127,8 +148,10 @@ def console_main():
   flags.DEFINE_multi_string("gin_file", [], "Gin files of the training run (repeatable).")
   flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings.")
   flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or run directory.", required=True)
-  flags.DEFINE_string("export_dir", None, "Versioned export root (TF Serving's model base "
-                      "path).", required=True)
+  flags.DEFINE_string("export_dir",
+                      None, "Versioned export root (TF Serving's model base "
+                      "path).",
+                      required=True)
   flags.DEFINE_string("batch_size", "dynamic", "Fixed batch size of every signature, or "
                       "'dynamic'.")
   flags.DEFINE_integer("max_detections", 100, "Detections per image (D).")

@@ -44,10 +44,12 @@ def detect(model, encoded: bytes):
   out = model.signatures["image_bytes"](image_bytes=tf.constant([encoded]))
   n = int(out["num_detections"][0])
   h, w = (int(v) for v in out["image_size"][0])
-  det = {"boxes": out["detection_boxes"][0, :n].numpy(),
-         "scores": out["detection_scores"][0, :n].numpy(),
-         "classes": out["detection_classes"][0, :n].numpy(),
-         "names": [s.decode() for s in out["detection_class_names"][0, :n].numpy()]}
+  det = {
+      "boxes": out["detection_boxes"][0, :n].numpy(),
+      "scores": out["detection_scores"][0, :n].numpy(), "classes": out["detection_classes"]
+                                                                   [0, :n].numpy(),
+      "names": [s.decode() for s in out["detection_class_names"][0, :n].numpy()]
+  }
   if "detection_masks" in out:
     det["masks"] = out["detection_masks"][0, :n, :h, :w].numpy()
   return det
@@ -65,10 +67,15 @@ def draw(ax, image: np.ndarray, det, min_score: float, title: str):
       m = det["masks"][i] > 0.5
       overlay[m] = (*colour[:3], 0.45)
     y0, x0, y1, x1 = det["boxes"][i]
-    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
-                               linewidth=1.5))
-    ax.text(x0, y0, f"{det['names'][i]} {det['scores'][i]:.2f}", fontsize=7, color="white",
-            va="bottom", bbox=dict(facecolor=colour, alpha=0.8, pad=1, edgecolor="none"))
+    ax.add_patch(
+        plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5))
+    ax.text(x0,
+            y0,
+            f"{det['names'][i]} {det['scores'][i]:.2f}",
+            fontsize=7,
+            color="white",
+            va="bottom",
+            bbox=dict(facecolor=colour, alpha=0.8, pad=1, edgecolor="none"))
   ax.imshow(overlay)
   ax.set_title(f"{title}: {len(keep)} detections >= {min_score:g}", fontsize=8)
   ax.axis("off")
@@ -88,13 +95,16 @@ def run(model, image_paths, output: str, min_score: float = 0.5, json_path=None)
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
     draw(ax, image, det, min_score, os.path.basename(path))
     kept = [i for i in range(len(det["scores"])) if det["scores"][i] >= min_score]
-    report.append({"image": path, "detections": [
-        {"category_id": int(det["classes"][i]), "name": det["names"][i],
-         "score": round(float(det["scores"][i]), 4),
-         "box_yxyx": [round(float(v), 2) for v in det["boxes"][i]]} for i in kept]})
-    print(f"{path}: {len(kept)} detections >= {min_score:g}"
-          + "".join(f"\n  {d['name']} {d['score']:.3f} {d['box_yxyx']}"
-                    for d in report[-1]["detections"]))
+    report.append({
+        "image":
+            path, "detections": [{
+                "category_id": int(det["classes"][i]), "name": det["names"][i],
+                "score": round(float(det["scores"][i]),
+                               4), "box_yxyx": [round(float(v), 2) for v in det["boxes"][i]]
+            } for i in kept]
+    })
+    print(f"{path}: {len(kept)} detections >= {min_score:g}" + "".join(
+        f"\n  {d['name']} {d['score']:.3f} {d['box_yxyx']}" for d in report[-1]["detections"]))
   for ax in list(axes.flat)[n:]:
     ax.axis("off")
   fig.tight_layout()
@@ -113,11 +123,9 @@ def main(argv):
       FLAGS.min_score, FLAGS.json)
 
 
-
 def console_main():
   """Defines the flags and runs `main` (installed as `rethink-tf-predict`)."""
-  flags.DEFINE_string("saved_model", None, "Export root or one version directory.",
-                      required=True)
+  flags.DEFINE_string("saved_model", None, "Export root or one version directory.", required=True)
   flags.DEFINE_multi_string("image", [], "Image file (repeatable).")
   flags.DEFINE_string("output", "predictions.png", "Figure to write (PNG).")
   flags.DEFINE_float("min_score", 0.5, "Draw detections scoring at least this.")

@@ -5,11 +5,12 @@ r"""Compares runs the way the paper's figures do: AP against iterations (or imag
       --output=FIG.png [--table=TABLE.md] [--csv=CURVES.csv]
 
 Reads each run's TensorBoard event files (`MODEL_DIR/eval` for metrics) and its schedule
-(`MODEL_DIR/schedule.json`, else the logged learning rate in `MODEL_DIR/train`), plots one panel per metric with a curve per run, marks the learning-rate
-drops and annotates the final values, and writes a table of final and best values per run.
-The global batch comes from the run's operative gin config; the images-incl-pretraining axis
-adds the images the backbone saw before fine-tuning, from the pretrained checkpoint's metadata
-(`images_seen` in its `.json`), as the paper's Fig. 2 does.
+(`MODEL_DIR/schedule.json`, else the logged learning rate in `MODEL_DIR/train`), plots one panel
+per metric with a curve per run, marks the learning-rate drops and annotates the final values,
+and writes a table of final and best values per run. The global batch comes from the run's
+operative gin config; the images-incl-pretraining axis adds the images the backbone saw before
+fine-tuning, from the pretrained checkpoint's metadata (`images_seen` in its `.json`), as the
+paper's Fig. 2 does.
 """
 
 import csv
@@ -106,6 +107,7 @@ def _schedule_from_config(model_dir: str) -> Optional[List[int]]:
   """The decays of the run's own saved gin config (`config.gin`), for runs written before the
   trainer wrote `schedule.json`; None when it cannot be read."""
   import gin
+
   from rethink_tf import config
   from rethink_tf.training.schedules import nx_schedule
   from rethink_tf.training.train_config import TrainConfig
@@ -156,8 +158,12 @@ class Run:
     return self.offset + self.per_step * np.asarray(steps, np.float64)
 
 
-def compare(runs: Sequence[Run], metrics: Sequence[str], x: str, output: str,
-            table: Optional[str] = None, csv_path: Optional[str] = None) -> Dict:
+def compare(runs: Sequence[Run],
+            metrics: Sequence[str],
+            x: str,
+            output: str,
+            table: Optional[str] = None,
+            csv_path: Optional[str] = None) -> Dict:
   """Plots, writes the table and CSV; returns {run: {metric: {final, best, ...}}} and the
   messages about what was missing."""
   summary, messages = {}, []
@@ -176,15 +182,22 @@ def compare(runs: Sequence[Run], metrics: Sequence[str], x: str, output: str,
       ax.plot(xs, values, marker="o", markersize=3, color=colour, label=run.name)
       for d in run.drops:
         ax.axvline(run.xs([d])[0], color=colour, linestyle=":", linewidth=0.8)
-      ax.annotate(f"{values[-1]:.3f}", (xs[-1], values[-1]), textcoords="offset points",
-                  xytext=(4, 0), fontsize=8, color=colour)
+      ax.annotate(f"{values[-1]:.3f}", (xs[-1], values[-1]),
+                  textcoords="offset points",
+                  xytext=(4, 0),
+                  fontsize=8,
+                  color=colour)
       best = int(np.argmax(values))
-      summary.setdefault(run.name, {})[metric] = dict(
-          final=values[-1], final_step=steps[-1], best=values[best], best_step=steps[best])
+      summary.setdefault(run.name, {})[metric] = dict(final=values[-1],
+                                                      final_step=steps[-1],
+                                                      best=values[best],
+                                                      best_step=steps[best])
       rows += [(run.name, metric, s, float(xv), v) for s, xv, v in zip(steps, xs, values)]
     ax.set_title(metric)
-    ax.set_xlabel({"iterations": "iterations", "images": "images seen",
-                   "images_incl_pretraining": "images seen, incl. pre-training"}[x])
+    ax.set_xlabel({
+        "iterations": "iterations", "images": "images seen",
+        "images_incl_pretraining": "images seen, incl. pre-training"
+    }[x])
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
@@ -228,12 +241,11 @@ def main(argv):
       runs.append(Run(name, model_dir, FLAGS.x))
     result = compare(runs, FLAGS.metric, FLAGS.x, FLAGS.output, FLAGS.table, FLAGS.csv)
   except CurveError as e:
-    raise SystemExit(f"compare_curves: {e}")
+    raise SystemExit(f"compare_curves: {e}") from None
   for m in result["messages"]:
     print(f"note: {m}")
-  print(f"wrote {FLAGS.output}" + (f", {FLAGS.table}" if FLAGS.table else "")
-        + (f", {FLAGS.csv}" if FLAGS.csv else ""))
-
+  print(f"wrote {FLAGS.output}" + (f", {FLAGS.table}" if FLAGS.table else "") +
+        (f", {FLAGS.csv}" if FLAGS.csv else ""))
 
 
 def console_main():

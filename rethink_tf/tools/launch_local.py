@@ -56,8 +56,10 @@ def launch(command: Sequence[str], num_workers: int, env=None) -> int:
   for i, cfg in enumerate(tf_configs(num_workers)):
     worker_env = dict(env if env is not None else os.environ, TF_CONFIG=json.dumps(cfg))
     proc = subprocess.Popen(list(command) + ["--strategy=multi_worker_mirrored"],
-                            env=worker_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            env=worker_env,
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT,
+                            text=True)
     procs.append(proc)
     pump = threading.Thread(target=_pump, args=(proc.stdout, f"[worker {i}]"), daemon=True)
     pump.start()
@@ -88,7 +90,6 @@ def main(argv):
   if not command:
     sys.exit("usage: python -m rethink_tf.tools.launch_local --num_workers=N -- COMMAND ...")
   sys.exit(launch(command, FLAGS.num_workers))
-
 
 
 def console_main():

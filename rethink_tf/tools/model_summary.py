@@ -5,8 +5,8 @@ r"""Per-module and total parameter counts of the gin-configured model, as JSON.
 prints {"modules": {"backbone": N, "fpn": N, "rpn": N, "box_head": N, "box_predictor": N,
 "mask_head": N, "mask_predictor": N}, "total": N, "trainable": N} ("fpn" and the mask modules
 only when the model has them; Cascade R-CNN adds "box_head_stage<k>" and
-"box_predictor_stage<k>", Keypoint R-CNN "keypoint_head" and "keypoint_predictor"). The model is built at a small input size: parameter counts do
-not depend on it.
+"box_predictor_stage<k>", Keypoint R-CNN "keypoint_head" and "keypoint_predictor"). The model
+is built at a small input size: parameter counts do not depend on it.
 """
 
 import json
@@ -28,15 +28,17 @@ FLAGS = flags.FLAGS
 def _count(variables) -> int:
   """Parameters among `variables`: BN moving statistics are buffers (torch counts neither), and
   so is the cascade's on/off flag."""
-  return int(sum(np.prod(v.shape) for v in variables
-                 if "moving_" not in v.name and v.dtype.is_floating))
+  return int(
+      sum(np.prod(v.shape) for v in variables if "moving_" not in v.name and v.dtype.is_floating))
 
 
 def _head_and_predictor(name: str, head, predictor) -> dict:
   """{name_head: the head's convs, name_predictor: its final layer} (Detectron's split)."""
   pred_ids = {id(v) for v in predictor.variables}
-  return {f"{name}_head": _count([v for v in head.variables if id(v) not in pred_ids]),
-          f"{name}_predictor": _count(predictor.variables)}
+  return {
+      f"{name}_head": _count([v for v in head.variables if id(v) not in pred_ids]),
+      f"{name}_predictor": _count(predictor.variables)
+  }
 
 
 def summarize(model) -> dict:
@@ -44,27 +46,31 @@ def summarize(model) -> dict:
   modules = {"backbone": _count(model.backbone.variables)}
   if model.fpn is not None:
     modules["fpn"] = _count(model.fpn.variables)
-  modules.update(rpn=_count(model.rpn_head.variables), box_head=_count(model.box_head.variables),
+  modules.update(rpn=_count(model.rpn_head.variables),
+                 box_head=_count(model.box_head.variables),
                  box_predictor=_count(model.box_predictor.variables))
   if model.mask_head is not None:
     modules.update(_head_and_predictor("mask", model.mask_head, model.mask_head.predictor))
-  for k, (head, predictor) in enumerate(zip(model.cascade_box_heads,
-                                            model.cascade_box_predictors)):
+  for k, (head, predictor) in enumerate(zip(model.cascade_box_heads, model.cascade_box_predictors)):
     modules[f"box_head_stage{k + 2}"] = _count(head.variables)
     modules[f"box_predictor_stage{k + 2}"] = _count(predictor.variables)
   if model.keypoint_head is not None:
-    modules.update(_head_and_predictor("keypoint", model.keypoint_head,
-                                       model.keypoint_head.score_lowres))
-  return {"modules": modules, "total": _count(model.variables),
-          "trainable": _count(model.trainable_variables)}
+    modules.update(
+        _head_and_predictor("keypoint", model.keypoint_head, model.keypoint_head.score_lowres))
+  return {
+      "modules": modules, "total": _count(model.variables),
+      "trainable": _count(model.trainable_variables)
+  }
 
 
 def build_and_summarize(size: int = 128) -> dict:
   cfg = InputConfig()
   # The one forward pass only creates the variables: a few RoIs instead of the preset's 1000
   # (whose box, mask and cascade heads cost ~100 GFLOPs each at X152 width).
-  model = build_model(num_classes=cfg.num_classes, image_size=(size, size),
-                      rpn_post_nms_topk_test=8, detections_per_image=8)
+  model = build_model(num_classes=cfg.num_classes,
+                      image_size=(size, size),
+                      rpn_post_nms_topk_test=8,
+                      detections_per_image=8)
   model.detect(tf.zeros([1, size, size, 3]), tf.constant([[size, size]], tf.float32))
   return summarize(model)
 
@@ -73,7 +79,6 @@ def main(argv):
   del argv
   config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
   print(json.dumps(build_and_summarize(), indent=1))
-
 
 
 def console_main():

@@ -30,12 +30,12 @@ def apply_gradients_if(optimizer, grads_and_vars, finite: tf.Tensor,
   optimizer's gradient all-reduce cannot sit inside a `tf.cond` in replica context under
   MirroredStrategy.
   """
+
   def cross_replica(strategy, grads_and_vars, finite):
     verdict = strategy.experimental_local_results(finite)[0]
 
     def apply():
-      strategy.extended.call_for_each_replica(optimizer.apply_gradients,
-                                              args=(grads_and_vars,))
+      strategy.extended.call_for_each_replica(optimizer.apply_gradients, args=(grads_and_vars,))
       return tf.constant(True)
 
     def skip():
@@ -54,8 +54,12 @@ DETECTION_ADVICE = ("lower the learning rate (nx_schedule.base_lr_per_16), lengt
                     "(TrainConfig.skip_nonfinite_steps = N)")
 
 
-def nonfinite_message(step: int, losses: Dict[str, float], skipped: int, allowed: int,
-                      last_checkpoint: Optional[str], advice: str = DETECTION_ADVICE) -> str:
+def nonfinite_message(step: int,
+                      losses: Dict[str, float],
+                      skipped: int,
+                      allowed: int,
+                      last_checkpoint: Optional[str],
+                      advice: str = DETECTION_ADVICE) -> str:
   """The error (or warning) for a non-finite step: the step, every loss term, what happened
   to the update, the last good checkpoint and what to do (`advice`)."""
   terms = ", ".join(f"{k}={v:.6g}" for k, v in losses.items())
@@ -65,8 +69,8 @@ def nonfinite_message(step: int, losses: Dict[str, float], skipped: int, allowed
     return (f"{head}; skipped ({skipped} of TrainConfig.skip_nonfinite_steps = {allowed} "
             "used)")
   last = (f"the last good checkpoint is {last_checkpoint}, intact; run the same command to "
-          "resume from it" if last_checkpoint else
-          "no checkpoint was written yet; the run restarts from step 0")
+          "resume from it"
+          if last_checkpoint else "no checkpoint was written yet; the run restarts from step 0")
   return (f"{head} and the run stopped ({skipped} non-finite step(s), {allowed} allowed); "
           f"{last}. If it recurs: {advice}.")
 

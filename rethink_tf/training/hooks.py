@@ -90,10 +90,13 @@ class RunConfigGuard(Hook):
     if t.is_chief:
       run_files.write_text(os.path.join(t.model_dir, "config.gin"), gin.config_str())
       s = t.schedule  # for tools that plot it: LR scalars are too coarse to place a decay
-      run_files.write_text(os.path.join(t.model_dir, SCHEDULE_FILE), json.dumps(
-          {"total_steps": s.total_steps, "boundaries": list(s.boundaries),
-           "base_lr": s.base_lr, "warmup_steps": s.warmup_steps,
-           "decay_factor": s.decay_factor, "global_batch_size": t.cfg.global_batch_size}))
+      run_files.write_text(
+          os.path.join(t.model_dir, SCHEDULE_FILE),
+          json.dumps({
+              "total_steps": s.total_steps, "boundaries": list(s.boundaries), "base_lr": s.base_lr,
+              "warmup_steps": s.warmup_steps, "decay_factor": s.decay_factor,
+              "global_batch_size": t.cfg.global_batch_size
+          }))
     self._written = False
 
   def after_step(self, step, result):
@@ -125,9 +128,10 @@ class Checkpointer(Hook):
   def __init__(self, trainer, every_steps: int, keep: int):
     self.every_steps = every_steps
     _, task_type, task_id = distribute.worker_info(trainer.strategy)
-    self.directory = (trainer.model_dir if trainer.is_chief
-                      else os.path.join(trainer.model_dir, f".{task_type}_{task_id}_scratch"))
-    self.manager = tf.train.CheckpointManager(trainer.task.checkpoint, self.directory,
+    self.directory = (trainer.model_dir if trainer.is_chief else os.path.join(
+        trainer.model_dir, f".{task_type}_{task_id}_scratch"))
+    self.manager = tf.train.CheckpointManager(trainer.task.checkpoint,
+                                              self.directory,
                                               max_to_keep=keep)
     self._sigterm = threading.Event()
     self._previous_handler = None
@@ -148,8 +152,10 @@ class Checkpointer(Hook):
       self.save(step)
       t.preempted = True
       saved = self.manager.latest_checkpoint if t.is_chief else "the chief's checkpoint"
-      print(f"preempted (SIGTERM) at step {step}: saved {saved}; run the same command "
-            "again to resume", flush=True)
+      print(
+          f"preempted (SIGTERM) at step {step}: saved {saved}; run the same command "
+          "again to resume",
+          flush=True)
     elif step % self.every_steps == 0 or step == t.end_step:
       self.save(step)
 
@@ -179,8 +185,10 @@ class Checkpointer(Hook):
           removed.append(os.path.basename(path))
         except (tf.errors.OpError, OSError):
           pass
-    reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "",  # TF's op-location prefix
-                    getattr(error, "message", None) or str(error))
+    reason = re.sub(
+        r"\{\{function_node [^}]*\}\}\s*",
+        "",  # TF's op-location prefix
+        getattr(error, "message", None) or str(error))
     intact = (f"the previous checkpoint {previous} is intact: free space in "
               f"{self.directory} and run the same command to resume from it"
               if previous else "no earlier checkpoint exists: the run restarts from step 0")
@@ -229,8 +237,10 @@ class CascadeStart(Hook):
     if bool(self.model.cascade_active.numpy()) != active:
       self.model.cascade_active.assign(active)
       state = "train from" if active else "wait for"
-      print(f"cascade: stages 2-{self.model.num_stages} {state} step {self.start_step} "
-            f"(now {step})", flush=True)
+      print(
+          f"cascade: stages 2-{self.model.num_stages} {state} step {self.start_step} "
+          f"(now {step})",
+          flush=True)
 
 
 class DivergenceGuard(Hook):
@@ -265,9 +275,11 @@ class Progress(Hook):
 
   def before_train(self):
     t, s = self.trainer, self.trainer.schedule
-    print(f"schedule: {s.total_steps} steps at global batch {t.cfg.global_batch_size}, "
-          f"LR {s.base_lr:g} decayed x{s.decay_factor:g} at {list(s.boundaries)}, warmup "
-          f"{s.warmup_steps} steps; {t.strategy.num_replicas_in_sync} replica(s)", flush=True)
+    print(
+        f"schedule: {s.total_steps} steps at global batch {t.cfg.global_batch_size}, "
+        f"LR {s.base_lr:g} decayed x{s.decay_factor:g} at {list(s.boundaries)}, warmup "
+        f"{s.warmup_steps} steps; {t.strategy.num_replicas_in_sync} replica(s)",
+        flush=True)
     self._t_start = self._t_window = time.time()
     self._steps_window = 0
 
@@ -279,8 +291,8 @@ class Progress(Hook):
     done = int(result.done)
     self._steps_window += done
     first = step - done == t.start_step
-    if not bool(result.applied) or not (step % self.every_steps == 0 or step == t.end_step
-                                        or first):
+    if not bool(result.applied) or not (step % self.every_steps == 0 or step == t.end_step or
+                                        first):
       return
     values = {k: float(v) for k, v in result.losses.items()}
     sps = self._steps_window / max(time.time() - self._t_window, 1e-9)
@@ -295,11 +307,13 @@ class Progress(Hook):
       tf.summary.scalar("steps_per_sec", sps)
       tf.summary.scalar("images_per_sec", images)
     mask = f" mask {values['mask_loss']:.3f}" if "mask_loss" in values else ""
-    print(f"step {step}/{t.end_step} | loss {values['total_loss']:.4f} (rpn "
-          f"{values['rpn_cls_loss']:.3f}/{values['rpn_box_loss']:.3f} cls "
-          f"{values['fast_rcnn_cls_loss']:.3f} box {values['fast_rcnn_box_loss']:.3f}{mask}) | "
-          f"lr {lr:.5f} | {sps:.2f} steps/s {images:.1f} img/s | "
-          f"ETA {format_eta((t.end_step - step) / max(rate, 1e-9))}", flush=True)
+    print(
+        f"step {step}/{t.end_step} | loss {values['total_loss']:.4f} (rpn "
+        f"{values['rpn_cls_loss']:.3f}/{values['rpn_box_loss']:.3f} cls "
+        f"{values['fast_rcnn_cls_loss']:.3f} box {values['fast_rcnn_box_loss']:.3f}{mask}) | "
+        f"lr {lr:.5f} | {sps:.2f} steps/s {images:.1f} img/s | "
+        f"ETA {format_eta((t.end_step - step) / max(rate, 1e-9))}",
+        flush=True)
     self._t_window, self._steps_window = time.time(), 0
 
 
@@ -317,8 +331,8 @@ class Evaluation(Hook):
 
   def after_step(self, step, result):
     t = self.trainer
-    if t.is_chief and ((self.every_steps and step % self.every_steps == 0)
-                       or step == t.schedule.total_steps):
+    if t.is_chief and ((self.every_steps and step % self.every_steps == 0) or
+                       step == t.schedule.total_steps):
       t.metrics = self.evaluate(step)
 
   def evaluate(self, step: int) -> Dict[str, Dict[str, float]]:
@@ -343,8 +357,8 @@ def format_metrics(metrics: Dict[str, Dict[str, float]]) -> str:
   """'box AP 0.601 (AP50 0.850) | mask AP 0.567 (AP50 0.840)'; masks and keypoints only when
   evaluated."""
   names = {"bbox": "box", "segm": "mask", "keypoints": "keypoint"}
-  return " | ".join(f"{names[k]} AP {v['AP']:.3f} (AP50 {v['AP50']:.3f})"
-                    for k, v in metrics.items())
+  return " | ".join(
+      f"{names[k]} AP {v['AP']:.3f} (AP50 {v['AP50']:.3f})" for k, v in metrics.items())
 
 
 def format_eta(seconds: float) -> str:

@@ -21,8 +21,9 @@ def _normalizer(count, global_sum: Reducer):
     count = global_sum(count)
   return tf.maximum(count, 1.0)
 
-RPN_SMOOTH_L1_BETA = 1.0 / 9.0   # Detectron RPN
-ROI_SMOOTH_L1_BETA = 1.0         # Detectron Fast R-CNN
+
+RPN_SMOOTH_L1_BETA = 1.0 / 9.0  # Detectron RPN
+ROI_SMOOTH_L1_BETA = 1.0  # Detectron Fast R-CNN
 
 
 def smooth_l1(diff, beta):
@@ -47,7 +48,11 @@ def rpn_losses(rpn_scores, rpn_deltas, rpn_labels, rpn_box_targets, global_sum: 
   return cls_loss, box_loss
 
 
-def fast_rcnn_losses(class_logits, box_deltas, roi_classes, roi_box_targets, roi_weights,
+def fast_rcnn_losses(class_logits,
+                     box_deltas,
+                     roi_classes,
+                     roi_box_targets,
+                     roi_weights,
                      global_sum: Reducer = None):
   """Softmax CE over sampled RoIs; class-specific smooth-L1 on foreground, / sampled RoIs.
 
@@ -56,8 +61,8 @@ def fast_rcnn_losses(class_logits, box_deltas, roi_classes, roi_box_targets, roi
     roi_box_targets [B, S, 4]; roi_weights [B, S].
   """
   norm = _normalizer(tf.reduce_sum(roi_weights), global_sum)
-  ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels=roi_classes, logits=tf.cast(class_logits, tf.float32))
+  ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=roi_classes,
+                                                      logits=tf.cast(class_logits, tf.float32))
   cls_loss = tf.reduce_sum(ce * roi_weights) / norm
   if box_deltas.shape[2] == 1:  # class-agnostic (Cascade R-CNN)
     deltas = tf.cast(box_deltas[:, :, 0], tf.float32)
@@ -81,34 +86,37 @@ def mask_loss(mask_logits, mask_targets, mask_weights, global_sum: Reducer = Non
                                                              global_sum)
 
 
-def loss_names(with_mask: bool, with_keypoints: bool = False,
-               num_stages: int = 1) -> List[str]:
+def loss_names(with_mask: bool, with_keypoints: bool = False, num_stages: int = 1) -> List[str]:
   """The keys of `mask_rcnn_losses`, in its order (the train loop's state needs them before
   the first step runs). Cascade R-CNN's stages 2..n add `fast_rcnn_*_loss_stage<k>`."""
-  return (["rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss", "fast_rcnn_box_loss"]
-          + [f"fast_rcnn_{t}_loss_stage{k}" for k in range(2, num_stages + 1)
-             for t in ("cls", "box")]
-          + (["mask_loss"] if with_mask else [])
-          + (["keypoint_loss"] if with_keypoints else []) + ["total_loss"])
+  return (
+      ["rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss", "fast_rcnn_box_loss"] +
+      [f"fast_rcnn_{t}_loss_stage{k}" for k in range(2, num_stages + 1) for t in ("cls", "box")] +
+      (["mask_loss"] if with_mask else []) + (["keypoint_loss"] if with_keypoints else []) +
+      ["total_loss"])
 
 
-def mask_rcnn_losses(outputs: Dict[str, tf.Tensor], batch: Dict[str, tf.Tensor],
+def mask_rcnn_losses(outputs: Dict[str, tf.Tensor],
+                     batch: Dict[str, tf.Tensor],
                      global_sum: Reducer = None):
   """Every loss term by name plus their sum under "total_loss" (weight decay excluded).
 
   global_sum: sums a count over all replicas (None: this replica is the whole batch).
   """
-  rpn_cls, rpn_box = rpn_losses(outputs["rpn_scores"], outputs["rpn_deltas"],
-                                batch["rpn_labels"], batch["rpn_box_targets"], global_sum)
+  rpn_cls, rpn_box = rpn_losses(outputs["rpn_scores"], outputs["rpn_deltas"], batch["rpn_labels"],
+                                batch["rpn_box_targets"], global_sum)
   cls, box = fast_rcnn_losses(outputs["class_logits"], outputs["box_deltas"],
                               outputs["roi_classes"], outputs["roi_box_targets"],
                               outputs["roi_weights"], global_sum)
-  losses = dict(rpn_cls_loss=rpn_cls, rpn_box_loss=rpn_box, fast_rcnn_cls_loss=cls,
+  losses = dict(rpn_cls_loss=rpn_cls,
+                rpn_box_loss=rpn_box,
+                fast_rcnn_cls_loss=cls,
                 fast_rcnn_box_loss=box)
   k = 2
   while f"class_logits_stage{k}" in outputs:  # Cascade R-CNN; zero until cascade_active
-    cls, box = fast_rcnn_losses(*(outputs[f"{key}_stage{k}"] for key in (
-        "class_logits", "box_deltas", "roi_classes", "roi_box_targets", "roi_weights")),
+    cls, box = fast_rcnn_losses(*(outputs[f"{key}_stage{k}"]
+                                  for key in ("class_logits", "box_deltas", "roi_classes",
+                                              "roi_box_targets", "roi_weights")),
                                 global_sum=global_sum)
     losses[f"fast_rcnn_cls_loss_stage{k}"] = cls * outputs["cascade_active"]
     losses[f"fast_rcnn_box_loss_stage{k}"] = box * outputs["cascade_active"]
@@ -122,7 +130,6 @@ def mask_rcnn_losses(outputs: Dict[str, tf.Tensor], batch: Dict[str, tf.Tensor],
     losses["keypoint_loss"] = keypoint_lib.keypoint_loss(
         tf.reshape(logits, tf.concat([[s[0] * s[1]], s[2:]], 0)),
         tf.reshape(outputs["keypoint_targets"], [s[0] * s[1], s[2]]),
-        tf.reshape(weights, [s[0] * s[1], s[2]]),
-        _normalizer(tf.reduce_sum(weights), global_sum))
+        tf.reshape(weights, [s[0] * s[1], s[2]]), _normalizer(tf.reduce_sum(weights), global_sum))
   losses["total_loss"] = tf.add_n(list(losses.values()))
   return losses

@@ -26,5 +26,5 @@ def decayed_variables(model):
 def weight_decay_loss(variables, weight_decay: float = 1e-4):
   if not variables or not weight_decay:
     return tf.constant(0.0)
-  return 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32)))
-                                        for v in variables])
+  return 0.5 * weight_decay * tf.add_n(
+      [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])

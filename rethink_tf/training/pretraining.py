@@ -35,10 +35,19 @@ BACKBONE_PREFIX = "backbone"
 class PretrainConfig:
   """The classification stage. `steps` x `batch_size` is the number of images seen."""
 
-  def __init__(self, num_train: int = 20000, num_val: int = 1000, image_size: int = 64,
-               seed: int = 0, batch_size: int = 64, steps: int = 2000, base_lr: float = 0.1,
-               warmup_steps: int = 100, momentum: float = 0.9, weight_decay: float = 1e-4,
-               log_every_steps: int = 50, eval_every_steps: int = 500,
+  def __init__(self,
+               num_train: int = 20000,
+               num_val: int = 1000,
+               image_size: int = 64,
+               seed: int = 0,
+               batch_size: int = 64,
+               steps: int = 2000,
+               base_lr: float = 0.1,
+               warmup_steps: int = 100,
+               momentum: float = 0.9,
+               weight_decay: float = 1e-4,
+               log_every_steps: int = 50,
+               eval_every_steps: int = 500,
                checkpoint_every_steps: int = 500):
     self.num_train, self.num_val, self.image_size = num_train, num_val, image_size
     self.seed, self.batch_size, self.steps = seed, batch_size, steps
@@ -56,6 +65,7 @@ class PretrainConfig:
 
 
 class _LearningRate(tf_keras.optimizers.schedules.LearningRateSchedule):
+
   def __init__(self, cfg: PretrainConfig):
     super().__init__()
     self.cfg = cfg
@@ -72,8 +82,7 @@ class Classifier(tf_keras.Model):
     self.backbone = backbone
     self.pool = tf_keras.layers.GlobalAveragePooling2D()
     self.fc = tf_keras.layers.Dense(
-        num_classes, kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.01),
-        name="fc")
+        num_classes, kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.01), name="fc")
 
   def call(self, images, training=None):
     feats = self.backbone(images, training=training)
@@ -126,9 +135,11 @@ def pretrain(model_dir: str, cfg: PretrainConfig = None) -> dict:
   t = time.time()
   train_x, train_y = synthetic_classification.generate(cfg.num_train, cfg.seed, cfg.image_size)
   val_x, val_y = synthetic_classification.generate(cfg.num_val, cfg.seed + 1, cfg.image_size)
-  print(f"synthetic classification set: {cfg.num_train} train / {cfg.num_val} val images, "
-        f"{len(synthetic_classification.CLASS_NAMES)} classes, {cfg.image_size} px "
-        f"({time.time() - t:.1f}s)", flush=True)
+  print(
+      f"synthetic classification set: {cfg.num_train} train / {cfg.num_val} val images, "
+      f"{len(synthetic_classification.CLASS_NAMES)} classes, {cfg.image_size} px "
+      f"({time.time() - t:.1f}s)",
+      flush=True)
 
   detector = build_model(num_classes=2, image_size=(cfg.image_size, cfg.image_size))
   backbone = detector.backbone
@@ -168,7 +179,10 @@ def pretrain(model_dir: str, cfg: PretrainConfig = None) -> dict:
     ce, top1 = train_step(images, labels)
     if int(skipped.numpy()):
       sys.exit("pre-training: " + divergence.nonfinite_message(
-          step, {"loss": float(ce)}, int(skipped.numpy()), 0, manager.latest_checkpoint,
+          step, {"loss": float(ce)},
+          int(skipped.numpy()),
+          0,
+          manager.latest_checkpoint,
           advice="lower PretrainConfig.base_lr or lengthen PretrainConfig.warmup_steps"))
     if step % cfg.log_every_steps == 0 or step == cfg.steps:
       rate = (step - s0) / max(time.time() - t0, 1e-9)
@@ -179,9 +193,11 @@ def pretrain(model_dir: str, cfg: PretrainConfig = None) -> dict:
         tf.summary.scalar("learning_rate", lr)
         tf.summary.scalar("steps_per_sec", rate)
       eta = (cfg.steps - step) / max(rate, 1e-9)
-      print(f"pretrain step {step}/{cfg.steps} loss {float(ce):.3f} top1 {float(top1):.3f} "
-            f"lr {lr:.4f} {rate:.2f} steps/s {rate * cfg.batch_size:.0f} img/s ETA "
-            f"{int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
+      print(
+          f"pretrain step {step}/{cfg.steps} loss {float(ce):.3f} top1 {float(top1):.3f} "
+          f"lr {lr:.4f} {rate:.2f} steps/s {rate * cfg.batch_size:.0f} img/s ETA "
+          f"{int(eta // 60)}m{int(eta % 60):02d}s",
+          flush=True)
     if step % cfg.eval_every_steps == 0 or step == cfg.steps:
       val_top1 = _accuracy(model, val_x, val_y)
       with eval_writer.as_default(step=step):
@@ -197,17 +213,24 @@ def pretrain(model_dir: str, cfg: PretrainConfig = None) -> dict:
   init_lib.save_backbone(backbone, os.path.join(model_dir, BACKBONE_PREFIX))
   meta = {
       "images_seen": cfg.steps * cfg.batch_size,
-      "steps": cfg.steps, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
-      "num_train": cfg.num_train, "classes": list(synthetic_classification.CLASS_NAMES),
+      "steps": cfg.steps,
+      "batch_size": cfg.batch_size,
+      "image_size": cfg.image_size,
+      "num_train": cfg.num_train,
+      "classes": list(synthetic_classification.CLASS_NAMES),
       "val_top1": val_top1,
       "source": "rethink_tf.pretrain on the synthetic classification set",
       # The detector's own pipeline convention, so fine-tuning sees the same pixels.
-      "channel_order": "RGB", "pixel_mean": list(PIXEL_MEAN), "pixel_std": list(PIXEL_STD),
+      "channel_order": "RGB",
+      "pixel_mean": list(PIXEL_MEAN),
+      "pixel_std": list(PIXEL_STD),
       "stride_in_1x1": bool(getattr(backbone, "stride_in_1x1", False)),
   }
   with open(meta_path + ".tmp", "w") as f:
     json.dump(meta, f, indent=1)
   os.replace(meta_path + ".tmp", meta_path)
-  print(f"wrote {os.path.join(model_dir, BACKBONE_PREFIX)} (validation top-1 {val_top1:.3f}, "
-        f"{meta['images_seen']} images seen)", flush=True)
+  print(
+      f"wrote {os.path.join(model_dir, BACKBONE_PREFIX)} (validation top-1 {val_top1:.3f}, "
+      f"{meta['images_seen']} images seen)",
+      flush=True)
   return meta

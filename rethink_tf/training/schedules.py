@@ -32,7 +32,7 @@ class Schedule:
 
   def lr_at(self, step: int) -> float:
     """Host-side LR for `step` (the same function as `LearningRate`)."""
-    lr = self.base_lr * self.decay_factor ** sum(step >= b for b in self.boundaries)
+    lr = self.base_lr * self.decay_factor**sum(step >= b for b in self.boundaries)
     if step < self.warmup_steps:
       alpha = step / self.warmup_steps
       lr *= self.warmup_factor * (1 - alpha) + alpha
@@ -40,9 +40,14 @@ class Schedule:
 
 
 @gin.configurable
-def nx_schedule(num_x: float = 1.0, global_batch_size: int = 16, base_lr_per_16: float = 0.02,
-                warmup_factor: float = 1.0 / 3, decay_factor: float = 0.1,
-                iteration_scale: float = 1.0, base_lr=None, warmup_steps=None) -> Schedule:
+def nx_schedule(num_x: float = 1.0,
+                global_batch_size: int = 16,
+                base_lr_per_16: float = 0.02,
+                warmup_factor: float = 1.0 / 3,
+                decay_factor: float = 0.1,
+                iteration_scale: float = 1.0,
+                base_lr=None,
+                warmup_steps=None) -> Schedule:
   """Derives total steps, decay boundaries, warmup and LR for an `Nx` schedule.
 
   Args:

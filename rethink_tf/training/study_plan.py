@@ -41,16 +41,22 @@ class StudyConfig:
     seed: the seed of every detection run.
   """
 
-  def __init__(self, pretrain_gin_files: Sequence[str] = ("gin_configs/demo/pretrain.gin",),
+  def __init__(self,
+               pretrain_gin_files: Sequence[str] = ("gin_configs/demo/pretrain.gin",),
                detection_gin_files: Sequence[str] = ("gin_configs/base/mask_rcnn_small.gin",
                                                      "gin_configs/norm/gn.gin",
                                                      "gin_configs/data/synthetic.gin",
                                                      "gin_configs/run/cpu.gin"),
-               schedules: Sequence[int] = (1, 2, 3, 4), steps_per_x: int = 150,
-               global_batch_size: int = 8, base_lr_per_16: float = 0.08,
-               warmup_steps: int = 50, eval_every_steps: int = 50,
-               less_data_num_train: int = 200, less_data_schedules: Sequence[int] = (2,),
-               catch_up_tolerance: float = 0.01, seed: int = 0):
+               schedules: Sequence[int] = (1, 2, 3, 4),
+               steps_per_x: int = 150,
+               global_batch_size: int = 8,
+               base_lr_per_16: float = 0.08,
+               warmup_steps: int = 50,
+               eval_every_steps: int = 50,
+               less_data_num_train: int = 200,
+               less_data_schedules: Sequence[int] = (2,),
+               catch_up_tolerance: float = 0.01,
+               seed: int = 0):
     self.pretrain_gin_files = tuple(pretrain_gin_files)
     self.detection_gin_files = tuple(detection_gin_files)
     self.schedules = tuple(sorted(schedules))
@@ -70,9 +76,11 @@ class StudyConfig:
     return self.steps_per_x / (ITERS_1X * REFERENCE_BATCH / self.global_batch_size)
 
   def schedule(self, num_x: int):
-    return nx_schedule(num_x=num_x, global_batch_size=self.global_batch_size,
+    return nx_schedule(num_x=num_x,
+                       global_batch_size=self.global_batch_size,
                        base_lr_per_16=self.base_lr_per_16,
-                       iteration_scale=self.iteration_scale, warmup_steps=self.warmup_steps)
+                       iteration_scale=self.iteration_scale,
+                       warmup_steps=self.warmup_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,22 +130,23 @@ def plan(cfg: StudyConfig) -> List[Segment]:
     segments.append(Segment(main, init, longest, None))
   for n in cfg.less_data_schedules:
     for init in INITS:
-      segments.append(Segment(run_name(init, n, cfg.less_data_num_train), init, n,
-                              cfg.less_data_num_train))
+      segments.append(
+          Segment(run_name(init, n, cfg.less_data_num_train), init, n, cfg.less_data_num_train))
   return segments
 
 
 def gin_params(cfg: StudyConfig, segment: Segment, pretrained_checkpoint: str) -> List[str]:
   """The bindings `rethink_tf.train` gets for a segment (after the study's gin files)."""
-  params = [f"nx_schedule.num_x = {segment.num_x}",
-            f"nx_schedule.iteration_scale = {cfg.iteration_scale!r}",
-            f"nx_schedule.base_lr_per_16 = {cfg.base_lr_per_16!r}",
-            f"nx_schedule.warmup_steps = {cfg.warmup_steps}",
-            f"TrainConfig.global_batch_size = {cfg.global_batch_size}",
-            f"TrainConfig.eval_every_steps = {cfg.eval_every_steps}",
-            f"TrainConfig.checkpoint_every_steps = {cfg.eval_every_steps}",
-            f"TrainConfig.seed = {cfg.seed}",
-            f"TrainConfig.stop_at_step = {segment.stop_at}"]
+  params = [
+      f"nx_schedule.num_x = {segment.num_x}",
+      f"nx_schedule.iteration_scale = {cfg.iteration_scale!r}",
+      f"nx_schedule.base_lr_per_16 = {cfg.base_lr_per_16!r}",
+      f"nx_schedule.warmup_steps = {cfg.warmup_steps}",
+      f"TrainConfig.global_batch_size = {cfg.global_batch_size}",
+      f"TrainConfig.eval_every_steps = {cfg.eval_every_steps}",
+      f"TrainConfig.checkpoint_every_steps = {cfg.eval_every_steps}",
+      f"TrainConfig.seed = {cfg.seed}", f"TrainConfig.stop_at_step = {segment.stop_at}"
+  ]
   if segment.init == "pretrained":
     params.append(f"init_config.checkpoint = {pretrained_checkpoint!r}")
   if segment.num_train:

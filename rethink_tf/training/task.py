@@ -31,7 +31,9 @@ class DetectionTask:
   init_mode / init_checkpoint (the gin init choice), loss_keys (what a step returns).
   """
 
-  def __init__(self, strategy: tf.distribute.Strategy, config: TrainConfig,
+  def __init__(self,
+               strategy: tf.distribute.Strategy,
+               config: TrainConfig,
                input_config: Optional[InputConfig] = None):
     self.strategy, self.cfg = strategy, config
     self.input_cfg = apply_input_convention((input_config or InputConfig()).prepare())
@@ -52,9 +54,11 @@ class DetectionTask:
         if config.precision == "mixed_float16":
           self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(self.optimizer)
         self.optimizer.build(self.model.trainable_variables)
-        self.skipped_steps = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="skipped_nonfinite_steps",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.skipped_steps = tf.Variable(0,
+                                         dtype=tf.int64,
+                                         trainable=False,
+                                         name="skipped_nonfinite_steps",
+                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     finally:
       tf_keras.mixed_precision.set_global_policy(previous_policy)
     # Weight decay of Cascade R-CNN's later stages waits for them to start training (their
@@ -63,11 +67,12 @@ class DetectionTask:
     decayed = opt_lib.decayed_variables(self.model)
     self.decay_vars = [v for v in decayed if id(v) not in later]
     self.cascade_decay_vars = [v for v in decayed if id(v) in later]
-    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+    self.checkpoint = tf.train.Checkpoint(model=self.model,
+                                          optimizer=self.optimizer,
                                           skipped_nonfinite_steps=self.skipped_steps)
-    self.loss_keys: List[str] = loss_names(
-        self.model.mask_head is not None, self.model.keypoint_head is not None,
-        self.model.num_stages) + ["weight_decay_loss"]
+    self.loss_keys: List[str] = loss_names(self.model.mask_head is not None,
+                                           self.model.keypoint_head is not None,
+                                           self.model.num_stages) + ["weight_decay_loss"]
 
   def restore_or_initialize(self, model_dir: str) -> int:
     """Resumes from the latest checkpoint in model_dir, else warm-starts or applies the init
@@ -91,11 +96,12 @@ class DetectionTask:
     report = warm_start_lib.warm_start(self.model, run_files.resolve_checkpoint(checkpoint))
     step = report["step"] if self.cfg.warm_start_keeps_step else 0
     self.optimizer.iterations.assign(step)
-    print(f"warm start from {checkpoint}: restored {len(report['restored'])} variables; "
-          f"kept initialized: {len(report['new'])} new "
-          f"{_abbreviate(report['new'])} and {len(report['shape_mismatch'])} of another "
-          f"shape {_abbreviate(report['shape_mismatch'])}; starting at step {step}",
-          flush=True)
+    print(
+        f"warm start from {checkpoint}: restored {len(report['restored'])} variables; "
+        f"kept initialized: {len(report['new'])} new "
+        f"{_abbreviate(report['new'])} and {len(report['shape_mismatch'])} of another "
+        f"shape {_abbreviate(report['shape_mismatch'])}; starting at step {step}",
+        flush=True)
     return step
 
   def dataset(self, start_step: int = 0) -> tf.distribute.DistributedDataset:
@@ -105,8 +111,13 @@ class DetectionTask:
     start_index = start_step * self.cfg.global_batch_size
 
     def dataset_fn(ctx):
-      return make_dataset(self.input_cfg, True, per_replica, anchor_kwargs, seed=self.cfg.seed,
-                          input_context=ctx, start_index=start_index)
+      return make_dataset(self.input_cfg,
+                          True,
+                          per_replica,
+                          anchor_kwargs,
+                          seed=self.cfg.seed,
+                          input_context=ctx,
+                          start_index=start_index)
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -131,8 +142,8 @@ class DetectionTask:
                                   global_sum if replicas > 1 else None)
         decay = opt_lib.weight_decay_loss(decay_vars)
         if cascade_decay_vars:
-          decay += (opt_lib.weight_decay_loss(cascade_decay_vars)
-                    * tf.cast(model.cascade_active, tf.float32))
+          decay += (opt_lib.weight_decay_loss(cascade_decay_vars) *
+                    tf.cast(model.cascade_active, tf.float32))
         losses["weight_decay_loss"] = decay / replicas
         loss = losses["total_loss"] + losses["weight_decay_loss"]
         if loss_scaled:
@@ -172,11 +183,14 @@ class DetectionTask:
         if not applied:
           break
         per_replica, per_replica_applied = strategy.run(replica_step, args=(next(iterator),))
-        losses = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                  for k, v in per_replica.items()}
-        applied = tf.equal(strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                           tf.cast(per_replica_applied, tf.int32), axis=None),
-                           strategy.num_replicas_in_sync)
+        losses = {
+            k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for k, v in per_replica.items()
+        }
+        applied = tf.equal(
+            strategy.reduce(tf.distribute.ReduceOp.SUM,
+                            tf.cast(per_replica_applied, tf.int32),
+                            axis=None), strategy.num_replicas_in_sync)
         done += 1
       return losses, done, applied
 

@@ -13,13 +13,22 @@ class TrainConfig:
   """Loop settings. `global_batch_size` is the one source of the batch: the schedule and the
   per-replica pipelines derive from it."""
 
-  def __init__(self, global_batch_size: int = 16, eval_every_steps: int = 0,
-               checkpoint_every_steps: int = 5000, keep_checkpoints: int = 5,
-               log_every_steps: int = 20, steps_per_loop: int = 1, seed: Optional[int] = 0,
-               jit_compile: bool = False, eval_batch_size: int = 8,
-               stop_at_step: Optional[int] = None, precision: str = "float32",
-               eval_image_summaries: int = 4, skip_nonfinite_steps: int = 0,
-               cascade_start_step: int = 0, warm_start_checkpoint: Optional[str] = None,
+  def __init__(self,
+               global_batch_size: int = 16,
+               eval_every_steps: int = 0,
+               checkpoint_every_steps: int = 5000,
+               keep_checkpoints: int = 5,
+               log_every_steps: int = 20,
+               steps_per_loop: int = 1,
+               seed: Optional[int] = 0,
+               jit_compile: bool = False,
+               eval_batch_size: int = 8,
+               stop_at_step: Optional[int] = None,
+               precision: str = "float32",
+               eval_image_summaries: int = 4,
+               skip_nonfinite_steps: int = 0,
+               cascade_start_step: int = 0,
+               warm_start_checkpoint: Optional[str] = None,
                warm_start_keeps_step: bool = True):
     self.global_batch_size = global_batch_size
     self.eval_every_steps = eval_every_steps

@@ -13,7 +13,8 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 
 from rethink_tf.data.input_pipeline import InputConfig
-from rethink_tf.training import distribute, hooks as hooks_lib
+from rethink_tf.training import distribute
+from rethink_tf.training import hooks as hooks_lib
 from rethink_tf.training.hooks import CheckpointWriteError  # noqa: F401 (part of this API)
 from rethink_tf.training.task import DetectionTask
 from rethink_tf.training.train_config import TrainConfig
@@ -29,8 +30,11 @@ class Trainer:
   end_step), metrics (the last evaluation's, or None).
   """
 
-  def __init__(self, model_dir: str, strategy: tf.distribute.Strategy,
-               config: Optional[TrainConfig] = None, input_config: Optional[InputConfig] = None,
+  def __init__(self,
+               model_dir: str,
+               strategy: tf.distribute.Strategy,
+               config: Optional[TrainConfig] = None,
+               input_config: Optional[InputConfig] = None,
                allow_config_change: bool = False,
                extra_hooks: Optional[List[hooks_lib.Hook]] = None):
     self.model_dir, self.strategy = model_dir, strategy
@@ -43,13 +47,13 @@ class Trainer:
                                                cfg.keep_checkpoints)
     # Called in this order; the divergence guard precedes every save, the checkpoint precedes
     # the cascade switch and the evaluation (a preempted run stops right after its save).
-    self.hooks = [hooks_lib.RunConfigGuard(allow_config_change),
-                  hooks_lib.DivergenceGuard(cfg.skip_nonfinite_steps),
-                  hooks_lib.Progress(cfg.log_every_steps),
-                  self.checkpointer,
-                  hooks_lib.CascadeStart(self.model, cfg.cascade_start_step),
-                  hooks_lib.Evaluation(cfg.eval_every_steps, cfg.eval_batch_size,
-                                       cfg.eval_image_summaries)] + list(extra_hooks or [])
+    self.hooks = [
+        hooks_lib.RunConfigGuard(allow_config_change),
+        hooks_lib.DivergenceGuard(cfg.skip_nonfinite_steps),
+        hooks_lib.Progress(cfg.log_every_steps), self.checkpointer,
+        hooks_lib.CascadeStart(self.model, cfg.cascade_start_step),
+        hooks_lib.Evaluation(cfg.eval_every_steps, cfg.eval_batch_size, cfg.eval_image_summaries)
+    ] + list(extra_hooks or [])
     for hook in self.hooks:
       hook.trainer = self
     self.start_step = self.end_step = 0
@@ -91,8 +95,8 @@ class Trainer:
       train_loop = self.task.train_function()
       while step < self.end_step:
         events = [h.steps_to_next(step) for h in self.hooks]
-        n = min([self.cfg.steps_per_loop, self.end_step - step]
-                + [max(1, e) for e in events if e is not None])
+        n = min([self.cfg.steps_per_loop, self.end_step - step] +
+                [max(1, e) for e in events if e is not None])
         losses, done, applied = train_loop(iterator, tf.constant(n))
         step += int(done)
         result = hooks_lib.StepResult(losses, int(done), bool(applied))

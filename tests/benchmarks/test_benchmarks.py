@@ -40,16 +40,15 @@ def test_model_garden_and_ours_share_the_settings():
   assert len(ours.box_head.fcs) == m.detection_head.num_fcs
   assert len(ours.mask_head.convs) == m.mask_head.num_convs == 4
   assert ours.fpn._cfg["out_channels"] == m.decoder.fpn.num_filters == 256
-  assert ours.detections_per_image == (
-      contenders.mg_config(512, 2).task.model.detection_generator.max_num_detections)
+  assert ours.detections_per_image == (contenders.mg_config(
+      512, 2).task.model.detection_generator.max_num_detections)
   assert ours.backbone._cfg["depth"] == m.backbone.resnet.model_id == 50
   gin.clear_config()
 
 
 def test_workers_alternate_and_report_memory(tmp_path):
   spec = dict(job="matmul", impl="ours", size=64, batch=2)
-  out = run.alternate({"a": spec, "b": spec}, str(tmp_path), warmup=1, reps=3, steps=2,
-                      batch=2)
+  out = run.alternate({"a": spec, "b": spec}, str(tmp_path), warmup=1, reps=3, steps=2, batch=2)
   for name in ("a", "b"):
     fig = out[name]
     assert len(fig["seconds_all"]) == 3
@@ -64,25 +63,38 @@ def test_workers_alternate_and_report_memory(tmp_path):
 def test_a_failing_worker_names_its_log(tmp_path):
   with pytest.raises(RuntimeError, match=r"contender broken exited with code 1 .*broken\.log"):
     run.alternate({"broken": dict(job="nonsense", impl="ours", size=64, batch=2)},
-                  str(tmp_path), warmup=1, reps=1, steps=1, batch=2)
+                  str(tmp_path),
+                  warmup=1,
+                  reps=1,
+                  steps=1,
+                  batch=2)
   assert "unknown benchmark job 'nonsense'" in (tmp_path / "broken.log").read_text()
 
 
 def test_report_states_each_target():
-  results = dict(
-      date="2026-01-01T00:00:00+00:00", command="python -m benchmarks.run --suite=all",
-      settings=dict(size=512, batch=2, reps=3, steps=1, precision="float32"),
-      machine=dict(cpu="Some CPU", cpus=2, mem_gib=23.5, versions={"tensorflow": "2.20.0"}),
-      train=dict(ratios={"ours_BN/model_garden_BN images_per_s": 1.6,
-                         "ours_GN/model_garden_BN images_per_s": 1.1,
-                         "ours_BN/model_garden_BN peak_rss": 0.9},
-                 figures={"ours_BN": dict(images_per_s=0.2, peak_rss_mb=5000.0),
-                          "flops": dict(train_forward_flops=7e11,
-                                        matmul_flops_per_s={"float32": 1.5e11,
-                                                            "bfloat16": 4e11},
-                                        achieved_flops_per_s=1.2e11, fraction_of_matmul=0.8,
-                                        model_garden_achieved_flops_per_s=1.25e11)}),
-      export=dict(ratios={"load_plus_first_call": 0.4}, figures={}))
+  results = dict(date="2026-01-01T00:00:00+00:00",
+                 command="python -m benchmarks.run --suite=all",
+                 settings=dict(size=512, batch=2, reps=3, steps=1, precision="float32"),
+                 machine=dict(cpu="Some CPU",
+                              cpus=2,
+                              mem_gib=23.5,
+                              versions={"tensorflow": "2.20.0"}),
+                 train=dict(ratios={
+                     "ours_BN/model_garden_BN images_per_s": 1.6,
+                     "ours_GN/model_garden_BN images_per_s": 1.1,
+                     "ours_BN/model_garden_BN peak_rss": 0.9
+                 },
+                            figures={
+                                "ours_BN":
+                                    dict(images_per_s=0.2, peak_rss_mb=5000.0),
+                                "flops":
+                                    dict(train_forward_flops=7e11,
+                                         matmul_flops_per_s={"float32": 1.5e11, "bfloat16": 4e11},
+                                         achieved_flops_per_s=1.2e11,
+                                         fraction_of_matmul=0.8,
+                                         model_garden_achieved_flops_per_s=1.25e11)
+                            }),
+                 export=dict(ratios={"load_plus_first_call": 0.4}, figures={}))
   table = report.markdown(results)
   assert "| train | ours_BN/model_garden_BN images_per_s | 1.60 | >= 1.5 | yes |" in table
   assert "| train | ours_GN/model_garden_BN images_per_s | 1.10 | >= 1.2 | NO |" in table

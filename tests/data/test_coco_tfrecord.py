@@ -22,8 +22,10 @@ def _records(prefix):
 def test_converter_accounts_for_everything(testdata, tmp_path, name):
   ann = os.path.join(testdata, "coco", name, "annotations.json")
   data = json.load(open(ann))
-  counts = coco_tfrecord.convert(ann, os.path.join(testdata, "coco", name, "images"),
-                                 str(tmp_path / "out"), num_shards=3)
+  counts = coco_tfrecord.convert(ann,
+                                 os.path.join(testdata, "coco", name, "images"),
+                                 str(tmp_path / "out"),
+                                 num_shards=3)
   n_crowd = sum(a.get("iscrowd", 0) for a in data["annotations"])
   assert counts["images"] == len(data["images"])
   assert counts["instances"] + counts["crowd"] == len(data["annotations"])
@@ -56,7 +58,8 @@ def test_converter_accounts_for_everything(testdata, tmp_path, name):
     for b, a in zip(boxes, anns):
       x, y, w, h = a["bbox"]
       np.testing.assert_allclose(b * np.array([info["height"], info["width"]] * 2),
-                                 [y, x, y + h, x + w], atol=1e-3)
+                                 [y, x, y + h, x + w],
+                                 atol=1e-3)
   assert seen_ids == {im["id"] for im in data["images"]}
   assert n_masks == len(data["annotations"])
 
@@ -103,9 +106,9 @@ def test_grayscale_cmyk_png_64bit_ids_and_empty_images(testdata, tmp_path):
     n = 0 if im["file_name"] == "empty.jpg" else per_image
     assert d["groundtruth_classes"].shape[0] == n
     decoded = d["image"].numpy().astype(np.float32)
-    source = np.asarray(Image.open(os.path.join(image_dir, im["file_name"])).convert("RGB"),
-                        np.float32)
-    if im["file_name"] == "rgba.png":   # lossless: exact
+    source = np.asarray(
+        Image.open(os.path.join(image_dir, im["file_name"])).convert("RGB"), np.float32)
+    if im["file_name"] == "rgba.png":  # lossless: exact
       np.testing.assert_array_equal(decoded, source)
     else:  # JPEG decoders differ by a level or two; CMYK is re-encoded (one more JPEG pass)
       tolerance = 5.0 if im["file_name"] == "cmyk.jpg" else 2.0
@@ -124,8 +127,11 @@ def test_subset_is_deterministic_and_sized():
 def test_subset_flag_writes_k_images(testdata, tmp_path):
   name = "icevision_coco6"
   ann = os.path.join(testdata, "coco", name, "annotations.json")
-  counts = coco_tfrecord.convert(ann, os.path.join(testdata, "coco", name, "images"),
-                                 str(tmp_path / "s"), subset_size=2, subset_seed=1)
+  counts = coco_tfrecord.convert(ann,
+                                 os.path.join(testdata, "coco", name, "images"),
+                                 str(tmp_path / "s"),
+                                 subset_size=2,
+                                 subset_seed=1)
   assert counts["images"] == 2 and len(_records(str(tmp_path / "s"))) == 2
 
 
@@ -139,6 +145,5 @@ def test_size_mismatch_is_skipped_or_under_strict_an_error_naming_the_file(testd
   assert counts["images"] == len(data["images"]) - 1
   assert counts["problems"] == {"size_mismatch": 1}
   with pytest.raises(coco_tfrecord.ConversionError, match=data["images"][0]["file_name"]):
-    coco_tfrecord.convert(str(ann), os.path.join(src, "images"), str(tmp_path / "b"),
-                          strict=True)
+    coco_tfrecord.convert(str(ann), os.path.join(src, "images"), str(tmp_path / "b"), strict=True)
   assert not list(tmp_path.glob("b-*"))  # nothing partial under the final name

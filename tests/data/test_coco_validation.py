@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from conftest import REPO_ROOT
-from rethink_tf.data import coco_tfrecord
-from rethink_tf.data import coco_segmentation
+from rethink_tf.data import coco_segmentation, coco_tfrecord
 from rethink_tf.data import coco_validation as validation
 
+from conftest import REPO_ROOT
+
 SOURCE = "icevision_coco6"
-BASE_ID = 343934        # a 480 x 640 image with one polygon annotation (id 150977)
+BASE_ID = 343934  # a 480 x 640 image with one polygon annotation (id 150977)
 BASE_ANN = 150977
 # 17 keypoints (x, y, v) in the 480 x 640 base image; the fourth lies outside it.
 KEYPOINTS = [v for k in range(17) for v in (10.0 + 30 * k, 50.0 + 20 * k, 1 + k % 2)]
@@ -63,10 +63,10 @@ def planted_dataset(testdata, tmp_path):
   (image_dir / "random.jpg").write_bytes(os.urandom(5000))
   (image_dir / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
   (image_dir / "resized.jpg").write_bytes(jpeg)
-  big = 2**40   # ids beyond int32 on the planted records
+  big = 2**40  # ids beyond int32 on the planted records
   images = data["images"] + [
       {"id": big + 1, "file_name": "malformed.jpg", "height": "tall", "width": w},
-      {**base, "id": BASE_ID, "file_name": "000000000089.jpg"},          # duplicate id
+      {**base, "id": BASE_ID, "file_name": "000000000089.jpg"},  # duplicate id
       {**base, "id": big + 3, "file_name": "missing.jpg"},
       {**base, "id": big + 4, "file_name": "random.jpg"},
       {**base, "id": big + 5, "file_name": "truncated.jpg"},
@@ -78,41 +78,59 @@ def planted_dataset(testdata, tmp_path):
   def ann(k, **kw):
     return {**copy.deepcopy(good), "id": big + 100 + k, **kw}
 
-  rle_ok = mask_utils.encode(np.asfortranarray(
-      (np.arange(h * w).reshape(h, w) % 97 < 40).astype(np.uint8)))
+  rle_ok = mask_utils.encode(
+      np.asfortranarray((np.arange(h * w).reshape(h, w) % 97 < 40).astype(np.uint8)))
   planted_anns = [
-      ann(0, bbox=[1, 2, 3]),                                     # malformed_annotation
-      {**copy.deepcopy(good)},                                    # duplicate_annotation_id
-      ann(2, image_id=big + 999),                                 # orphan_annotation
-      ann(3, category_id=1000),                                   # unknown_category
-      ann(4, bbox=[10, 10, 0, 5]),                                # empty_box
-      ann(5, bbox=[w + 10, 10, 20, 20]),                          # box_outside_image
-      ann(6, bbox=[w - 30, 100, 50, 40]),                         # box_clipped (20 px over)
-      ann(7, segmentation=[poly, [1, 2, 3, 4]]),                  # invalid_polygon
-      ann(8, segmentation=[[1, 2, 3, 4], [5, 6, 7]]),             # no_valid_polygon
-      ann(9, segmentation={"size": [h, w], "counts": [5, 7]}),    # malformed_rle
-      ann(10, segmentation=[[10, 10, 20, 20, 30, 30]]),           # empty_mask (collinear)
-      {k: v for k, v in ann(11).items() if k != "area"},          # missing_area
-      ann(12, iscrowd=1, segmentation={"size": [h, w],            # valid compressed RLE crowd
-                                       "counts": rle_ok["counts"].decode()}),
-      ann(13, category_id=1, keypoints=[100, 200, 2, 5]),         # malformed_keypoints
-      ann(14, category_id=1, keypoints=KEYPOINTS),                # valid; one outside: v = 0
+      ann(0, bbox=[1, 2, 3]),  # malformed_annotation
+      {**copy.deepcopy(good)},  # duplicate_annotation_id
+      ann(2, image_id=big + 999),  # orphan_annotation
+      ann(3, category_id=1000),  # unknown_category
+      ann(4, bbox=[10, 10, 0, 5]),  # empty_box
+      ann(5, bbox=[w + 10, 10, 20, 20]),  # box_outside_image
+      ann(6, bbox=[w - 30, 100, 50, 40]),  # box_clipped (20 px over)
+      ann(7, segmentation=[poly, [1, 2, 3, 4]]),  # invalid_polygon
+      ann(8, segmentation=[[1, 2, 3, 4], [5, 6, 7]]),  # no_valid_polygon
+      ann(9, segmentation={"size": [h, w], "counts": [5, 7]}),  # malformed_rle
+      ann(10, segmentation=[[10, 10, 20, 20, 30, 30]]),  # empty_mask (collinear)
+      {k: v for k, v in ann(11).items() if k != "area"},  # missing_area
+      ann(
+          12,
+          iscrowd=1,
+          segmentation={
+              "size": [h, w],  # valid compressed RLE crowd
+              "counts": rle_ok["counts"].decode()
+          }),
+      ann(13, category_id=1, keypoints=[100, 200, 2, 5]),  # malformed_keypoints
+      ann(14, category_id=1, keypoints=KEYPOINTS),  # valid; one outside: v = 0
   ]
   # Persons name 17 keypoints, so every record carries 17 (x, y, v) per instance.
-  categories = [{**c, "keypoints": [f"k{i}" for i in range(17)]} if c["id"] == 1 else c
+  categories = [{**c, "keypoints": [f"k{i}"
+                                    for i in range(17)]} if c["id"] == 1 else c
                 for c in data["categories"]]
-  data = {**data, "images": images, "annotations": data["annotations"] + planted_anns,
-          "categories": categories}
+  data = {
+      **data, "images": images, "annotations": data["annotations"] + planted_anns,
+      "categories": categories
+  }
   path = tmp_path / "planted.json"
   path.write_text(json.dumps(data))
   planted = {
-      "malformed_image": [big + 1], "duplicate_image_id": [BASE_ID], "missing_image": [big + 3],
-      "corrupt_image": [big + 4, big + 5], "size_mismatch": [big + 6],
-      "malformed_annotation": [big + 100], "duplicate_annotation_id": [BASE_ANN],
-      "orphan_annotation": [big + 102], "unknown_category": [big + 103],
-      "empty_box": [big + 104], "box_outside_image": [big + 105], "box_clipped": [big + 106],
-      "invalid_polygon": [big + 107], "no_valid_polygon": [big + 108],
-      "malformed_rle": [big + 109], "empty_mask": [big + 110], "missing_area": [big + 111],
+      "malformed_image": [big + 1],
+      "duplicate_image_id": [BASE_ID],
+      "missing_image": [big + 3],
+      "corrupt_image": [big + 4, big + 5],
+      "size_mismatch": [big + 6],
+      "malformed_annotation": [big + 100],
+      "duplicate_annotation_id": [BASE_ANN],
+      "orphan_annotation": [big + 102],
+      "unknown_category": [big + 103],
+      "empty_box": [big + 104],
+      "box_outside_image": [big + 105],
+      "box_clipped": [big + 106],
+      "invalid_polygon": [big + 107],
+      "no_valid_polygon": [big + 108],
+      "malformed_rle": [big + 109],
+      "empty_mask": [big + 110],
+      "missing_area": [big + 111],
       "malformed_keypoints": [big + 113, big + 114],
   }
   return str(path), str(image_dir), planted, data
@@ -144,22 +162,23 @@ def test_every_planted_problem_is_counted_named_and_handled_by_its_rule(testdata
   kept = [BASE_ANN, big + 106, big + 107, big + 111, big + 112, big + 113, big + 114]
   masks = _masks(base)
   assert len(masks) == len(kept)
-  boxes = np.stack([_feature(base, f"image/object/bbox/{k}")
-                    for k in ("ymin", "xmin", "ymax", "xmax")], 1) * [h, w, h, w]
+  boxes = np.stack(
+      [_feature(base, f"image/object/bbox/{k}") for k in ("ymin", "xmin", "ymax", "xmax")],
+      1) * [h, w, h, w]
   x, y, bw, bh = by_id[big + 106]["bbox"]
-  np.testing.assert_allclose(boxes[1], [y, x, y + bh, w], atol=1e-3)   # clipped at the right
-  valid_only = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(
-      [by_id[big + 107]["segmentation"][0]], h, w)))
+  np.testing.assert_allclose(boxes[1], [y, x, y + bh, w], atol=1e-3)  # clipped at the right
+  valid_only = mask_utils.decode(
+      mask_utils.merge(mask_utils.frPyObjects([by_id[big + 107]["segmentation"][0]], h, w)))
   np.testing.assert_array_equal(masks[2], valid_only)
   areas = _feature(base, "image/object/area")
-  assert areas[3] == masks[3].sum()                                     # area from the mask
-  assert areas[0] == pytest.approx(by_id[BASE_ANN]["area"])             # JSON area kept
+  assert areas[3] == masks[3].sum()  # area from the mask
+  assert areas[0] == pytest.approx(by_id[BASE_ANN]["area"])  # JSON area kept
   np.testing.assert_array_equal(masks[4], mask_utils.decode(by_id[big + 112]["segmentation"]))
   assert _feature(base, "image/object/is_crowd") == [0, 0, 0, 0, 1, 0, 0]
   points = np.reshape(_feature(base, "image/object/keypoints"), (len(kept), 17, 3))
-  assert (points[:5] == 0).all() and (points[5] == 0).all()       # none, or malformed
+  assert (points[:5] == 0).all() and (points[5] == 0).all()  # none, or malformed
   expected = np.reshape(KEYPOINTS, (17, 3)).astype(np.float32)
-  expected[3] = 0                                                  # the one outside the image
+  expected[3] = 0  # the one outside the image
   np.testing.assert_allclose(points[6], expected)
   assert result["crowd"] == 1 + sum(a.get("iscrowd", 0) for a in data["annotations"][:36])
 
@@ -167,17 +186,21 @@ def test_every_planted_problem_is_counted_named_and_handled_by_its_rule(testdata
 def test_strict_fails_naming_every_record_and_writes_nothing(testdata, tmp_path):
   ann_path, image_dir, planted, _ = planted_dataset(testdata, tmp_path)
   out = str(tmp_path / "strict")
-  r = subprocess.run([sys.executable, "-m", "rethink_tf.data.coco_tfrecord",
-                      f"--annotations={ann_path}", f"--image_dir={image_dir}",
-                      f"--output={out}", "--strict"], cwd=REPO_ROOT, capture_output=True,
-                     text=True, timeout=300)
+  r = subprocess.run([
+      sys.executable, "-m", "rethink_tf.data.coco_tfrecord", f"--annotations={ann_path}",
+      f"--image_dir={image_dir}", f"--output={out}", "--strict"
+  ],
+                     cwd=REPO_ROOT,
+                     capture_output=True,
+                     text=True,
+                     timeout=300)
   assert r.returncode == 1, r.stderr[-2000:]
   assert "20 problem(s) with --strict; nothing was written" in r.stderr
   lines = [l.strip() for l in r.stderr.splitlines() if re.match(r"\s+\w+: ", l)]
   for kind, ids in planted.items():
     for record_id in ids:
-      assert any(l.startswith(f"{kind}:") and re.search(rf"\b{record_id}\b", l)
-                 for l in lines), (kind, record_id)
+      assert any(l.startswith(f"{kind}:") and re.search(rf"\b{record_id}\b", l) for l in lines), (
+          kind, record_id)
   assert not list(tmp_path.glob("strict*"))  # no shard, no temporary file, no report
 
 
@@ -185,14 +208,16 @@ def test_clean_real_data_has_no_problems_under_strict(testdata, tmp_path):
   for name in ("icevision_coco6", "cocotools_rs_coco4"):
     src = os.path.join(testdata, "coco", name)
     result = coco_tfrecord.convert(os.path.join(src, "annotations.json"),
-                                   os.path.join(src, "images"), str(tmp_path / name),
+                                   os.path.join(src, "images"),
+                                   str(tmp_path / name),
                                    strict=True)
     assert result["problems"] == {} and result["images"] > 0
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not valid JSON"), ('{"annotations": []}', "no `images` list"),
-    ('{"images": [], "annotations": []}', "no `categories` list")])
+@pytest.mark.parametrize("content, message",
+                         [("{not json", "not valid JSON"),
+                          ('{"annotations": []}', "no `images` list"),
+                          ('{"images": [], "annotations": []}', "no `categories` list")])
 def test_a_bad_file_is_an_error_naming_it(tmp_path, content, message):
   path = tmp_path / "bad.json"
   path.write_text(content)
@@ -270,21 +295,27 @@ def _segmentation(draw, h, w):
       counts = draw(st.lists(st.integers(-3, h * w + 3), max_size=8))
     return {"size": size, "counts": counts}
   if kind == "compressed":
-    return {"size": size,
-            "counts": mask_utils.encode(draw(_random_mask(h, w)))["counts"].decode()}
-  return {"size": size, "counts": draw(st.text(st.characters(min_codepoint=32,
-                                                             max_codepoint=130), max_size=12))}
+    return {"size": size, "counts": mask_utils.encode(draw(_random_mask(h, w)))["counts"].decode()}
+  return {
+      "size": size,
+      "counts": draw(st.text(st.characters(min_codepoint=32, max_codepoint=130), max_size=12))
+  }
 
 
 @st.composite
 def _annotation(draw, h, w, k):
   x, y = draw(_coordinate(w)), draw(_coordinate(h))
-  box = [x, y, draw(st.one_of(st.floats(0.5, w), st.floats(-3, 2 * w))),
-         draw(st.one_of(st.floats(0.5, h), st.floats(-3, 2 * h)))]
+  box = [
+      x, y,
+      draw(st.one_of(st.floats(0.5, w), st.floats(-3, 2 * w))),
+      draw(st.one_of(st.floats(0.5, h), st.floats(-3, 2 * h)))
+  ]
   box = [b if math.isfinite(b) else 1.0 for b in box]
-  return {"id": k + 1, "image_id": 1, "category_id": draw(st.sampled_from([1, 1, 1, 2])),
-          "iscrowd": int(draw(st.integers(0, 3)) == 0), "bbox": box,
-          "segmentation": draw(_segmentation(h, w))}
+  return {
+      "id": k + 1, "image_id": 1, "category_id": draw(st.sampled_from([1, 1, 1, 2])),
+      "iscrowd": int(draw(st.integers(0, 3)) == 0), "bbox": box,
+      "segmentation": draw(_segmentation(h, w))
+  }
 
 
 @st.composite
@@ -312,9 +343,11 @@ def test_written_masks_equal_pycocotools_decoding(example):
   image = {"id": 1, "file_name": _image_file(h, w), "height": h, "width": w}
   report, counts = validation.Report(), {"images": 0, "instances": 0, "crowd": 0}
   ex = coco_tfrecord.image_example(image, anns, _IMAGE_DIR, {1: 0}, report, counts)
-  skipped = {int(m.group(1)) for kind, recs in report.records.items()
-             if validation.PROBLEMS[kind].action == "skipped"
-             for m in (re.match(r"annotation (\d+)", r) for r in recs) if m}
+  skipped = {
+      int(m.group(1)) for kind, recs in report.records.items()
+      if validation.PROBLEMS[kind].action == "skipped"
+      for m in (re.match(r"annotation (\d+)", r) for r in recs) if m
+  }
   kept = [a for a in anns if a["id"] not in skipped]
   masks = _masks(ex)
   assert len(masks) == len(kept) == counts["instances"] + counts["crowd"]
@@ -322,14 +355,15 @@ def test_written_masks_equal_pycocotools_decoding(example):
     assert m.shape == (h, w)
     np.testing.assert_array_equal(m, _pycocotools_mask(a["segmentation"], h, w))
     assert a["category_id"] == 1
-  boxes = np.stack([_feature(ex, f"image/object/bbox/{k}")
-                    for k in ("ymin", "xmin", "ymax", "xmax")], 1) if kept else np.zeros((0, 4))
+  boxes = np.stack(
+      [_feature(ex, f"image/object/bbox/{k}") for k in ("ymin", "xmin", "ymax", "xmax")],
+      1) if kept else np.zeros((0, 4))
   assert np.all((boxes >= 0) & (boxes <= 1)) and np.all(boxes[:, 2:] > boxes[:, :2])
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 12).flatmap(lambda h: st.integers(1, 12).flatmap(
-    lambda w: _random_mask(h, w))))
+@given(
+    st.integers(1, 12).flatmap(lambda h: st.integers(1, 12).flatmap(lambda w: _random_mask(h, w))))
 def test_compressed_rle_parser_matches_pycocotools(mask):
   rle = mask_utils.encode(mask)
   runs = coco_segmentation.rle_string_counts(rle["counts"])

@@ -14,8 +14,14 @@ ANCHORS = dict(min_level=2, max_level=6, aspect_ratios=(0.5, 1.0, 2.0), anchor_s
 def cfg(tmp_path_factory):
   root = tmp_path_factory.mktemp("syn")
   ds = synthetic.SyntheticDataset(num_train=40, num_val=6, image_size=96, cache_dir=str(root))
-  return InputConfig(synthetic=ds, short_side=64, max_long_side=64, padded_size=(64, 64),
-                     max_instances=8, max_crowd=4, mask_crop_size=16, shuffle_buffer=40).prepare()
+  return InputConfig(synthetic=ds,
+                     short_side=64,
+                     max_long_side=64,
+                     padded_size=(64, 64),
+                     max_instances=8,
+                     max_crowd=4,
+                     mask_crop_size=16,
+                     shuffle_buffer=40).prepare()
 
 
 def _first(ds):
@@ -26,10 +32,11 @@ def test_train_batches_have_static_shapes(cfg):
   ds = make_dataset(cfg, True, 4, ANCHORS, seed=1)
   spec = ds.element_spec
   num_anchors = 3 * (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1)
-  expected = {"images": [4, 64, 64, 3], "image_size": [4, 2], "gt_boxes": [4, 8, 4],
-              "gt_classes": [4, 8], "gt_masks": [4, 8, 16, 16], "crowd_boxes": [4, 4, 4],
-              "rpn_labels": [4, num_anchors], "rpn_box_targets": [4, num_anchors, 4],
-              "sample_seed": [4, 2]}
+  expected = {
+      "images": [4, 64, 64, 3], "image_size": [4, 2], "gt_boxes": [4, 8, 4], "gt_classes": [4, 8],
+      "gt_masks": [4, 8, 16, 16], "crowd_boxes": [4, 4, 4], "rpn_labels": [4, num_anchors],
+      "rpn_box_targets": [4, num_anchors, 4], "sample_seed": [4, 2]
+  }
   assert {k: v.shape.as_list() for k, v in spec.items()} == expected
   b = _first(ds)
   valid = b["gt_classes"] > 0
@@ -69,9 +76,15 @@ def test_pipelines_of_a_multi_worker_job_split_the_single_process_stream(cfg):
   """Pipeline i of 2 (batch 1) sees examples i, i + 2, ...: together, per step, the examples
   one pipeline with batch 2 would give."""
   single = _batches(make_dataset(cfg, True, 2, ANCHORS, seed=5), 3)
-  parts = [_batches(make_dataset(cfg, True, 1, ANCHORS, seed=5,
-                                 input_context=tf.distribute.InputContext(2, i, 2)), 3)
-           for i in range(2)]
+  parts = [
+      _batches(
+          make_dataset(cfg,
+                       True,
+                       1,
+                       ANCHORS,
+                       seed=5,
+                       input_context=tf.distribute.InputContext(2, i, 2)), 3) for i in range(2)
+  ]
   for step in range(3):
     for k in single[step]:
       joined = np.concatenate([parts[0][step][k], parts[1][step][k]])
@@ -88,20 +101,28 @@ def test_eval_batches_carry_ids_and_scale(cfg):
 
 
 def test_scale_jitter_changes_the_resized_size(cfg):
-  jitter = InputConfig(synthetic=cfg.synthetic, short_side=64, max_long_side=64,
-                       padded_size=(64, 64), scale_jitter=(32, 64), max_instances=8,
+  jitter = InputConfig(synthetic=cfg.synthetic,
+                       short_side=64,
+                       max_long_side=64,
+                       padded_size=(64, 64),
+                       scale_jitter=(32, 64),
+                       max_instances=8,
                        mask_crop_size=16).prepare()
-  sizes = np.concatenate([b["image_size"].numpy()[:, 0] for b in
-                          make_dataset(jitter, True, 4, ANCHORS, seed=0).take(5)])
+  sizes = np.concatenate([
+      b["image_size"].numpy()[:, 0] for b in make_dataset(jitter, True, 4, ANCHORS, seed=0).take(5)
+  ])
   assert len(set(sizes.tolist())) > 1 and sizes.min() >= 32 and sizes.max() <= 64
 
 
 def test_box_relative_masks_crop_exactly():
   mask = np.zeros((2, 20, 40), np.float32)
   mask[:, 5:15, 10:20] = 1.0
-  boxes = np.array([[5 / 20, 10 / 40, 15 / 20, 20 / 40],     # the object's own box
-                    [0 / 20, 5 / 40, 20 / 20, 25 / 40]],     # twice its size, centred on it
-                   np.float32)
+  boxes = np.array(
+      [
+          [5 / 20, 10 / 40, 15 / 20, 20 / 40],  # the object's own box
+          [0 / 20, 5 / 40, 20 / 20, 25 / 40]
+      ],  # twice its size, centred on it
+      np.float32)
   crop = box_relative_masks(tf.constant(mask), tf.constant(boxes), 8).numpy()
   # Pixel-centre sampling: the border bins straddle the object edge, the binarized crop
   # (as mask targets use it) is the whole box.
@@ -122,31 +143,43 @@ def test_keypoints_are_resized_flipped_with_left_right_swap_and_padded(tmp_path)
   64 px: the keypoints scale with the image and, in flipped examples, mirror with the eyes
   swapped; unlabeled ones stay (0, 0, 0)."""
   import json
+
   from PIL import Image
+
   from rethink_tf.data import coco_tfrecord
   names = ("nose", "left_eye", "right_eye", "left_ear")
   Image.fromarray(np.full((96, 128, 3), 90, np.uint8)).save(tmp_path / "a.png")
-  person = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 2000.0,
-            "bbox": [20.0, 10.0, 60.0, 70.0],
-            "segmentation": [[20.0, 10.0, 80.0, 10.0, 80.0, 80.0, 20.0, 80.0]],
-            "keypoints": [50.0, 30.0, 2, 40.0, 20.0, 2, 60.0, 22.0, 1, 0, 0, 0]}
-  (tmp_path / "a.json").write_text(json.dumps({
-      "images": [{"id": 1, "file_name": "a.png", "height": 96, "width": 128}],
-      "categories": [{"id": 1, "name": "person", "keypoints": list(names)}],
-      "annotations": [person]}))
-  coco_tfrecord.convert(str(tmp_path / "a.json"), str(tmp_path), str(tmp_path / "kp"),
-                        strict=True)
+  person = {
+      "id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 2000.0,
+      "bbox": [20.0, 10.0, 60.0,
+               70.0], "segmentation": [[20.0, 10.0, 80.0, 10.0, 80.0, 80.0, 20.0, 80.0]],
+      "keypoints": [50.0, 30.0, 2, 40.0, 20.0, 2, 60.0, 22.0, 1, 0, 0, 0]
+  }
+  (tmp_path / "a.json").write_text(
+      json.dumps({
+          "images": [{"id": 1, "file_name": "a.png", "height": 96, "width": 128}],
+          "categories": [{"id": 1, "name": "person",
+                          "keypoints": list(names)}], "annotations": [person]
+      }))
+  coco_tfrecord.convert(str(tmp_path / "a.json"), str(tmp_path), str(tmp_path / "kp"), strict=True)
   pattern = str(tmp_path / "kp-*.tfrecord")
-  cfg = InputConfig(train_pattern=pattern, val_pattern=pattern, category_ids=(1,),
-                    short_side=48, max_long_side=64, padded_size=(64, 64), max_instances=3,
-                    mask_crop_size=8, shuffle_buffer=1, keypoint_names=names,
+  cfg = InputConfig(train_pattern=pattern,
+                    val_pattern=pattern,
+                    category_ids=(1,),
+                    short_side=48,
+                    max_long_side=64,
+                    padded_size=(64, 64),
+                    max_instances=3,
+                    mask_crop_size=8,
+                    shuffle_buffer=1,
+                    keypoint_names=names,
                     keypoint_oks_sigmas=(0.05,) * 4)
   batches = make_dataset(cfg, True, 1, ANCHORS, seed=0).take(12)
-  scale = 0.5                                           # 96 x 128 -> 48 x 64
+  scale = 0.5  # 96 x 128 -> 48 x 64
   original = np.reshape(person["keypoints"], (4, 3)).astype(np.float32)
   plain = original.copy()
   plain[:3, :2] *= scale
-  flipped = plain[[0, 2, 1, 3]].copy()                  # the eyes swap
+  flipped = plain[[0, 2, 1, 3]].copy()  # the eyes swap
   flipped[:3, 0] = 64.0 - flipped[:3, 0]
   seen = set()
   for b in batches:

@@ -57,7 +57,8 @@ def test_valid_coco_with_crowds_empties_and_occlusion(tmp_path):
   ious = []
   for boxes in boxes_by_image.values():
     if len(boxes) > 1:
-      ious.append(mask_utils.iou(boxes, boxes, [0] * len(boxes))[np.triu_indices(len(boxes), 1)].max())
+      ious.append(
+          mask_utils.iou(boxes, boxes, [0] * len(boxes))[np.triu_indices(len(boxes), 1)].max())
   assert max(ious) > 0.1
 
 
@@ -76,11 +77,17 @@ def test_cached_dataset_is_generated_once(tmp_path):
 
 def test_keypoint_task_adds_extreme_points_and_changes_nothing_else(tmp_path):
   plain = synthetic.generate_split(str(tmp_path / "plain"), "val", 40, seed=3, image_size=96)
-  kp = synthetic.generate_split(str(tmp_path / "kp"), "val", 40, seed=3, image_size=96,
+  kp = synthetic.generate_split(str(tmp_path / "kp"),
+                                "val",
+                                40,
+                                seed=3,
+                                image_size=96,
                                 keypoints=True)
   assert _digest(tmp_path / "plain" / "val") == _digest(tmp_path / "kp" / "val")  # images
   a, b = json.load(open(plain["annotations"])), json.load(open(kp["annotations"]))
-  strip = lambda anns: [{k: v for k, v in x.items() if k not in ("keypoints", "num_keypoints")}
+  strip = lambda anns: [{k: v
+                         for k, v in x.items()
+                         if k not in ("keypoints", "num_keypoints")}
                         for x in anns]
   assert strip(a["annotations"]) == strip(b["annotations"])
   assert all(c["keypoints"] == list(synthetic.KEYPOINT_NAMES) for c in b["categories"])
@@ -95,28 +102,42 @@ def test_keypoint_task_adds_extreme_points_and_changes_nothing_else(tmp_path):
     visible = coco.annToMask(ann)
     for x, y, v in points:
       counts[int(v)] += 1
-      if v == 2:   # a visible extreme point touches the visible mask
+      if v == 2:  # a visible extreme point touches the visible mask
         r, c = int(min(y, 95)), int(min(x, 95))
         assert visible[max(r - 2, 0):r + 3, max(c - 2, 0):c + 3].any(), (ann["id"], x, y)
     # Top above bottom, leftmost left of rightmost.
     assert points[0, 1] <= points[1, 1] or 0 in points[:2, 2]
     assert points[2, 0] <= points[3, 0] or 0 in points[2:, 2]
-  assert counts[2] > 10 * counts[1] > 0          # mostly visible; occlusion hides some
+  assert counts[2] > 10 * counts[1] > 0  # mostly visible; occlusion hides some
 
 
 def test_keypoint_dataset_converts_strictly_and_feeds_the_pipeline(tmp_path):
   from rethink_tf.data.input_pipeline import InputConfig, make_dataset
-  ds = synthetic.SyntheticDataset(num_train=24, num_val=4, image_size=64, keypoints=True,
+  ds = synthetic.SyntheticDataset(num_train=24,
+                                  num_val=4,
+                                  image_size=64,
+                                  keypoints=True,
                                   cache_dir=str(tmp_path))
-  assert ds.root != synthetic.SyntheticDataset(num_train=24, num_val=4, image_size=64,
+  assert ds.root != synthetic.SyntheticDataset(num_train=24,
+                                               num_val=4,
+                                               image_size=64,
                                                cache_dir=str(tmp_path)).root
-  cfg = InputConfig(synthetic=ds, short_side=64, max_long_side=64, padded_size=(64, 64),
-                    max_instances=6, mask_crop_size=8, shuffle_buffer=24,
+  cfg = InputConfig(synthetic=ds,
+                    short_side=64,
+                    max_long_side=64,
+                    padded_size=(64, 64),
+                    max_instances=6,
+                    mask_crop_size=8,
+                    shuffle_buffer=24,
                     keypoint_names=synthetic.KEYPOINT_NAMES,
-                    keypoint_oks_sigmas=(0.05,) * 4).prepare()    # strict conversion inside
-  batch = next(iter(make_dataset(cfg, True, 4, dict(min_level=2, max_level=6,
-                                                    aspect_ratios=(1.0,), anchor_size=4.0),
-                                 seed=0)))
+                    keypoint_oks_sigmas=(0.05,) * 4).prepare()  # strict conversion inside
+  batch = next(
+      iter(
+          make_dataset(cfg,
+                       True,
+                       4,
+                       dict(min_level=2, max_level=6, aspect_ratios=(1.0,), anchor_size=4.0),
+                       seed=0)))
   points, valid = batch["gt_keypoints"].numpy(), batch["gt_classes"].numpy() > 0
   assert points.shape == (4, 6, 4, 3)
   assert (points[valid][..., 2] == 2).mean() > 0.5 and (points[~valid] == 0).all()

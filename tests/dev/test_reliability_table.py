@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
-from rethink_tf.data.coco_validation import PROBLEMS
 from dev import reliability_table
+from rethink_tf.data.coco_validation import PROBLEMS
+
+from conftest import REPO_ROOT
 
 
 def test_committed_page_is_the_generated_one():
@@ -33,5 +34,8 @@ def test_every_row_names_an_existing_test_that_asserts_its_evidence():
 
 def test_check_flag_passes_on_the_committed_page():
   r = subprocess.run([sys.executable, "-m", "dev.reliability_table", "--check"],
-                     cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+                     cwd=REPO_ROOT,
+                     capture_output=True,
+                     text=True,
+                     timeout=120)
   assert r.returncode == 0, r.stderr

@@ -34,16 +34,20 @@ def test_reproduces_published_scores(testdata, iou_type, kind, expected):
   assert got == list(expected)
   published = _published(testdata, iou_type)
   assert len(published) == 12
-  np.testing.assert_allclose([stats[k] for k in coco_evaluator.STAT_NAMES], published,
-                             atol=5e-4)
+  np.testing.assert_allclose([stats[k] for k in coco_evaluator.STAT_NAMES], published, atol=5e-4)
 
 
 def test_cli_prints_stats_json(testdata):
-  out = subprocess.run(
-      [sys.executable, "-m", "rethink_tf.evaluation.coco_evaluator",
-       f"--annotations={os.path.join(testdata, FIXTURE, 'instances_val2014_100.json')}",
-       f"--detections={os.path.join(testdata, FIXTURE, 'instances_val2014_fakebbox100_results.json')}",
-       "--iou_type=bbox"], capture_output=True, text=True, check=True)
+  out = subprocess.run([
+      sys.executable, "-m", "rethink_tf.evaluation.coco_evaluator",
+      f"--annotations={os.path.join(testdata, FIXTURE, 'instances_val2014_100.json')}",
+      "--detections=" +
+      os.path.join(testdata, FIXTURE, "instances_val2014_fakebbox100_results.json"),
+      "--iou_type=bbox"
+  ],
+                       capture_output=True,
+                       text=True,
+                       check=True)
   stats = json.loads(out.stdout.strip().splitlines()[-1])
   assert round(stats["AP"], 3) == 0.505 and len(stats) == 12
 
@@ -51,8 +55,11 @@ def test_cli_prints_stats_json(testdata):
 def test_ground_truth_against_itself_is_perfect(testdata):
   path = os.path.join(testdata, "coco/icevision_coco6/annotations.json")
   gt = coco_evaluator.load_coco(path)
-  dets = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=1.0)
-          for a in json.load(open(path))["annotations"] if not a.get("iscrowd")]
+  dets = [
+      dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=1.0)
+      for a in json.load(open(path))["annotations"]
+      if not a.get("iscrowd")
+  ]
   assert coco_evaluator.evaluate(gt, dets, "bbox")["AP"] == pytest.approx(1.0)
 
 

@@ -48,32 +48,43 @@ class _GroundTruthKeypointDetector:
     self.points = tf.concat([points[..., :2] * 0.5, tf.ones_like(points[..., 2:])], -1)
 
   def detect(self, images, image_size):
-    return {"boxes": self.box, "scores": tf.ones([1, 1]), "classes": tf.ones([1, 1], tf.int32),
-            "num_detections": tf.ones([1], tf.int32), "keypoints": self.points}
+    return {
+        "boxes": self.box, "scores": tf.ones([1, 1]), "classes": tf.ones([1, 1], tf.int32),
+        "num_detections": tf.ones([1], tf.int32), "keypoints": self.points
+    }
 
 
 def test_ground_truth_keypoints_score_keypoint_ap_1_through_the_evaluation(tmp_path):
   import json
+
   import numpy as np
   from PIL import Image
+
   from rethink_tf.data import coco_tfrecord
   from rethink_tf.data.input_pipeline import InputConfig
   names = ("nose", "left_eye", "right_eye", "left_ear")
   Image.fromarray(np.full((96, 128, 3), 90, np.uint8)).save(tmp_path / "a.png")
-  person = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 2000.0,
-            "bbox": [20.0, 10.0, 60.0, 70.0], "num_keypoints": 3,
-            "segmentation": [[20.0, 10.0, 80.0, 10.0, 80.0, 80.0, 20.0, 80.0]],
-            "keypoints": [50.0, 30.0, 2, 40.0, 20.0, 2, 60.0, 22.0, 1, 0, 0, 0]}
-  (tmp_path / "a.json").write_text(json.dumps({
-      "images": [{"id": 1, "file_name": "a.png", "height": 96, "width": 128}],
-      "categories": [{"id": 1, "name": "person", "keypoints": list(names)}],
-      "annotations": [person]}))
-  coco_tfrecord.convert(str(tmp_path / "a.json"), str(tmp_path), str(tmp_path / "val"),
-                        strict=True)
+  person = {
+      "id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 2000.0,
+      "bbox": [20.0, 10.0, 60.0, 70.0], "num_keypoints": 3,
+      "segmentation": [[20.0, 10.0, 80.0, 10.0, 80.0, 80.0, 20.0,
+                        80.0]], "keypoints": [50.0, 30.0, 2, 40.0, 20.0, 2, 60.0, 22.0, 1, 0, 0, 0]
+  }
+  (tmp_path / "a.json").write_text(
+      json.dumps({
+          "images": [{"id": 1, "file_name": "a.png", "height": 96, "width": 128}],
+          "categories": [{"id": 1, "name": "person",
+                          "keypoints": list(names)}], "annotations": [person]
+      }))
+  coco_tfrecord.convert(str(tmp_path / "a.json"), str(tmp_path), str(tmp_path / "val"), strict=True)
   cfg = InputConfig(val_pattern=str(tmp_path / "val-*.tfrecord"),
-                    val_annotations=str(tmp_path / "a.json"), category_ids=(1,),
-                    short_side=48, max_long_side=64, padded_size=(64, 64),
-                    keypoint_names=names, keypoint_oks_sigmas=(0.05,) * 4)
+                    val_annotations=str(tmp_path / "a.json"),
+                    category_ids=(1,),
+                    short_side=48,
+                    max_long_side=64,
+                    padded_size=(64, 64),
+                    keypoint_names=names,
+                    keypoint_oks_sigmas=(0.05,) * 4)
   model = _GroundTruthKeypointDetector(person["bbox"], person["keypoints"])
   metrics = evaluator.run_evaluation(model, cfg, batch_size=1)
   assert set(metrics) == {"bbox", "keypoints"}

@@ -16,6 +16,7 @@ BLOCKED = ("rethink_tf", "export", "official", "tf_keras")
 
 
 class _Block(importlib.abc.MetaPathFinder):
+
   def find_spec(self, name, path=None, target=None):
     if name.split(".")[0] in BLOCKED:
       raise ImportError(f"{name} must not be needed to serve the SavedModel")
@@ -31,28 +32,34 @@ import tensorflow as tf  # noqa: E402
 def describe(outputs, image_sizes):
   """Keys, dtypes, shapes and per-image checks of one signature's outputs."""
   out = {k: v.numpy() for k, v in outputs.items()}
-  report = {"keys": sorted(out), "dtypes": {k: v.dtype.name for k, v in out.items()},
-            "shapes": {k: list(v.shape) for k, v in out.items()},
-            "num_detections": out["num_detections"].tolist(),
-            "image_size": out["image_size"].tolist(), "expected_sizes": image_sizes}
+  report = {
+      "keys": sorted(out), "dtypes": {k: v.dtype.name for k, v in out.items()},
+      "shapes": {k: list(v.shape) for k, v in out.items()},
+      "num_detections": out["num_detections"].tolist(), "image_size": out["image_size"].tolist(),
+      "expected_sizes": image_sizes
+  }
   per_image = []
   for i, (h, w) in enumerate(image_sizes):
     n = int(out["num_detections"][i])
     masks = out["detection_masks"][i]
     boxes = out["detection_boxes"][i, :n]
     per_image.append({
-        "n": n,
-        "boxes_inside": bool(np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= h)
-                             and np.all(boxes[:, [1, 3]] <= w)),
-        "masks_outside_image_empty": int(masks[:, h:, :].sum() + masks[:, :, w:].sum()),
-        "mask_values": sorted(np.unique(masks).tolist()),
-        "padding_empty": bool(np.all(out["detection_scores"][i, n:] == 0)
-                              and np.all(out["detection_classes"][i, n:] == 0)
-                              and masks[n:].sum() == 0),
-        "classes": out["detection_classes"][i, :n].tolist(),
-        "names": [s.decode() for s in out["detection_class_names"][i, :n]],
-        "scores": out["detection_scores"][i, :n].tolist(),
-        "boxes": boxes.tolist()})
+        "n":
+            n, "boxes_inside":
+                bool(
+                    np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= h) and
+                    np.all(boxes[:, [1, 3]] <= w)), "masks_outside_image_empty":
+                        int(masks[:, h:, :].sum() + masks[:, :, w:].sum()), "mask_values":
+                            sorted(np.unique(masks).tolist()),
+        "padding_empty":
+            bool(
+                np.all(out["detection_scores"][i, n:] == 0) and
+                np.all(out["detection_classes"][i, n:] == 0) and masks[n:].sum() == 0), "classes":
+                    out["detection_classes"][i, :n].tolist(),
+        "names": [s.decode() for s in out["detection_class_names"][i, :n]], "scores":
+            out["detection_scores"][i, :n].tolist(), "boxes":
+                boxes.tolist()
+    })
   report["per_image"] = per_image
   return report
 
@@ -63,19 +70,26 @@ def main(export_dir, record_path, image_paths):
   encoded = [open(p, "rb").read() for p in image_paths]
   decoded = [tf.io.decode_image(b, channels=3, expand_animations=False) for b in encoded]
   sizes = [list(d.shape[:2]) for d in decoded]
-  report = {"signatures": sorted(sigs.keys()),
-            "categories_asset": open(model.categories_file.asset_path.numpy().decode()).read(),
-            "category_ids": model.category_ids.numpy().tolist(),
-            "category_names": [s.decode() for s in model.category_names.numpy()]}
+  report = {
+      "signatures": sorted(sigs.keys()),
+      "categories_asset": open(model.categories_file.asset_path.numpy().decode()).read(),
+      "category_ids": model.category_ids.numpy().tolist(),
+      "category_names": [s.decode() for s in model.category_names.numpy()]
+  }
   # All photos in one image_bytes request (different sizes share one mask canvas).
   report["image_bytes"] = describe(sigs["image_bytes"](image_bytes=tf.constant(encoded)), sizes)
   # serving_default takes a dense batch: one request per photo.
-  report["serving_default"] = [describe(sigs["serving_default"](images=d[None]), [s])
-                               for d, s in zip(decoded, sizes)]
+  report["serving_default"] = [
+      describe(sigs["serving_default"](images=d[None]), [s]) for d, s in zip(decoded, sizes)
+  ]
   records = [r.numpy() for r in tf.data.TFRecordDataset(record_path).take(2)]
-  feats = [tf.io.parse_single_example(r, {"image/height": tf.io.FixedLenFeature([], tf.int64),
-                                          "image/width": tf.io.FixedLenFeature([], tf.int64)})
-           for r in records]
+  feats = [
+      tf.io.parse_single_example(
+          r, {
+              "image/height": tf.io.FixedLenFeature([], tf.int64),
+              "image/width": tf.io.FixedLenFeature([], tf.int64)
+          }) for r in records
+  ]
   rec_sizes = [[int(f["image/height"]), int(f["image/width"])] for f in feats]
   report["tf_example"] = describe(sigs["tf_example"](examples=tf.constant(records)), rec_sizes)
 
@@ -90,8 +104,8 @@ def main(export_dir, record_path, image_paths):
       "zero_size_image": ("serving_default", dict(images=tf.zeros([1, 0, 32, 3], tf.uint8))),
       "four_channels": ("serving_default", dict(images=tf.zeros([1, 32, 32, 4], tf.uint8))),
       "empty_batch": ("image_bytes", dict(image_bytes=tf.constant([], tf.string))),
-      "example_without_image": ("tf_example", dict(examples=tf.constant(
-          [tf.train.Example().SerializeToString()]))),
+      "example_without_image":
+          ("tf_example", dict(examples=tf.constant([tf.train.Example().SerializeToString()]))),
       "not_an_example": ("tf_example", dict(examples=tf.constant([b"\x00not a proto"]))),
   }
   errors = {}
@@ -101,8 +115,10 @@ def main(export_dir, record_path, image_paths):
       errors[name] = {"raised": None}
     except Exception as e:  # noqa: BLE001 - the report records whatever was raised
       message = getattr(e, "message", str(e))
-      errors[name] = {"raised": type(e).__name__, "message": message.splitlines()[0][:400]
-                      if message else "", "full": message[:2000]}
+      errors[name] = {
+          "raised": type(e).__name__, "message": message.splitlines()[0][:400] if message else "",
+          "full": message[:2000]
+      }
   report["errors"] = errors
   report["after_errors"] = describe(sigs["image_bytes"](image_bytes=tf.constant(encoded)), sizes)
   report["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
@@ -115,6 +131,7 @@ def saved_model_cli_show_all(export_dir):
   rather than in one more TensorFlow start-up)."""
   import contextlib
   import io
+
   from tensorflow.python.tools import saved_model_cli
   argv, sys.argv = sys.argv, ["saved_model_cli", "show", "--dir", export_dir, "--all"]
   out = io.StringIO()

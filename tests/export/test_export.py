@@ -12,26 +12,30 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TESTDATA, served_coco_results
-from rethink_tf.serving.export_saved_model import export, next_version
-from rethink_tf.serving.detection_server import SIGNATURES
 from rethink_tf import config
 from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.evaluation import coco_evaluator
 from rethink_tf.evaluation.evaluator import predict_coco_results
 from rethink_tf.inference import build_for_inference, resolve_checkpoint
+from rethink_tf.serving.detection_server import SIGNATURES
+from rethink_tf.serving.export_saved_model import export, next_version
+
+from conftest import REPO_ROOT, TESTDATA, served_coco_results
 
 TINY = "gin_configs/testing/tiny.gin"
 SCORE_THRESHOLD = 0.05
 MAX_DETECTIONS = 100
-OUTPUTS = {"num_detections": ("int32", []), "detection_boxes": ("float32", [MAX_DETECTIONS, 4]),
-           "detection_scores": ("float32", [MAX_DETECTIONS]),
-           "detection_classes": ("int64", [MAX_DETECTIONS]),
-           "detection_class_names": ("object", [MAX_DETECTIONS]),
-           "image_size": ("int32", [2]), "detection_masks": ("uint8", None),
-           "detection_masks_box_relative": ("float32", [MAX_DETECTIONS, 28, 28])}
-INPUTS = {"serving_default": ("images", "DT_UINT8"), "image_bytes": ("image_bytes", "DT_STRING"),
-          "tf_example": ("examples", "DT_STRING")}
+OUTPUTS = {
+    "num_detections": ("int32", []), "detection_boxes": ("float32", [MAX_DETECTIONS, 4]),
+    "detection_scores": ("float32", [MAX_DETECTIONS]), "detection_classes":
+        ("int64", [MAX_DETECTIONS]), "detection_class_names": ("object", [MAX_DETECTIONS]),
+    "image_size": ("int32", [2]), "detection_masks": ("uint8", None),
+    "detection_masks_box_relative": ("float32", [MAX_DETECTIONS, 28, 28])
+}
+INPUTS = {
+    "serving_default": ("images", "DT_UINT8"), "image_bytes": ("image_bytes", "DT_STRING"),
+    "tf_example": ("examples", "DT_STRING")
+}
 # Photos of different sizes: 640x427, 640x480, 640x388, 640x480 and a portrait 375x500.
 PHOTOS = [os.path.join(TESTDATA, "coco", "icevision_coco6", "images", "000000128372.jpg")] + \
     sorted(glob.glob(os.path.join(TESTDATA, "coco", "cocotools_rs_coco4", "images", "*.jpg")))
@@ -50,7 +54,9 @@ def exported(trained, tmp_path_factory):
   """(export root, version directory) of the trained model."""
   config.parse_gin([TINY])
   root = str(tmp_path_factory.mktemp("served"))
-  path = export(resolve_checkpoint(trained), root, max_detections=MAX_DETECTIONS,
+  path = export(resolve_checkpoint(trained),
+                root,
+                max_detections=MAX_DETECTIONS,
                 score_threshold=SCORE_THRESHOLD)
   return root, path
 
@@ -71,7 +77,10 @@ def client_report(exported):
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   client = os.path.join(REPO_ROOT, "tests", "export", "serving_client.py")
   r = subprocess.run([sys.executable, client, exported[1], files[0], *PHOTOS],
-                     cwd=os.path.dirname(exported[1]), env=env, capture_output=True, text=True,
+                     cwd=os.path.dirname(exported[1]),
+                     env=env,
+                     capture_output=True,
+                     text=True,
                      timeout=600)
   assert r.returncode == 0, r.stderr[-4000:]
   line = [l for l in r.stdout.splitlines() if l.startswith("REPORT ")][-1]
@@ -103,8 +112,9 @@ def test_fresh_process_serves_every_signature_on_real_photos(client_report):
   assert r["signatures"] == sorted(SIGNATURES)
   assert r["category_ids"] == [1, 2, 3]
   assert r["category_names"] == ["circle", "square", "triangle"]
-  assert json.loads(r["categories_asset"]) == [
-      {"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
+  assert json.loads(r["categories_asset"]) == [{"id": 1,
+                                                "name": "circle"}, {"id": 2, "name": "square"},
+                                               {"id": 3, "name": "triangle"}]
   _check_outputs(r["image_bytes"], len(PHOTOS))
   assert len({tuple(s) for s in r["image_bytes"]["expected_sizes"]}) >= 3  # different sizes
   for single in r["serving_default"]:
@@ -206,8 +216,8 @@ def test_predict_draws_the_detections(exported, loaded, tmp_path):
   assert json.loads(js.read_text()) == report
   assert [d["image"] for d in report] == [PHOTOS[0], PHOTOS[-1]]
   assert sum(len(d["detections"]) for d in report) > 0
-  assert {det["name"] for d in report for det in d["detections"]} <= {"circle", "square",
-                                                                      "triangle"}
+  assert {det["name"] for d in report for det in d["detections"]
+         } <= {"circle", "square", "triangle"}
   with pytest.raises(FileNotFoundError, match="no saved_model.pb"):
     predict.resolve_version(str(tmp_path))
 
@@ -215,8 +225,8 @@ def test_predict_draws_the_detections(exported, loaded, tmp_path):
 def test_box_only_model_with_fixed_batch(tmp_path):
   """A Faster R-CNN (no mask head) serves without mask outputs; --batch_size=N fixes the batch
   dimension of every signature."""
-  from rethink_tf.serving.detection_server import DetectionServer
   from rethink_tf.modeling.build import build_model
+  from rethink_tf.serving.detection_server import DetectionServer
   config.parse_gin([TINY], ["build_model.mask_on = False"])
   cfg = InputConfig()
   model = build_model(num_classes=cfg.num_classes, image_size=cfg.padded_size)
@@ -224,10 +234,15 @@ def test_box_only_model_with_fixed_batch(tmp_path):
   with pytest.raises(ValueError, match="has no variables yet"):
     DetectionServer(model, {}, cfg.category_ids, ["circle", "square", "triangle"])
   model.detect(tf.zeros([1, *cfg.padded_size, 3]), tf.constant([cfg.padded_size], tf.float32))
-  pre = dict(short_side=cfg.short_side, max_long_side=cfg.max_long_side,
-             padded_size=cfg.padded_size, pixel_mean=cfg.pixel_mean, pixel_std=cfg.pixel_std,
+  pre = dict(short_side=cfg.short_side,
+             max_long_side=cfg.max_long_side,
+             padded_size=cfg.padded_size,
+             pixel_mean=cfg.pixel_mean,
+             pixel_std=cfg.pixel_std,
              channel_order=cfg.channel_order)
-  server = DetectionServer(model, pre, cfg.category_ids, ["circle", "square", "triangle"],
+  server = DetectionServer(model,
+                           pre,
+                           cfg.category_ids, ["circle", "square", "triangle"],
                            batch_size=2)
   fn = server.signatures(["image_bytes"])["image_bytes"]
   assert fn.structured_input_signature[0][0].shape == [2]

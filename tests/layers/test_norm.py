@@ -14,11 +14,15 @@ def test_groupnorm_matches_torch(roi_ref):
   assert isinstance(gn, tf_keras.layers.GroupNormalization)
   gn.build(x.shape)
   np.testing.assert_allclose(gn(x).numpy().transpose(0, 3, 1, 2),
-                             roi_ref["gn_output_default_affine"], atol=1e-5, rtol=0)
+                             roi_ref["gn_output_default_affine"],
+                             atol=1e-5,
+                             rtol=0)
   gn.gamma.assign(roi_ref["gn_weight"])
   gn.beta.assign(roi_ref["gn_bias"])
-  np.testing.assert_allclose(gn(x).numpy().transpose(0, 3, 1, 2), roi_ref["gn_output"],
-                             atol=1e-5, rtol=0)
+  np.testing.assert_allclose(gn(x).numpy().transpose(0, 3, 1, 2),
+                             roi_ref["gn_output"],
+                             atol=1e-5,
+                             rtol=0)
 
 
 def test_fast_groupnorm_equals_keras_layer(roi_ref):
@@ -35,8 +39,7 @@ def test_fast_groupnorm_equals_keras_layer(roi_ref):
     y1, y2 = ours(x), ref(x)
     l1, l2 = tf.reduce_sum(y1 * y1), tf.reduce_sum(y2 * y2)
   np.testing.assert_allclose(y1.numpy(), y2.numpy(), atol=1e-5)
-  np.testing.assert_allclose(tape.gradient(l1, x).numpy(), tape.gradient(l2, x).numpy(),
-                             atol=1e-4)
+  np.testing.assert_allclose(tape.gradient(l1, x).numpy(), tape.gradient(l2, x).numpy(), atol=1e-4)
 
 
 def test_factory_types_and_settings():
@@ -91,18 +94,18 @@ def test_fused_batchnorm_equals_the_unfused_keras_layer(dtype):
   g1 = tape.gradient(l1, [xin] + ours.trainable_variables)
   g2 = tape.gradient(l2, [xin] + ref.trainable_variables)
   for a, b in zip(g1, g2):
-    np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), tf.cast(b, tf.float32).numpy(),
-                               atol=tol, rtol=tol)
+    np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(),
+                               tf.cast(b, tf.float32).numpy(),
+                               atol=tol,
+                               rtol=tol)
   # Moving statistics: 0.9 * init + 0.1 * batch moments, the variance biased (n = 60).
   mean, var = tf.nn.moments(tf.cast(xin, tf.float32), [0, 1, 2])
   np.testing.assert_allclose(ours.moving_mean.numpy(), 0.1 * mean.numpy(), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(ours.moving_variance.numpy(), 0.9 + 0.1 * var.numpy(), rtol=1e-4)
-  np.testing.assert_allclose(ours.moving_variance.numpy(), ref.moving_variance.numpy(),
-                             rtol=1e-4)
+  np.testing.assert_allclose(ours.moving_variance.numpy(), ref.moving_variance.numpy(), rtol=1e-4)
   y_inf = tf.cast(ours(xin, training=False), tf.float32).numpy()
-  expected = ((tf.cast(xin, tf.float32).numpy() - ours.moving_mean.numpy())
-              / np.sqrt(ours.moving_variance.numpy() + 1e-5) * ours.gamma.numpy()
-              + ours.beta.numpy())
+  expected = ((tf.cast(xin, tf.float32).numpy() - ours.moving_mean.numpy()) /
+              np.sqrt(ours.moving_variance.numpy() + 1e-5) * ours.gamma.numpy() + ours.beta.numpy())
   np.testing.assert_allclose(y_inf, expected, atol=tol, rtol=tol)
   graph = tf.function(lambda t: ours(t, training=True)).get_concrete_function(xin).graph
   assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}

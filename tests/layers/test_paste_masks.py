@@ -59,10 +59,13 @@ def test_canvas_padding_is_empty_and_zero_width_box_pastes_nothing():
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_to_input_image_rescales_clips_and_pastes_only_valid_detections(binary):
-  boxes = np.array([[10.0, 20.0, 30.0, 50.0], [0.0, -4.0, 80.0, 200.0], [0, 0, 0, 0]],
-                   np.float32)
+  boxes = np.array([[10.0, 20.0, 30.0, 50.0], [0.0, -4.0, 80.0, 200.0], [0, 0, 0, 0]], np.float32)
   masks = np.ones((3, 28, 28), np.float32)
-  out_boxes, pasted = to_input_image(boxes, masks, 2, tf.constant(2.0), tf.constant([30, 60]),
+  out_boxes, pasted = to_input_image(boxes,
+                                     masks,
+                                     2,
+                                     tf.constant(2.0),
+                                     tf.constant([30, 60]),
                                      binary_masks=binary)
   np.testing.assert_allclose(out_boxes.numpy()[:2], [[5, 10, 15, 25], [0, 0, 30, 60]])
   assert pasted.dtype == (tf.uint8 if binary else tf.float32) and pasted.shape == (3, 30, 60)

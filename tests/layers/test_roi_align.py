@@ -1,4 +1,5 @@
-"""RoIAlign against torchvision.ops.roi_align / MultiScaleRoIAlign (tests/testdata/roi_align_ref.npz)."""
+"""RoIAlign against torchvision.ops.roi_align / MultiScaleRoIAlign
+(tests/testdata/roi_align_ref.npz)."""
 
 import numpy as np
 import pytest
@@ -74,10 +75,12 @@ def test_chunked_multilevel_equals_all_at_once(roi_ref):
   """The memory-bounded path (boxes pooled chunk by chunk in a loop, as inference does) gives
   the same values as pooling every box at once, eager and under XLA."""
   from rethink_tf.layers.roi_align import roi_chunk
-  feats = {l: tf.constant(np.tile(roi_ref[f"msroi_p{l}"][:1].transpose(0, 2, 3, 1), [2, 1, 1, 1]))
-           for l in (2, 3, 4, 5)}
+  feats = {
+      l: tf.constant(np.tile(roi_ref[f"msroi_p{l}"][:1].transpose(0, 2, 3, 1), [2, 1, 1, 1]))
+      for l in (2, 3, 4, 5)
+  }
   rois = roi_ref["msroi_rois"][:, [2, 1, 4, 3]].astype(np.float32)
-  boxes = tf.constant(np.stack([rois[:6], rois[::-1][:6]]))          # [2, 6, 4]
+  boxes = tf.constant(np.stack([rois[:6], rois[::-1][:6]]))  # [2, 6, 4]
   c = feats[2].shape[-1]
   per_box = 2 * 14 * 14 * c * 4
   assert roi_chunk(2, 6, 14, c, 2 * per_box) == 2

@@ -17,10 +17,12 @@ from rethink_tf.training.losses import loss_names, mask_rcnn_losses
 def test_later_stage_labels_at_its_iou_with_its_box_coding():
   gt = tf.constant([[[10.0, 10.0, 50.0, 50.0], [0.0, 0.0, 0.0, 0.0]]])
   gt_classes = tf.constant([[2, 0]])
-  rois = tf.constant([[[10.0, 10.0, 50.0, 60.0],      # IoU 0.8
-                       [10.0, 10.0, 50.0, 68.0],      # IoU 0.69
-                       [10.0, 10.0, 50.0, 80.0],      # IoU 0.57
-                       [10.0, 10.0, 50.0, 50.0]]])    # exact, but not a sampled slot
+  rois = tf.constant([[
+      [10.0, 10.0, 50.0, 60.0],  # IoU 0.8
+      [10.0, 10.0, 50.0, 68.0],  # IoU 0.69
+      [10.0, 10.0, 50.0, 80.0],  # IoU 0.57
+      [10.0, 10.0, 50.0, 50.0]
+  ]])  # exact, but not a sampled slot
   weights = tf.constant([[1.0, 1.0, 1.0, 0.0]])
   iou = box_ops.pairwise_iou(rois, gt)[0, :, 0].numpy()
   np.testing.assert_allclose(iou, [0.8, 40 / 58, 40 / 70, 1.0], rtol=1e-6)
@@ -33,21 +35,22 @@ def test_later_stage_labels_at_its_iou_with_its_box_coding():
     fg = np.array(want, bool)
     # The targets are in this stage's coding: decoding them with its weights gives the GT.
     decoded = box_ops.decode_boxes(t["box_targets"], rois, w).numpy()[0]
-    np.testing.assert_allclose(decoded[fg], np.repeat(gt.numpy()[0, :1], fg.sum(), 0),
-                               atol=1e-3)
+    np.testing.assert_allclose(decoded[fg], np.repeat(gt.numpy()[0, :1], fg.sum(), 0), atol=1e-3)
     assert not t["box_targets"].numpy()[0][~fg].any()
   # Stage 3's weights are 3x stage 1's: the same box offset gives 3x the target.
   t1 = cascade.label_boxes(rois, weights, gt, gt_classes, gt_classes > 0, 0.5,
                            cascade.CASCADE_BOX_WEIGHTS[0])
   t3 = cascade.label_boxes(rois, weights, gt, gt_classes, gt_classes > 0, 0.5,
                            cascade.CASCADE_BOX_WEIGHTS[2])
-  np.testing.assert_allclose(t3["box_targets"].numpy(), 3 * t1["box_targets"].numpy(),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(t3["box_targets"].numpy(),
+                             3 * t1["box_targets"].numpy(),
+                             rtol=1e-5,
+                             atol=1e-6)
 
 
 def test_refined_boxes_are_clipped_and_carry_no_gradient():
   rois = tf.Variable([[[10.0, 10.0, 30.0, 30.0]]])
-  deltas = tf.constant([[[[0.0, 10.0, 0.0, 0.0]]]])           # dx = 10 / wx = 1 box width
+  deltas = tf.constant([[[[0.0, 10.0, 0.0, 0.0]]]])  # dx = 10 / wx = 1 box width
   with tf.GradientTape() as tape:
     out = cascade.refine_boxes(rois, deltas, (10.0, 10.0, 5.0, 5.0), tf.constant([[64.0, 40.0]]))
   np.testing.assert_allclose(out.numpy(), [[[10.0, 30.0, 30.0, 40.0]]])
@@ -68,29 +71,31 @@ def _stage_scores(model, feats, image_size):
     if k:
       rois = cascade.refine_boxes(rois, deltas, model.cascade_box_weights[k - 1], image_size)
     logits, deltas = predictor(head(model.pool_rois(feats, rois, "box", training=False)))
-    out.append(postprocess.class_boxes(rois, valid, logits, deltas, image_size,
-                                       model.cascade_box_weights[k]))
+    out.append(
+        postprocess.class_boxes(rois, valid, logits, deltas, image_size,
+                                model.cascade_box_weights[k]))
   return out
 
 
 def test_inactive_cascade_is_its_first_stage_and_active_averages_the_stages():
-  config.parse_gin(["gin_configs/testing/tiny.gin"],
-                   ["build_model.cascade_ious = (0.5, 0.6, 0.7)"])
+  config.parse_gin(["gin_configs/testing/tiny.gin"], ["build_model.cascade_ious = (0.5, 0.6, 0.7)"])
   model = build_model(num_classes=4, image_size=(64, 64))
   assert model.num_stages == 3 and model.box_predictor.class_agnostic
   batch = next(iter(make_dataset(InputConfig().prepare(), True, 2, model.anchor_kwargs, seed=0)))
+
   def losses_and_grads():
     with tf.GradientTape() as tape:
       losses = mask_rcnn_losses(model(batch, training=True), batch)
     variables = model.trainable_variables
-    grads = dict(zip([v.ref() for v in variables], tape.gradient(losses["total_loss"],
-                                                                 variables)))
+    grads = dict(zip([v.ref() for v in variables], tape.gradient(losses["total_loss"], variables)))
     return {k: float(v) for k, v in losses.items()}, grads
 
   model.cascade_active.assign(False)
   losses, grads = losses_and_grads()
-  later = [v for layer in model.cascade_box_heads + model.cascade_box_predictors
-           for v in layer.trainable_variables]
+  later = [
+      v for layer in model.cascade_box_heads + model.cascade_box_predictors
+      for v in layer.trainable_variables
+  ]
   assert list(losses) == loss_names(True, False, 3)
   assert all(np.isfinite(v) for v in losses.values()), losses
   for k in (2, 3):
@@ -110,8 +115,8 @@ def test_inactive_cascade_is_its_first_stage_and_active_averages_the_stages():
   losses, grads = losses_and_grads()
   for k in (2, 3):
     assert losses[f"fast_rcnn_cls_loss_stage{k}"] > 0
-  assert all(np.any(grads[v.ref()].numpy())
-             for v in model.cascade_box_predictors[1].trainable_variables)
+  assert all(
+      np.any(grads[v.ref()].numpy()) for v in model.cascade_box_predictors[1].trainable_variables)
   boxes, probs = model.box_predictions(feats, image_size)
   np.testing.assert_allclose(boxes.numpy(), stages[2][0].numpy(), atol=1e-4)
   mean = sum(p.numpy() for _, p in stages) / 3

@@ -17,14 +17,19 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from conftest import REPO_ROOT, TESTDATA, served_coco_results
 from rethink_tf import config
 from rethink_tf.data import synthetic
 from rethink_tf.layers.box_ops import pairwise_iou
 from rethink_tf.layers.roi_align import assign_levels
-from rethink_tf.modeling import convert_detector, detector_configs, detector_import
-from rethink_tf.modeling import detector_specs
-from rethink_tf.modeling import postprocess
+from rethink_tf.modeling import (
+    convert_detector,
+    detector_configs,
+    detector_import,
+    detector_specs,
+    postprocess,
+)
+
+from conftest import REPO_ROOT, TESTDATA, served_coco_results
 
 D2 = os.path.join(TESTDATA, "d2_ref")
 PKL, CONFIG = os.path.join(D2, "model_final.pkl"), os.path.join(D2, "config.yaml")
@@ -45,8 +50,7 @@ def _close(ours, ref, what):
 @pytest.fixture(scope="module")
 def categories_json(tmp_path_factory):
   path = tmp_path_factory.mktemp("cats") / "instances.json"
-  path.write_text(json.dumps({"categories": synthetic.CATEGORIES, "images": [],
-                              "annotations": []}))
+  path.write_text(json.dumps({"categories": synthetic.CATEGORIES, "images": [], "annotations": []}))
   return str(path)
 
 
@@ -71,12 +75,13 @@ def model(converted):
 
 
 def test_conversion_writes_checkpoint_gin_and_categories(converted):
-  assert sorted(os.listdir(converted)) == ["categories.json", "checkpoint",
-                                           "ckpt-1.data-00000-of-00001", "ckpt-1.index",
-                                           "model.gin"]
+  assert sorted(os.listdir(converted)) == [
+      "categories.json", "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index", "model.gin"
+  ]
   cats = json.load(open(os.path.join(converted, "categories.json")))["categories"]
-  assert [(c["id"], c["name"], c["contiguous_id"]) for c in cats] == [
-      (1, "circle", 1), (2, "square", 2), (3, "triangle", 3)]
+  assert [(c["id"], c["name"], c["contiguous_id"]) for c in cats] == [(1, "circle", 1),
+                                                                      (2, "square", 2),
+                                                                      (3, "triangle", 3)]
   gin_text = open(os.path.join(converted, "model.gin")).read()
   for binding in ("build_model.anchor_offset = 0.0", "build_model.aspect_ratios = (2.0, 1.0, 0.5)",
                   "build_model.roi_align_aligned = True", "build_model.block_counts = (1, 1, 1, 1)",
@@ -100,7 +105,7 @@ def test_stages_equal_detectron2(model, stages):
       worst[f"p{level}"] = _close(feats[level].numpy(), ref, f"{p} P{level}")
       ref = stages[f"{p}/rpn/objectness_logits_p{level}"].transpose(0, 2, 3, 1).reshape(1, -1)
       worst[f"rpn logits p{level}"] = _close(scores[level].numpy(), ref, f"{p} RPN logits")
-      d = stages[f"{p}/rpn/anchor_deltas_p{level}"]                   # [1, A*4, H, W]
+      d = stages[f"{p}/rpn/anchor_deltas_p{level}"]  # [1, A*4, H, W]
       n, a4, h, w = d.shape
       d = d.reshape(n, a4 // 4, 4, h, w).transpose(0, 3, 4, 1, 2).reshape(1, -1, 4)
       worst[f"rpn deltas p{level}"] = _close(deltas[level].numpy(), d[..., [1, 0, 3, 2]],
@@ -108,7 +113,7 @@ def test_stages_equal_detectron2(model, stages):
     proposals = tf.constant(_xyxy_to_yxyx(stages[f"{p}/proposals/boxes"])[None])
     pooled = model.pool_rois(feats, proposals, "box", training=False)
     logits, box_deltas = model.box_predictor(model.box_head(pooled, training=False))
-    ref = stages[f"{p}/box_head/class_logits"]                          # background last
+    ref = stages[f"{p}/box_head/class_logits"]  # background last
     worst["class logits"] = _close(logits.numpy()[0], np.roll(ref, 1, axis=1), f"{p} logits")
     ref = stages[f"{p}/box_head/box_deltas"].reshape(-1, 3, 4)[..., [1, 0, 3, 2]]
     worst["box deltas"] = _close(box_deltas.numpy()[0, :, 1:], ref, f"{p} box deltas")
@@ -139,8 +144,8 @@ def test_detections_and_pasted_masks_equal_detectron2(model, stages):
     det = model.detect(tf.constant(stages[f"{p}/images"].transpose(0, 2, 3, 1)),
                        tf.constant([[128.0, 128.0]]))
     n = int(det["num_detections"][0])
-    boxes, masks = postprocess.to_input_image(det["boxes"][0], det["masks"][0], n,
-                                              tf.constant(1.0), tf.constant([128, 128]))
+    boxes, masks = postprocess.to_input_image(det["boxes"][0], det["masks"][0], n, tf.constant(1.0),
+                                              tf.constant([128, 128]))
     boxes, masks = boxes.numpy()[:n], masks.numpy()[:n]
     scores, classes = det["scores"].numpy()[0, :n], det["classes"].numpy()[0, :n] - 1
     ref_boxes = _xyxy_to_yxyx(stages[f"{p}/final/boxes"])
@@ -150,8 +155,11 @@ def test_detections_and_pasted_masks_equal_detectron2(model, stages):
     free = set(range(n))
     for i in range(len(ref_boxes)):
       total += 1
-      ok = [j for j in free if classes[j] == ref_classes[i] and iou[i, j] >= 0.99
-            and abs(scores[j] - ref_scores[i]) <= 1e-3]
+      ok = [
+          j for j in free
+          if classes[j] == ref_classes[i] and iou[i, j] >= 0.99 and abs(scores[j] -
+                                                                        ref_scores[i]) <= 1e-3
+      ]
       if not ok:
         continue
       j = max(ok, key=lambda j: iou[i, j])
@@ -166,8 +174,9 @@ def test_detections_and_pasted_masks_equal_detectron2(model, stages):
 def test_level_assignment_follows_detectron2_above_p2(stages):
   """detectron2's rule, floor(4 + log2(sqrt(area) / 224 + 1e-8)) clamped to P2-P5, on boxes
   at every level boundary (the 128 px fixture pools almost everything from P2)."""
-  sides = np.array([8, 55.9, 56, 56.1, 111.9, 112, 112.1, 223.9, 224, 224.1, 447.9, 448,
-                    448.1, 900, 1300], np.float32)
+  sides = np.array(
+      [8, 55.9, 56, 56.1, 111.9, 112, 112.1, 223.9, 224, 224.1, 447.9, 448, 448.1, 900, 1300],
+      np.float32)
   boxes = np.stack([np.zeros_like(sides), np.zeros_like(sides), sides, sides], -1)
   ratio = np.sqrt(sides * sides) / np.float32(224.0) + np.float32(1e-8)
   expected = np.clip(np.floor(4 + np.log2(ratio)), 2, 5).astype(np.int32)
@@ -186,18 +195,22 @@ def test_evaluate_gives_detectron2_detections_and_ap(converted, tmp_path):
   one to one) and its box and mask AP."""
   from pycocotools import mask as mask_utils
   results = tmp_path / "detections.json"
-  r = subprocess.run([sys.executable, "-m", "rethink_tf.evaluate",
-                      f"--gin_file={converted}/model.gin",
-                      "--gin_file=gin_configs/data/synthetic.gin",
-                      f"--checkpoint={converted}", f"--results_file={results}"], cwd=REPO_ROOT,
-                     capture_output=True, text=True, timeout=900)
+  r = subprocess.run([
+      sys.executable, "-m", "rethink_tf.evaluate", f"--gin_file={converted}/model.gin",
+      "--gin_file=gin_configs/data/synthetic.gin", f"--checkpoint={converted}",
+      f"--results_file={results}"
+  ],
+                     cwd=REPO_ROOT,
+                     capture_output=True,
+                     text=True,
+                     timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   metrics = json.loads(r.stdout.strip().splitlines()[-1])
   reference = json.load(open(os.path.join(D2, "eval.json")))["coco_stats_12"]
   for iou in ("bbox", "segm"):
     assert abs(metrics[iou]["AP"] - reference[iou]["AP"]) <= 0.002, (iou, metrics[iou]["AP"])
-  print("AP (ours, detectron2):", {iou: (metrics[iou]["AP"], reference[iou]["AP"])
-                                   for iou in ("bbox", "segm")})
+  print("AP (ours, detectron2):",
+        {iou: (metrics[iou]["AP"], reference[iou]["AP"]) for iou in ("bbox", "segm")})
   ours = json.load(open(results))
   theirs = json.load(open(os.path.join(D2, "predictions_val.json")))
   by_image = {}
@@ -207,8 +220,10 @@ def test_evaluate_gives_detectron2_detections_and_ap(converted, tmp_path):
   matched, mask_ious = 0, []
   for d in ours:
     free = by_image.get(d["image_id"], [])
-    box_diff = [np.abs(np.subtract(t["bbox"], d["bbox"])).max() if t["category_id"] ==
-                d["category_id"] else np.inf for t in free]
+    box_diff = [
+        np.abs(np.subtract(t["bbox"], d["bbox"])).max()
+        if t["category_id"] == d["category_id"] else np.inf for t in free
+    ]
     if not box_diff or min(box_diff) > 0.01:
       continue
     t = free.pop(int(np.argmin(box_diff)))
@@ -226,18 +241,22 @@ def test_exported_converted_model_serves_the_evaluated_detections(converted, tmp
   SavedModel's tf_example signature on one batch of validation records against the
   evaluation of the same images."""
   import glob
+
   from rethink_tf.data.input_pipeline import InputConfig
   from rethink_tf.evaluation.evaluator import predict_coco_results
   from rethink_tf.inference import build_for_inference, resolve_checkpoint
   root = str(tmp_path / "exported")
-  r = subprocess.run([sys.executable, "-m", "export.export_saved_model",
-                      f"--gin_file={converted}/model.gin", f"--checkpoint={converted}",
-                      f"--export_dir={root}", "--max_detections=50"], cwd=REPO_ROOT,
-                     capture_output=True, text=True, timeout=900)
+  r = subprocess.run([
+      sys.executable, "-m", "export.export_saved_model", f"--gin_file={converted}/model.gin",
+      f"--checkpoint={converted}", f"--export_dir={root}", "--max_detections=50"
+  ],
+                     cwd=REPO_ROOT,
+                     capture_output=True,
+                     text=True,
+                     timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   loaded = tf.saved_model.load(os.path.join(root, "1"))
-  assert [n.decode() for n in loaded.category_names.numpy()] == ["circle", "square",
-                                                                 "triangle"]
+  assert [n.decode() for n in loaded.category_names.numpy()] == ["circle", "square", "triangle"]
   config.parse_gin([f"{converted}/model.gin", "gin_configs/data/synthetic.gin"])
   cfg = InputConfig().prepare(training=False)
   files = sorted(glob.glob(cfg.val_pattern))
@@ -255,6 +274,7 @@ def test_exported_converted_model_serves_the_evaluated_detections(converted, tmp
 
 # ---------------------------------------------------------------------------------------------
 # Detectron's blob names.
+
 
 def _detectron_blobs(d2):
   """The fixture's weights renamed to Detectron's blobs (the table in detector_import):
@@ -300,8 +320,7 @@ def _detectron_blobs(d2):
   return blobs
 
 
-def test_detectron_blob_names_convert_to_the_same_checkpoint(converted, categories_json,
-                                                             tmp_path):
+def test_detectron_blob_names_convert_to_the_same_checkpoint(converted, categories_json, tmp_path):
   d2 = detector_import.read_weights(PKL)
   path = str(tmp_path / "model_final.pkl")
   with open(path, "wb") as f:
@@ -310,10 +329,13 @@ def test_detectron_blob_names_convert_to_the_same_checkpoint(converted, categori
   convert_detector.convert("detectron", path, out, None, categories_json)
   ours = tf.train.load_checkpoint(tf.train.latest_checkpoint(out))
   ref = tf.train.load_checkpoint(tf.train.latest_checkpoint(converted))
-  names = [n for n, _ in tf.train.list_variables(tf.train.latest_checkpoint(converted))
-           if n.startswith("model/")]
-  assert sorted(names) == sorted(n for n, _ in tf.train.list_variables(
-      tf.train.latest_checkpoint(out)) if n.startswith("model/"))
+  names = [
+      n for n, _ in tf.train.list_variables(tf.train.latest_checkpoint(converted))
+      if n.startswith("model/")
+  ]
+  assert sorted(names) == sorted(
+      n for n, _ in tf.train.list_variables(tf.train.latest_checkpoint(out))
+      if n.startswith("model/"))
   assert len(names) > 100
   for name in names:
     np.testing.assert_array_equal(ours.get_tensor(name), ref.get_tensor(name), err_msg=name)
@@ -326,6 +348,7 @@ def test_detectron_blob_names_convert_to_the_same_checkpoint(converted, categori
 # ---------------------------------------------------------------------------------------------
 # Bad files.
 
+
 def _write_pkl(path, tensors):
   with open(path, "wb") as f:
     pickle.dump({"model": tensors, "__author__": "test"}, f)
@@ -333,6 +356,7 @@ def _write_pkl(path, tensors):
 
 
 class _RunsCode:
+
   def __reduce__(self):
     return (os.system, (f"touch {self.marker}",))
 
@@ -344,11 +368,13 @@ def _bad_inputs(tmp_path):
   cases = []
   missing = dict(d2)
   del missing["roi_heads.mask_head.deconv.weight"]
-  cases.append(("missing", _write_pkl(tmp_path / "missing.pkl", missing), CONFIG,
-                ["missing", "roi_heads.mask_head.deconv.weight"]))
+  cases.append(
+      ("missing", _write_pkl(tmp_path / "missing.pkl",
+                             missing), CONFIG, ["missing", "roi_heads.mask_head.deconv.weight"]))
   extra = {**d2, "roi_heads.box_head.fc2.weight": np.zeros([256, 256], np.float32)}
-  cases.append(("extra", _write_pkl(tmp_path / "extra.pkl", extra), CONFIG,
-                ["match no variable", "roi_heads.box_head.fc2.weight"]))
+  cases.append(
+      ("extra", _write_pkl(tmp_path / "extra.pkl",
+                           extra), CONFIG, ["match no variable", "roi_heads.box_head.fc2.weight"]))
   shape = {**d2, "roi_heads.box_head.conv2.weight": np.zeros([64, 32, 3, 3], np.float32)}
   cases.append(("shape", _write_pkl(tmp_path / "shape.pkl", shape), CONFIG,
                 ["roi_heads.box_head.conv2.weight", "(3, 3, 32, 64)", "(3, 3, 64, 64)"]))
@@ -391,10 +417,15 @@ def test_cli_exits_1_with_one_line_and_no_traceback(tmp_path, categories_json):
   for name in ("shape",):  # the in-process test covers every kind; the CLI reports them alike
     weights, cfg = cases[name]
     out = tmp_path / f"cli_{name}"
-    r = subprocess.run([sys.executable, "-m", "rethink_tf.modeling.convert_detector",
-                        "--format=detectron2", f"--input={weights}", f"--config={cfg}",
-                        f"--categories={categories_json}", f"--output={out}"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([
+        sys.executable, "-m", "rethink_tf.modeling.convert_detector", "--format=detectron2",
+        f"--input={weights}", f"--config={cfg}", f"--categories={categories_json}",
+        f"--output={out}"
+    ],
+                       cwd=REPO_ROOT,
+                       capture_output=True,
+                       text=True,
+                       timeout=300)
     assert r.returncode == 1, (name, r.stderr[-2000:])
     lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and weights in lines[0], (name, r.stderr[-2000:])
@@ -425,6 +456,7 @@ def test_config_without_num_blocks_derives_them_from_depth(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Cascade stages, keypoint head and conversion without a config.
 
+
 def _conv2d(x, w, pad):
   """torch Conv2d (cross-correlation, stride 1): x [C, H, W], w [O, C, k, k] -> [O, H', W']."""
   k = w.shape[-1]
@@ -444,18 +476,20 @@ def _conv_transpose2d(x, w, stride, pad):
   full = np.zeros([w.shape[1], (h - 1) * stride + k, (wd - 1) * stride + k])
   for y in range(h):
     for xx in range(wd):
-      full[:, y * stride:y * stride + k, xx * stride:xx * stride + k] += np.einsum(
-          "c,cokl->okl", x[:, y, xx], w)
+      full[:, y * stride:y * stride + k,
+           xx * stride:xx * stride + k] += np.einsum("c,cokl->okl", x[:, y, xx], w)
   return full[:, pad:full.shape[1] - pad, pad:full.shape[2] - pad]
 
 
 def _upsample2x(x):
   """torch interpolate(scale 2, bilinear, align_corners=False) of [C, H, W]."""
+
   def axis(n):
     src = np.clip((np.arange(2 * n) + 0.5) / 2 - 0.5, 0, n - 1)
     lo = np.floor(src).astype(int)
     hi = np.minimum(lo + 1, n - 1)
     return lo, hi, src - lo
+
   (ylo, yhi, fy), (xlo, xhi, fx) = axis(x.shape[1]), axis(x.shape[2])
   rows = x[:, ylo] * (1 - fy)[None, :, None] + x[:, yhi] * fy[None, :, None]
   return rows[:, :, xlo] * (1 - fx) + rows[:, :, xhi] * fx
@@ -468,8 +502,11 @@ def test_cascade_and_keypoint_heads_convert_by_detectron2_names(tmp_path, catego
   layers compute (numpy reference of torch's conv, transposed conv and upsampling)."""
   rng = np.random.default_rng(0)
   d2 = detector_import.read_weights(PKL)
-  tensors = {k: v for k, v in d2.items() if not k.startswith(("roi_heads.box_head.",
-                                                              "roi_heads.box_predictor."))}
+  tensors = {
+      k: v
+      for k, v in d2.items()
+      if not k.startswith(("roi_heads.box_head.", "roi_heads.box_predictor."))
+  }
   for k in range(3):
     for name, value in d2.items():
       if name.startswith("roi_heads.box_head."):
@@ -478,21 +515,24 @@ def test_cascade_and_keypoint_heads_convert_by_detectron2_names(tmp_path, catego
     tensors[f"roi_heads.box_predictor.{k}.cls_score.bias"] = rng.normal(size=4)
     tensors[f"roi_heads.box_predictor.{k}.bbox_pred.weight"] = rng.normal(size=(4, 256)) * .01
     tensors[f"roi_heads.box_predictor.{k}.bbox_pred.bias"] = rng.normal(size=4)
-  kp = {"conv_fcn1.weight": (16, 64, 3, 3), "conv_fcn1.bias": (16,),
-        "conv_fcn2.weight": (16, 16, 3, 3), "conv_fcn2.bias": (16,),
-        "score_lowres.weight": (16, 4, 4, 4), "score_lowres.bias": (4,)}
+  kp = {
+      "conv_fcn1.weight": (16, 64, 3, 3), "conv_fcn1.bias": (16,
+                                                            ), "conv_fcn2.weight": (16, 16, 3, 3),
+      "conv_fcn2.bias": (16,), "score_lowres.weight": (16, 4, 4, 4), "score_lowres.bias": (4,)
+  }
   for name, shape in kp.items():
     tensors[f"roi_heads.keypoint_head.{name}"] = (rng.normal(size=shape) * 0.1).astype(np.float32)
   tensors = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
   cfg = yaml.safe_load(open(CONFIG))
   cfg["MODEL"]["ROI_HEADS"]["NAME"] = "CascadeROIHeads"
   cfg["MODEL"]["KEYPOINT_ON"] = True
-  cfg["MODEL"]["ROI_KEYPOINT_HEAD"].update(CONV_DIMS=[16, 16], NUM_KEYPOINTS=4,
+  cfg["MODEL"]["ROI_KEYPOINT_HEAD"].update(CONV_DIMS=[16, 16],
+                                           NUM_KEYPOINTS=4,
                                            POOLER_SAMPLING_RATIO=2)
   (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
   out = str(tmp_path / "cascade_keypoints")
-  _, _, model = convert_detector.convert("detectron2", _write_pkl(tmp_path / "m.pkl", tensors),
-                                         out, str(tmp_path / "config.yaml"), categories_json)
+  _, _, model = convert_detector.convert("detectron2", _write_pkl(tmp_path / "m.pkl", tensors), out,
+                                         str(tmp_path / "config.yaml"), categories_json)
   assert model.num_stages == 3 and bool(model.cascade_active.numpy())
   stage3 = model.cascade_box_predictors[1]
   src = tensors["roi_heads.box_predictor.2.bbox_pred.weight"]
@@ -503,7 +543,7 @@ def test_cascade_and_keypoint_heads_convert_by_detectron2_names(tmp_path, catego
                                 d2["roi_heads.box_head.fc1.bias"] + 2)
   x = rng.normal(size=(64, 14, 14)).astype(np.float32)
   ours = model.keypoint_head(tf.constant(x.transpose(1, 2, 0)[None, None]),
-                             training=False).numpy()[0, 0]                  # [K, 56, 56]
+                             training=False).numpy()[0, 0]  # [K, 56, 56]
   t = lambda n: tensors[f"roi_heads.keypoint_head.{n}"]
   h = np.maximum(_conv2d(x, t("conv_fcn1.weight"), 1) + t("conv_fcn1.bias")[:, None, None], 0)
   h = np.maximum(_conv2d(h, t("conv_fcn2.weight"), 1) + t("conv_fcn2.bias")[:, None, None], 0)
@@ -517,16 +557,16 @@ def test_conversion_without_config_reads_the_architecture_from_the_weights():
   """No --config: the weights give the same architecture as the run's config.yaml (the test
   sizes and anchors then are detectron2's COCO defaults)."""
   tensors = detector_import.read_weights(PKL)
-  with_config = detector_specs.detectron2_spec(
-      detector_configs.read_config(CONFIG, "detectron2"), tensors, CONFIG)
-  without = detector_specs.detectron2_spec(
-      detector_configs.default_config("detectron2", tensors), tensors, PKL)
+  with_config = detector_specs.detectron2_spec(detector_configs.read_config(CONFIG, "detectron2"),
+                                               tensors, CONFIG)
+  without = detector_specs.detectron2_spec(detector_configs.default_config("detectron2", tensors),
+                                           tensors, PKL)
   architecture = ("norm", "fpn_norm", "head_norm", "block_counts", "groups", "width_per_group",
                   "width_multiplier", "fpn_channels", "box_head_type", "box_head_num_conv",
                   "head_conv_dim", "head_fc_dim", "mask_on", "mask_head_num_conv",
                   "mask_head_conv_dim", "stride_in_1x1")
-  assert {k: without.model[k] for k in architecture} == {k: with_config.model[k]
-                                                         for k in architecture}
+  assert {k: without.model[k] for k in architecture
+         } == {k: with_config.model[k] for k in architecture}
   assert without.num_classes == with_config.num_classes == 3
   assert without.model["anchor_size"] == 8.0 and without.model["box_sampling_ratio"] == 0
   assert without.inputs["pixel_std"] == (1.0, 1.0, 1.0) and without.inputs["short_side"] == 800

@@ -12,12 +12,13 @@ import sys
 
 import numpy as np
 import pytest
+from backbone_recipe import ROOT, assert_features_match, recipe
 from safetensors.numpy import save_file
 
-from backbone_recipe import ROOT, assert_features_match, recipe
-from conftest import REPO_ROOT
 from rethink_tf.modeling import convert_weights, weight_import
 from rethink_tf.modeling.init import input_convention
+
+from conftest import REPO_ROOT
 
 
 def _features(backbone, ref):
@@ -38,7 +39,7 @@ def _detectron_blobs(variant):
       s = w[g["gamma"]].astype(np.float64) / np.sqrt(w[g["running_var"]].astype(np.float64) + 1e-5)
       blobs[g["scale_blob"]] = s.astype(np.float32)
       blobs[g["bias_blob"]] = (w[g["beta"]] - w[g["running_mean"]] * s).astype(np.float32)
-  blobs["conv1_b"] = np.zeros(64, np.float32)          # present in the real pkls, ignored
+  blobs["conv1_b"] = np.zeros(64, np.float32)  # present in the real pkls, ignored
   blobs["fc1000_w" if variant == "bn" else "pred_w"] = np.zeros((10, 2048), np.float32)
   return blobs
 
@@ -83,7 +84,9 @@ def test_our_detectron_names_equal_the_fixture_mapping():
 
 
 def test_code_in_a_pickle_is_refused(tmp_path):
+
   class Evil:
+
     def __reduce__(self):
       return (os.system, ("echo pwned",))
 
@@ -110,12 +113,15 @@ def test_cli_writes_checkpoint_and_check_features(tmp_path):
   w, ref = recipe("gn")
   np.savez(tmp_path / "w.npz", **w)
   np.save(tmp_path / "x.npy", ref["input_nchw"].transpose(0, 2, 3, 1))
-  out = subprocess.run(
-      [sys.executable, "-m", "rethink_tf.modeling.convert_weights", "--format=torchvision",
-       f"--input={tmp_path / 'w.npz'}", f"--output={tmp_path / 'ckpt'}", "--depth=50",
-       "--norm=GN", f"--check_input={tmp_path / 'x.npy'}",
-       f"--check_output={tmp_path / 'feats.npz'}"],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  out = subprocess.run([
+      sys.executable, "-m", "rethink_tf.modeling.convert_weights", "--format=torchvision",
+      f"--input={tmp_path / 'w.npz'}", f"--output={tmp_path / 'ckpt'}", "--depth=50", "--norm=GN",
+      f"--check_input={tmp_path / 'x.npy'}", f"--check_output={tmp_path / 'feats.npz'}"
+  ],
+                       cwd=REPO_ROOT,
+                       capture_output=True,
+                       text=True,
+                       timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   feats = np.load(tmp_path / "feats.npz")
   assert sorted(feats.files) == ["c1_pool", "c2", "c3", "c4", "c5"]

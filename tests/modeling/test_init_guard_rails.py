@@ -4,11 +4,11 @@ import pytest
 import tensorflow as tf
 
 from rethink_tf import config
+from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.modeling import init as init_lib
+from rethink_tf.modeling.detector import build_detector
 from rethink_tf.modeling.init import InitError, InitMode
 from rethink_tf.modeling.resnet import ResNet
-from rethink_tf.modeling.detector import build_detector
-from rethink_tf.data.input_pipeline import InputConfig
 
 
 def test_scratch_with_frozen_bn_is_refused():
@@ -55,8 +55,13 @@ def test_guard_rails_fire_from_gin_before_training(files, params, match):
 
 
 def _tiny_backbone(**kw):
-  net = ResNet(depth=50, norm="GN", width_multiplier=0.25, block_counts=(1, 1, 1, 1),
-               gn_num_groups=8, name="backbone", **kw)
+  net = ResNet(depth=50,
+               norm="GN",
+               width_multiplier=0.25,
+               block_counts=(1, 1, 1, 1),
+               gn_num_groups=8,
+               name="backbone",
+               **kw)
   net(tf.zeros([1, 64, 64, 3]))
   return net
 
@@ -68,8 +73,12 @@ def test_restore_backbone_round_trip_and_mismatch(tmp_path):
   init_lib.restore_backbone(dst, prefix)
   for a, b in zip(src.variables, dst.variables):
     assert (a.numpy() == b.numpy()).all()
-  other = ResNet(depth=50, norm="GN", width_multiplier=0.25, block_counts=(1, 1, 2, 1),
-                 gn_num_groups=8, name="backbone")
+  other = ResNet(depth=50,
+                 norm="GN",
+                 width_multiplier=0.25,
+                 block_counts=(1, 1, 2, 1),
+                 gn_num_groups=8,
+                 name="backbone")
   other(tf.zeros([1, 64, 64, 3]))
   with pytest.raises(InitError, match="does not match"):
     init_lib.restore_backbone(other, prefix)
@@ -83,28 +92,31 @@ def test_pretrained_mode_restores_the_backbone_before_step_zero(tmp_path):
   donor = Trainer(str(tmp_path / "donor"), distribute.get_strategy("one_device"))
   prefix = init_lib.save_backbone(donor.model.backbone, str(tmp_path / "backbone"))
   # Another seed: without the restore, the backbone would differ from the donor's.
-  config.parse_gin(["gin_configs/testing/tiny.gin"],
-                   ["init_config.mode='pretrained'", f"init_config.checkpoint='{prefix}'",
-                    "TrainConfig.seed=1"])
+  config.parse_gin(
+      ["gin_configs/testing/tiny.gin"],
+      ["init_config.mode='pretrained'", f"init_config.checkpoint='{prefix}'", "TrainConfig.seed=1"])
   t = Trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
   assert t.restore_or_initialize() == 0
   for a, b in zip(donor.model.backbone.variables, t.model.backbone.variables):
     assert (a.numpy() == b.numpy()).all()
   # The heads were not part of the checkpoint: they keep their own random init.
-  assert not (donor.model.box_head.variables[0].numpy() ==
-              t.model.box_head.variables[0].numpy()).all()
+  assert not (donor.model.box_head.variables[0].numpy()
+              == t.model.box_head.variables[0].numpy()).all()
 
 
 def test_pretrained_input_convention_and_layout_are_enforced(tmp_path):
   """A converted checkpoint's pixel convention reaches the pipeline; a layout mismatch fails."""
   import json
+
   from rethink_tf.training import distribute
   from rethink_tf.training.trainer import Trainer
   config.parse_gin(["gin_configs/testing/tiny.gin"])
   donor = Trainer(str(tmp_path / "donor"), distribute.get_strategy("one_device"))
   prefix = init_lib.save_backbone(donor.model.backbone, str(tmp_path / "backbone"))
-  meta = {"channel_order": "BGR", "pixel_mean": [102.9801, 115.9465, 122.7717],
-          "pixel_std": [1.0, 1.0, 1.0], "stride_in_1x1": False}
+  meta = {
+      "channel_order": "BGR", "pixel_mean": [102.9801, 115.9465, 122.7717],
+      "pixel_std": [1.0, 1.0, 1.0], "stride_in_1x1": False
+  }
   with open(prefix + ".json", "w") as f:
     json.dump(meta, f)
   pretrained = ["init_config.mode='pretrained'", f"init_config.checkpoint='{prefix}'"]
@@ -113,7 +125,8 @@ def test_pretrained_input_convention_and_layout_are_enforced(tmp_path):
   assert t.input_cfg.channel_order == "BGR"
   assert t.input_cfg.pixel_mean == tuple(meta["pixel_mean"])
   assert t.input_cfg.pixel_std == (1.0, 1.0, 1.0)
-  config.parse_gin(["gin_configs/testing/tiny.gin"], pretrained + ["build_model.stride_in_1x1=True"])
+  config.parse_gin(["gin_configs/testing/tiny.gin"],
+                   pretrained + ["build_model.stride_in_1x1=True"])
   with pytest.raises(InitError, match="stride_in_1x1"):
     Trainer(str(tmp_path / "run2"), distribute.get_strategy("one_device"))
 

@@ -21,16 +21,20 @@ def _batch(model):
   batch = next(iter(make_dataset(cfg, True, 2, model.anchor_kwargs, seed=0)))
   y1, x1, y2, x2 = tf.unstack(batch["gt_boxes"], axis=-1)
   valid = tf.cast(batch["gt_classes"] > 0, tf.float32)
-  points = tf.stack([tf.stack([x1, y1, 2 * valid], -1),
-                     tf.stack([x2 - 0.01, y1, 2 * valid], -1),
-                     tf.stack([(x1 + x2) / 2, (y1 + y2) / 2, valid], -1)], axis=2)
+  points = tf.stack([
+      tf.stack([x1, y1, 2 * valid], -1),
+      tf.stack([x2 - 0.01, y1, 2 * valid], -1),
+      tf.stack([(x1 + x2) / 2, (y1 + y2) / 2, valid], -1)
+  ],
+                    axis=2)
   return {**batch, "gt_keypoints": points * valid[..., None, None]}
 
 
 def test_keypoint_head_trains_and_detects():
-  config.parse_gin(["gin_configs/testing/tiny.gin"],
-                   [f"build_model.num_keypoints = {K}", "build_model.keypoint_head_conv_dim = 32",
-                    "build_model.keypoint_head_num_conv = 2"])
+  config.parse_gin(["gin_configs/testing/tiny.gin"], [
+      f"build_model.num_keypoints = {K}", "build_model.keypoint_head_conv_dim = 32",
+      "build_model.keypoint_head_num_conv = 2"
+  ])
   model = build_model(num_classes=4, image_size=(64, 64))
   batch = _batch(model)
   optimizer = tf_keras.optimizers.SGD(0.02, momentum=0.9)
@@ -46,7 +50,7 @@ def test_keypoint_head_trains_and_detects():
   outputs, losses = step()
   assert outputs["keypoint_logits"].shape[2:] == (K, 56, 56)
   assert outputs["keypoint_targets"].shape == outputs["keypoint_weights"].shape
-  assert float(tf.reduce_sum(outputs["keypoint_weights"])) > 0     # labeled, in fg RoIs
+  assert float(tf.reduce_sum(outputs["keypoint_weights"])) > 0  # labeled, in fg RoIs
   assert list(losses) == loss_names(True, True)
   assert all(np.isfinite(float(v)) for v in losses.values())
   assert float(losses["keypoint_loss"]) > 0
@@ -61,9 +65,11 @@ def test_keypoint_head_trains_and_detects():
 
 def test_keypoint_head_without_keypoint_data_is_refused_before_training():
   import pytest
-  from rethink_tf.run_config import ConfigError
+
   from rethink_tf.modeling.detector import build_detector
+  from rethink_tf.run_config import ConfigError
   config.parse_gin(["gin_configs/testing/tiny.gin"], ["build_model.num_keypoints = 17"])
-  with pytest.raises(ConfigError, match=r"build_model.num_keypoints = 17 but "
+  with pytest.raises(ConfigError,
+                     match=r"build_model.num_keypoints = 17 but "
                      r"InputConfig.keypoint_names names 0 keypoints"):
     build_detector(InputConfig(padded_size=(64, 64)), training=True)

@@ -19,9 +19,10 @@ def test_flip_swaps_left_and_right_and_mirrors_x():
   assert perm[names.index("nose")] == names.index("nose")
   assert sorted(perm) == list(range(17)) and all(perm[perm[i]] == i for i in range(17))
   rng = np.random.default_rng(0)
-  points = np.concatenate([rng.uniform(0, 100, (3, 17, 2)),
-                           rng.integers(0, 3, (3, 17, 1))], -1).astype(np.float32)
-  points[..., :2] *= points[..., 2:] > 0                 # unlabeled keypoints are (0, 0, 0)
+  points = np.concatenate(
+      [rng.uniform(0, 100,
+                   (3, 17, 2)), rng.integers(0, 3, (3, 17, 1))], -1).astype(np.float32)
+  points[..., :2] *= points[..., 2:] > 0  # unlabeled keypoints are (0, 0, 0)
   flipped = kp.flip_keypoints(tf.constant(points), 100.0, perm).numpy()
   i, j = names.index("left_wrist"), names.index("right_wrist")
   labeled = points[:, i, 2] > 0
@@ -29,7 +30,8 @@ def test_flip_swaps_left_and_right_and_mirrors_x():
   np.testing.assert_allclose(flipped[:, j, 1:], points[:, i, 1:])
   assert (flipped[points[:, perm, 2] == 0][:, :2] == 0).all()
   np.testing.assert_allclose(kp.flip_keypoints(tf.constant(flipped), 100.0, perm).numpy(),
-                             points, atol=1e-4)
+                             points,
+                             atol=1e-4)
 
 
 def _rois_and_bin_centre_keypoints(rng, n=6, k=17):
@@ -66,10 +68,10 @@ def test_any_keypoint_decodes_within_half_a_bin_and_unlabeled_or_outside_ones_ar
   y1, x1, y2, x2 = rois.T
   x = rng.uniform(x1[:, None], x2[:, None], (6, 17))
   y = rng.uniform(y1[:, None], y2[:, None], (6, 17))
-  x[0, 0], y[0, 0] = x2[0], y2[0]                  # on the far corner: the last bin
+  x[0, 0], y[0, 0] = x2[0], y2[0]  # on the far corner: the last bin
   v = np.full((6, 17), 2.0)
-  v[1, 3] = 0                                       # unlabeled
-  x[2, 4] = x2[2] + 1.0                             # outside its RoI
+  v[1, 3] = 0  # unlabeled
+  x[2, 4] = x2[2] + 1.0  # outside its RoI
   points = np.stack([x, y, v], -1).astype(np.float32)
   index, valid = kp.keypoint_targets(tf.constant(points), tf.constant(rois), S)
   assert index.numpy()[0, 0] == S * S - 1
@@ -87,18 +89,21 @@ def _person_gt():
   rng = np.random.default_rng(3)
   rois, points, _ = _rois_and_bin_centre_keypoints(rng, n=3)
   points[0, 5, 2] = 0
-  points[0, 5, :2] = 0                              # one unlabeled keypoint
+  points[0, 5, :2] = 0  # one unlabeled keypoint
   anns = []
   for i, (roi, p) in enumerate(zip(rois, points)):
     y1, x1, y2, x2 = (float(v) for v in roi)
-    anns.append({"id": i + 1, "image_id": 1 + i % 2, "category_id": 1, "iscrowd": 0,
-                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                 "keypoints": [round(float(v), 4) for v in p.reshape(-1)],
-                 "num_keypoints": int((p[:, 2] > 0).sum())})
-  gt = {"images": [{"id": 1, "height": 400, "width": 400}, {"id": 2, "height": 400,
-                                                             "width": 400}],
-        "categories": [{"id": 1, "name": "person", "keypoints": list(kp.COCO_PERSON_KEYPOINTS)}],
-        "annotations": anns}
+    anns.append({
+        "id": i + 1, "image_id": 1 + i % 2, "category_id": 1, "iscrowd": 0,
+        "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+        "keypoints": [round(float(v), 4) for v in p.reshape(-1)], "num_keypoints": int((p[:, 2]
+                                                                                        > 0).sum())
+    })
+  gt = {
+      "images": [{"id": 1, "height": 400, "width": 400}, {"id": 2, "height": 400, "width": 400}],
+      "categories": [{"id": 1, "name": "person",
+                      "keypoints": list(kp.COCO_PERSON_KEYPOINTS)}], "annotations": anns
+  }
   return gt, rois, points
 
 
@@ -109,7 +114,10 @@ def test_ground_truth_keypoints_score_ap_1_through_heatmaps_and_our_evaluator():
   decoded = kp.decode_heatmaps(logits, tf.constant(rois)).numpy()
   results = []
   for i in range(3):
-    results += detections_to_coco(1 + i % 2, rois[i:i + 1], np.array([0.9]), np.array([1]),
+    results += detections_to_coco(1 + i % 2,
+                                  rois[i:i + 1],
+                                  np.array([0.9]),
+                                  np.array([1]),
                                   keypoints=decoded[i:i + 1])
   stats = evaluate(load_coco(gt), results, "keypoints")
   assert set(stats) == {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}

@@ -17,8 +17,13 @@ def test_resnet50_parameter_count_equals_torchvision():
 
 
 def test_resnext_groups_and_output_shapes():
-  net = ResNet(depth=50, groups=32, width_per_group=4, norm="GN", width_multiplier=0.25,
-               block_counts=(1, 1, 1, 1), gn_num_groups=8)
+  net = ResNet(depth=50,
+               groups=32,
+               width_per_group=4,
+               norm="GN",
+               width_multiplier=0.25,
+               block_counts=(1, 1, 1, 1),
+               gn_num_groups=8)
   feats = net(tf.zeros([2, 64, 96, 3]))
   assert feats[1].shape == (2, 16, 24, 16)
   assert [feats[l].shape for l in (2, 3, 4, 5)] == [(2, 16, 24, 64), (2, 8, 12, 128),
@@ -28,7 +33,10 @@ def test_resnext_groups_and_output_shapes():
 
 
 def test_freeze_at_freezes_stem_and_res2():
-  net = ResNet(depth=50, norm="FrozenBN", freeze_at=2, width_multiplier=0.25,
+  net = ResNet(depth=50,
+               norm="FrozenBN",
+               freeze_at=2,
+               width_multiplier=0.25,
                block_counts=(1, 1, 1, 1))
   net(tf.zeros([1, 64, 64, 3]))
   trainable = {v.name for v in net.trainable_variables}
@@ -60,12 +68,19 @@ def test_unknown_depth_is_an_error():
 
 
 def test_stride_in_1x1_layout():
-  v1 = ResNet(depth=50, norm="GN", width_multiplier=0.25, block_counts=(1, 1, 1, 1),
-              gn_num_groups=8, stride_in_1x1=True)
+  v1 = ResNet(depth=50,
+              norm="GN",
+              width_multiplier=0.25,
+              block_counts=(1, 1, 1, 1),
+              gn_num_groups=8,
+              stride_in_1x1=True)
   feats = v1(tf.zeros([1, 64, 64, 3]))
   block = v1.stages[1][0]
   assert block.conv1.strides == 2 and block.conv2.strides == 1
   assert feats[3].shape == (1, 8, 8, 128)
-  v15 = ResNet(depth=50, norm="GN", width_multiplier=0.25, block_counts=(1, 1, 1, 1),
+  v15 = ResNet(depth=50,
+               norm="GN",
+               width_multiplier=0.25,
+               block_counts=(1, 1, 1, 1),
                gn_num_groups=8)
   assert v15.stages[1][0].conv1.strides == 1 and v15.stages[1][0].conv2.strides == 2

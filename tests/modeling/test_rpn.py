@@ -52,7 +52,7 @@ def _inputs(seed):
     hw = rng.uniform(4, 60, (n, 2))
     a = np.stack([y, x, y + hw[:, 0], x + hw[:, 1]], 1).astype(np.float32)
     anchors[level] = tf.constant(a)
-    deltas[level] = tf.zeros([1, n, 4])         # proposals = the (clipped) anchors
+    deltas[level] = tf.zeros([1, n, 4])  # proposals = the (clipped) anchors
     scores[level] = tf.constant(rng.normal(size=(1, n)).astype(np.float32))
     level_boxes.append(a)
   return scores, deltas, anchors, level_boxes, [scores[l].numpy()[0] for l in (2, 3)]
@@ -63,8 +63,13 @@ def test_proposals_follow_detectron2_and_detectron():
   for seed in range(3):
     scores, deltas, anchors, level_boxes, level_scores = _inputs(seed)
     for plus_one in (0.0, 1.0):
-      props, valid = generate_proposals(scores, deltas, anchors, tf.constant([size]),
-                                        pre_nms_topk=100, post_nms_topk=40, nms_threshold=0.5,
+      props, valid = generate_proposals(scores,
+                                        deltas,
+                                        anchors,
+                                        tf.constant([size]),
+                                        pre_nms_topk=100,
+                                        post_nms_topk=40,
+                                        nms_threshold=0.5,
                                         box_plus_one=plus_one)
       got = props.numpy()[0][valid.numpy()[0]]
       ref = _reference(level_boxes, level_scores, 100, 40, 0.5, False, plus_one, size)
@@ -81,7 +86,7 @@ def test_rpn_head_output_order_is_row_column_anchor():
   x = tf.random.stateless_normal([1, 4, 5, 8], [0, 1])
   scores, deltas = head({2: x})
   assert scores[2].shape == (1, 60) and deltas[2].shape == (1, 60, 4)
-  raw = head.objectness(head.conv(x)).numpy()[0]                   # [H, W, A]
+  raw = head.objectness(head.conv(x)).numpy()[0]  # [H, W, A]
   np.testing.assert_allclose(scores[2].numpy()[0], raw.reshape(-1), rtol=1e-6)
   raw = head.deltas(head.conv(x)).numpy()[0].reshape(4, 5, 3, 4)
   np.testing.assert_allclose(deltas[2].numpy()[0], raw.reshape(-1, 4), rtol=1e-6)

@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
 from rethink_tf.tools import compare_curves
+
+from conftest import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,10 @@ def test_figure_table_and_csv_match_the_runs_metrics(tiny_reference_run, second_
   ref_dir, r = tiny_reference_run
   assert r.returncode == 0, r.stderr[-3000:]
   x = "images_incl_pretraining"
-  runs = [compare_curves.Run("reference", str(ref_dir), x),
-          compare_curves.Run("pretrained", str(second_run), x)]
+  runs = [
+      compare_curves.Run("reference", str(ref_dir), x),
+      compare_curves.Run("pretrained", str(second_run), x)
+  ]
   out, table, csv_path = tmp_path / "f.png", tmp_path / "t.md", tmp_path / "c.csv"
   result = compare_curves.compare(runs, ["bbox/AP", "segm/AP"], x, str(out), str(table),
                                   str(csv_path))
@@ -76,8 +79,10 @@ def test_run_without_eval_events_and_unknown_metric(tiny_reference_run, tmp_path
   ref_dir, _ = tiny_reference_run
   empty = tmp_path / "empty"
   empty.mkdir()
-  runs = [compare_curves.Run("reference", str(ref_dir), "iterations"),
-          compare_curves.Run("empty", str(empty), "iterations")]
+  runs = [
+      compare_curves.Run("reference", str(ref_dir), "iterations"),
+      compare_curves.Run("empty", str(empty), "iterations")
+  ]
   result = compare_curves.compare(runs, ["bbox/AP", "keypoints/AP"], "iterations",
                                   str(tmp_path / "f.png"))
   msgs = " ".join(result["messages"])
@@ -85,9 +90,14 @@ def test_run_without_eval_events_and_unknown_metric(tiny_reference_run, tmp_path
   assert "run reference: no 'keypoints/AP'" in msgs
   with pytest.raises(compare_curves.CurveError, match="nothing to plot"):
     compare_curves.compare(runs[1:], ["bbox/AP"], "iterations", str(tmp_path / "g.png"))
-  cli = subprocess.run([sys.executable, "-m", "rethink_tf.tools.compare_curves",
-                        f"--run=empty={empty}", f"--output={tmp_path / 'h.png'}"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  cli = subprocess.run([
+      sys.executable, "-m", "rethink_tf.tools.compare_curves", f"--run=empty={empty}",
+      f"--output={tmp_path / 'h.png'}"
+  ],
+                       cwd=REPO_ROOT,
+                       capture_output=True,
+                       text=True,
+                       timeout=300)
   assert cli.returncode != 0 and "compare_curves: nothing to plot" in cli.stderr
   with pytest.raises(compare_curves.CurveError, match="images_seen"):
     (tmp_path / "pre").mkdir()
@@ -107,9 +117,13 @@ def test_tensorboard_serves_scalars_and_prediction_images(tiny_reference_run, tm
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", f"--logdir={ref_dir}",
-                         "--host=127.0.0.1", f"--port={port}", "--reload_interval=0"],
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  tb = subprocess.Popen([
+      sys.executable, "-m", "tensorboard.main", f"--logdir={ref_dir}", "--host=127.0.0.1",
+      f"--port={port}", "--reload_interval=0"
+  ],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        text=True)
   try:
     base = f"http://127.0.0.1:{port}/data/plugin"
     deadline, tags = time.time() + 120, {}

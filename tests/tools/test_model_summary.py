@@ -14,14 +14,16 @@ import sys
 import gin
 import pytest
 
-from conftest import REPO_ROOT
 from rethink_tf import config
 from rethink_tf.tools.model_summary import build_and_summarize
 
+from conftest import REPO_ROOT
+
 # torchvision's published num_params (ImageNet classifiers, with their 1000-way fc).
-TORCHVISION = {"resnet50": 25_557_032, "resnet101": 44_549_160, "resnet152": 60_192_808,
-               "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336,
-               "vgg16": 138_357_544}
+TORCHVISION = {
+    "resnet50": 25_557_032, "resnet101": 44_549_160, "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336, "vgg16": 138_357_544
+}
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 VGG16 = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
@@ -66,8 +68,14 @@ def test_reference_backbone_formula_matches_torchvision():
   assert vgg16_body() + vgg_fc == TORCHVISION["vgg16"]
 
 
-def mask_rcnn_fpn_reference(depth, groups, width_per_group, num_classes=81, c=256,
-                            mask_on=True, num_keypoints=0, cascade_stages=1):
+def mask_rcnn_fpn_reference(depth,
+                            groups,
+                            width_per_group,
+                            num_classes=81,
+                            c=256,
+                            mask_on=True,
+                            num_keypoints=0,
+                            cascade_stages=1):
   """Detectron's Mask R-CNN FPN with norm in FPN and heads (GN or SyncBN): FPN laterals 1x1 and
   outputs 3x3 without bias on C2..C5, P6 by subsampling; RPN 3x3 conv + 1x1 objectness (3) and
   deltas (12) with bias; 4conv1fc box head (no conv bias) + fc 1024; predictor cls K and
@@ -83,8 +91,11 @@ def mask_rcnn_fpn_reference(depth, groups, width_per_group, num_classes=81, c=25
   box_pred = (1024 * num_classes + num_classes) + (1024 * boxes + boxes)
   mask_head = 4 * (9 * c * c + norm_params(c)) + (4 * c * c + c)
   mask_pred = c * num_classes + num_classes
-  ref = dict(backbone=resnet_body(depth, groups, width_per_group), fpn=fpn, rpn=rpn,
-             box_head=box_head, box_predictor=box_pred)
+  ref = dict(backbone=resnet_body(depth, groups, width_per_group),
+             fpn=fpn,
+             rpn=rpn,
+             box_head=box_head,
+             box_predictor=box_pred)
   if mask_on:
     ref.update(mask_head=mask_head, mask_predictor=mask_pred)
   for k in range(2, cascade_stages + 1):
@@ -104,8 +115,9 @@ def faster_rcnn_vgg16_reference(num_classes=81, anchors=15):
   return dict(backbone=vgg16_body(), rpn=rpn, box_head=head, box_predictor=pred)
 
 
-PRESETS = sorted(os.path.relpath(p, REPO_ROOT)
-                 for p in glob.glob(os.path.join(REPO_ROOT, "gin_configs", "paper", "*.gin")))
+PRESETS = sorted(
+    os.path.relpath(p, REPO_ROOT)
+    for p in glob.glob(os.path.join(REPO_ROOT, "gin_configs", "paper", "*.gin")))
 
 
 def _architecture(path):
@@ -115,17 +127,23 @@ def _architecture(path):
   b = gin.get_bindings("build_model")
   if b.get("backbone") == "vgg16":
     ref = faster_rcnn_vgg16_reference()
-    frozen = sum(9 * cin * c + c for cin, c in [(3, 64), (64, 64), (64, 128), (128, 128)]
-                 [:2 * b.get("freeze_at", 0)])
+    frozen = sum(9 * cin * c + c
+                 for cin, c in [(3, 64), (64, 64), (64, 128), (128,
+                                                               128)][:2 * b.get("freeze_at", 0)])
   else:
-    ref = mask_rcnn_fpn_reference(
-        b.get("depth", 50), b.get("groups", 1), b.get("width_per_group", 64),
-        num_classes=len(gin.query_parameter("InputConfig.category_ids")) + 1,
-        mask_on=b.get("mask_on", True), num_keypoints=b.get("num_keypoints", 0),
-        cascade_stages=max(1, len(b.get("cascade_ious", ()))))
+    ref = mask_rcnn_fpn_reference(b.get("depth", 50),
+                                  b.get("groups", 1),
+                                  b.get("width_per_group", 64),
+                                  num_classes=len(gin.query_parameter("InputConfig.category_ids")) +
+                                  1,
+                                  mask_on=b.get("mask_on", True),
+                                  num_keypoints=b.get("num_keypoints", 0),
+                                  cascade_stages=max(1, len(b.get("cascade_ious", ()))))
     frozen = 0
-  key = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in b.items()
-                     if not k.startswith(("rpn_pre", "rpn_post", "detections", "roi_"))))
+  key = tuple(
+      sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
+             for k, v in b.items()
+             if not k.startswith(("rpn_pre", "rpn_post", "detections", "roi_"))))
   return key, ref, frozen
 
 
@@ -146,9 +164,14 @@ def test_every_paper_preset_matches_its_reference_architecture():
 
 
 def test_cli_prints_the_r50_gn_counts():
-  out = subprocess.run([sys.executable, "-m", "rethink_tf.tools.model_summary",
-                        "--gin_file=gin_configs/paper/r50_fpn_gn_scratch_3x.gin"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  out = subprocess.run([
+      sys.executable, "-m", "rethink_tf.tools.model_summary",
+      "--gin_file=gin_configs/paper/r50_fpn_gn_scratch_3x.gin"
+  ],
+                       cwd=REPO_ROOT,
+                       capture_output=True,
+                       text=True,
+                       timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   summary = json.loads(out.stdout[out.stdout.index("{"):])
   modules = mask_rcnn_fpn_reference(50, 1, 64)
@@ -156,9 +179,10 @@ def test_cli_prints_the_r50_gn_counts():
   assert summary["total"] == sum(modules.values()) == summary["trainable"] == 45_715_509
 
 
-@pytest.mark.parametrize("name", ["r50_fpn_gn_scratch_3x", "r101_fpn_gn_scratch_6x",
-                                  "x152_32x8d_fpn_gn_scratch_9x_aug",
-                                  "vgg16_faster_rcnn_scratch_11x"])
+@pytest.mark.parametrize("name", [
+    "r50_fpn_gn_scratch_3x", "r101_fpn_gn_scratch_6x", "x152_32x8d_fpn_gn_scratch_9x_aug",
+    "vgg16_faster_rcnn_scratch_11x"
+])
 def test_documented_table_is_current(name):
   """docs/paper.md quotes each architecture's total; it must equal the reference."""
   _, ref, _ = _architecture(f"gin_configs/paper/{name}.gin")

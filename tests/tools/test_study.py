@@ -9,14 +9,19 @@ import sys
 
 import pytest
 
-from rethink_tf.tools import study
+from rethink_tf.tools import study, study_report
 from rethink_tf.training import study_plan
 from rethink_tf.training.study_plan import Segment, StudyConfig
 
 
 def _cfg(**kw):
-  args = dict(schedules=(1, 2, 3), steps_per_x=150, global_batch_size=8, warmup_steps=50,
-              eval_every_steps=50, less_data_num_train=200, less_data_schedules=(2,))
+  args = dict(schedules=(1, 2, 3),
+              steps_per_x=150,
+              global_batch_size=8,
+              warmup_steps=50,
+              eval_every_steps=50,
+              less_data_num_train=200,
+              less_data_schedules=(2,))
   args.update(kw)
   return StudyConfig(**args)
 
@@ -39,7 +44,8 @@ def test_plan_forks_each_shorter_schedule_at_its_first_decay():
       Segment("pretrained_2x", "pretrained", 2, None, fork_from="pretrained_3x"),
       Segment("pretrained_3x", "pretrained", 3, None),
       Segment("scratch_2x_200img", "scratch", 2, 200),
-      Segment("pretrained_2x_200img", "pretrained", 2, 200)]
+      Segment("pretrained_2x_200img", "pretrained", 2, 200)
+  ]
   # Up to a fork step, the shorter and the longest schedules have the same LR at every step.
   for n in (1, 2):
     fork = study_plan.fork_step(cfg, n)
@@ -48,9 +54,11 @@ def test_plan_forks_each_shorter_schedule_at_its_first_decay():
   params = study_plan.gin_params(cfg, Segment("pretrained_2x_200img", "pretrained", 2, 200),
                                  "/p/backbone")
   assert "init_config.checkpoint = '/p/backbone'" in params
-  assert "SyntheticDataset.num_train = 200" in params and "TrainConfig.stop_at_step = None" in params
-  assert not any("init_config" in p for p in study_plan.gin_params(
-      cfg, Segment("scratch_1x", "scratch", 1, None), "/p/backbone"))
+  assert "SyntheticDataset.num_train = 200" in params
+  assert "TrainConfig.stop_at_step = None" in params
+  assert not any(
+      "init_config" in p
+      for p in study_plan.gin_params(cfg, Segment("scratch_1x", "scratch", 1, None), "/p/backbone"))
 
 
 def test_plan_rejects_a_decay_within_the_warmup():
@@ -60,11 +68,14 @@ def test_plan_rejects_a_decay_within_the_warmup():
 
 def test_reading_states_catch_up_and_shortfall():
   cfg = _cfg(schedules=(1, 2, 3, 4), catch_up_tolerance=0.01)
-  caught = study.reading(cfg, {"scratch": {1: 0.20, 2: 0.40, 3: 0.52, 4: 0.56},
-                               "pretrained": {1: 0.45, 2: 0.55, 3: 0.56, 4: 0.555}}, 96000,
-                         "box AP")
+  caught = study_report.reading(
+      cfg, {
+          "scratch": {1: 0.20, 2: 0.40, 3: 0.52, 4: 0.56},
+          "pretrained": {1: 0.45, 2: 0.55, 3: 0.56, 4: 0.555}
+      }, 96000, "box AP")
   text = " ".join(caught)
-  assert "At 1x (150 iterations) scratch has box AP 0.200 vs pretrained 0.450 (-25.0 points)" in text
+  assert ("At 1x (150 iterations) scratch has box AP 0.200 vs pretrained 0.450 (-25.0 points)"
+          in text)
   # Scratch is within a point of the best pretrained (0.560 at 3x) at 4x; pretrained got within
   # that point at 2x (0.55): 600 vs 300 iterations; images: 4800 vs 2400 + 96000.
   assert "Scratch caught up: at 4x it reaches 0.560" in text
@@ -74,20 +85,30 @@ def test_reading_states_catch_up_and_shortfall():
   assert "The gap goes from -25.0 points at 1x to +0.5 at 4x (largest magnitude 25.0)." in text
   # Without the pretrained curves, the first pretrained final at or above each scratch final.
   assert ("At equal AP (pretrained is evaluated every 50 iterations and at each schedule's end, "
-          "so its iterations are upper bounds): scratch's 1x result (0.200, 150 iterations) was reached by pretrained "
+          "so its iterations are upper bounds): scratch's 1x result (0.200, 150 iterations) was "
+          "reached by pretrained "
           "at iteration 150 (0.450): 1.0x the iterations; scratch's 2x result (0.400, 300 "
           "iterations) was reached by pretrained at iteration 150 (0.450): 2.0x") in text
-  with_curves = " ".join(study.reading(
-      cfg, {"scratch": {1: 0.20, 2: 0.40, 3: 0.52, 4: 0.56},
-            "pretrained": {1: 0.45, 2: 0.55, 3: 0.56, 4: 0.555}}, 96000, "box AP",
-      pretrained_points=[(50, 0.15), (100, 0.3), (150, 0.45), (300, 0.55), (450, 0.56)]))
-  assert "scratch's 1x result (0.200, 150 iterations) was reached by pretrained at iteration 100 (0.300): 1.5x" in with_curves
-  short = " ".join(study.reading(cfg, {"scratch": {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.35},
-                                       "pretrained": {1: 0.5, 2: 0.5, 3: 0.5, 4: 0.5}}, 0,
-                                 "mask AP"))
-  assert "Scratch did not catch up within 4x: its best mask AP is 0.350 (at 4x), 15.0 points" in short
-  assert "No box AP to compare" in study.reading(cfg, {"scratch": {}, "pretrained": {}}, 0,
-                                                  "box AP")[0]
+  with_curves = " ".join(
+      study_report.reading(cfg, {
+          "scratch": {1: 0.20, 2: 0.40, 3: 0.52, 4: 0.56},
+          "pretrained": {1: 0.45, 2: 0.55, 3: 0.56, 4: 0.555}
+      },
+                           96000,
+                           "box AP",
+                           pretrained_points=[(50, 0.15), (100, 0.3), (150, 0.45), (300, 0.55),
+                                              (450, 0.56)]))
+  assert ("scratch's 1x result (0.200, 150 iterations) was reached by pretrained at iteration "
+          "100 (0.300): 1.5x") in with_curves
+  short = " ".join(
+      study_report.reading(cfg, {
+          "scratch": {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.35},
+          "pretrained": {1: 0.5, 2: 0.5, 3: 0.5, 4: 0.5}
+      }, 0, "mask AP"))
+  assert ("Scratch did not catch up within 4x: its best mask AP is 0.350 (at 4x), 15.0 points"
+          in short)
+  assert "No box AP to compare" in study_report.reading(cfg, {"scratch": {}, "pretrained": {}}, 0,
+                                                        "box AP")[0]
 
 
 FAKE = r'''
@@ -103,7 +124,8 @@ if args[1] == "rethink_tf.pretrain":
 if {fail!r} and {fail!r} in model_dir:
   print("boom"); sys.exit(3)
 p = dict(a.split("=", 1)[1].split(" = ") for a in args if a.startswith("--gin_param="))
-end = {totals!r}[p["nx_schedule.num_x"]] if p["TrainConfig.stop_at_step"] == "None" else int(p["TrainConfig.stop_at_step"])
+stop = p["TrainConfig.stop_at_step"]
+end = {totals!r}[p["nx_schedule.num_x"]] if stop == "None" else int(stop)
 state = os.path.join(model_dir, "checkpoint")
 start = int(open(state).read().split('"')[1].split("-")[1]) if os.path.exists(state) else 0
 with open(os.path.join(model_dir, "eval_metrics.jsonl"), "a") as f:
@@ -141,10 +163,13 @@ def test_study_runs_stages_in_order_forks_copies_and_resumes(tmp_path):
   study.run_study(cfg, str(out), python=exe)
   train = [c for c in _calls(log) if c[0] == "rethink_tf.train"]
   assert _calls(log)[0][:2] == ("rethink_tf.pretrain", "pretrain")
-  assert [(run, stop) for _, run, stop in train] == [
-      (s.run, str(s.stop_at)) for s in study_plan.plan(cfg)]
-  steps = {run: [json.loads(line)["step"] for line in open(out / run / "eval_metrics.jsonl")]
-           for run in os.listdir(out) if (out / run / "eval_metrics.jsonl").exists()}
+  assert [(run, stop) for _, run, stop in train
+         ] == [(s.run, str(s.stop_at)) for s in study_plan.plan(cfg)]
+  steps = {
+      run: [json.loads(line)["step"] for line in open(out / run / "eval_metrics.jsonl")]
+      for run in os.listdir(out)
+      if (out / run / "eval_metrics.jsonl").exists()
+  }
   # A fork carries the longest run's evaluations up to the fork, then its own.
   assert steps["scratch_1x"] == [50, 100, 150]
   assert steps["pretrained_2x"] == [50, 100, 150, 200, 250, 300]
@@ -169,12 +194,14 @@ def test_study_runs_stages_in_order_forks_copies_and_resumes(tmp_path):
 def test_study_failure_names_the_stage_and_its_log(tmp_path):
   exe, _ = _fake_python(tmp_path, fail="pretrained_3x")
   out = tmp_path / "study"
-  with pytest.raises(study.StudyError, match=r"segment pretrained_3x failed \(exit 3\); log: "
-                     + str(out / "logs" / "pretrained_3x.log")) as e:
+  with pytest.raises(study.StudyError,
+                     match=r"segment pretrained_3x failed \(exit 3\); log: " +
+                     str(out / "logs" / "pretrained_3x.log")) as e:
     study.run_study(_cfg(), str(out), python=exe)
   assert "boom" in str(e.value)
   # What finished before the failure is kept: the scratch runs are complete.
-  assert (out / "scratch_3x" / "checkpoint").read_text().startswith('model_checkpoint_path: "ckpt-450"')
+  assert (out / "scratch_3x" /
+          "checkpoint").read_text().startswith('model_checkpoint_path: "ckpt-450"')
 
 
 def test_report_from_two_tiny_runs(tiny_reference_run, tiny_pretrained_run, tmp_path):
@@ -188,12 +215,18 @@ def test_report_from_two_tiny_runs(tiny_reference_run, tiny_pretrained_run, tmp_
   os.symlink(pre_run, out / "pretrained_1x")
   os.symlink(pre_dir, out / "pretrain")
   (out / study.TIMES_FILE).write_text(json.dumps({"stage": "pretrain", "seconds": 60}) + "\n")
-  cfg = StudyConfig(schedules=(1,), steps_per_x=20, global_batch_size=2, warmup_steps=5,
-                    eval_every_steps=10, less_data_num_train=0)
+  cfg = StudyConfig(schedules=(1,),
+                    steps_per_x=20,
+                    global_batch_size=2,
+                    warmup_steps=5,
+                    eval_every_steps=10,
+                    less_data_num_train=0)
   assert cfg.schedule(1).total_steps == 20
-  report = open(study.write_report(cfg, str(out))).read()
-  final = {name: json.loads(open(d / "eval_metrics.jsonl").readlines()[-1])
-           for name, d in (("scratch", ref_dir), ("pretrained", pre_run))}
+  report = open(study_report.write_report(cfg, str(out))).read()
+  final = {
+      name: json.loads(open(d / "eval_metrics.jsonl").readlines()[-1])
+      for name, d in (("scratch", ref_dir), ("pretrained", pre_run))
+  }
   row = (f"| 1x | 20 | {final['scratch']['bbox']['AP']:.3f} | "
          f"{final['pretrained']['bbox']['AP']:.3f} | {final['scratch']['segm']['AP']:.3f} | "
          f"{final['pretrained']['segm']['AP']:.3f} |")

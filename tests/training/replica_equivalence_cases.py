@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import tf_keras
 
-from conftest import copy_weights, run_steps
 from rethink_tf import config
 from rethink_tf.training import distribute
 from rethink_tf.training.trainer import Trainer
+
+from conftest import copy_weights, run_steps
 
 RTOL = 1e-5
 
 
 def _trainer(tmp_path, name, strategy, params):
-  config.parse_gin(["gin_configs/testing/tiny.gin"],
-                   ["TrainConfig.global_batch_size = 2", *params])
+  config.parse_gin(["gin_configs/testing/tiny.gin"], ["TrainConfig.global_batch_size = 2", *params])
   return Trainer(str(tmp_path / name), strategy)
 
 
@@ -29,7 +29,10 @@ def _assert_same_training(one, two, losses_one, losses_two):
       assert b[k] == pytest.approx(a[k], rel=RTOL, abs=1e-7), (k, a[k], b[k])
   for a, b in zip(one.model.variables, two.model.variables):
     x, y = a.numpy(), b.numpy()
-    np.testing.assert_allclose(y, x, rtol=RTOL, atol=RTOL * max(np.abs(x).max(), 1e-3),
+    np.testing.assert_allclose(y,
+                               x,
+                               rtol=RTOL,
+                               atol=RTOL * max(np.abs(x).max(), 1e-3),
                                err_msg=a.name)
 
 
@@ -45,8 +48,10 @@ def test_two_replicas_of_one_image_equal_one_replica_of_two(norms, tmp_path, mir
   assert all(np.isfinite(v) for v in losses_one[0].values())
   _assert_same_training(one, two, losses_one, losses_two)
   if single_norm == "BN":  # synchronized layers, whose statistics were updated
-    norms = [l for l in two.model.backbone.submodules
-             if isinstance(l, tf_keras.layers.BatchNormalization)]
+    norms = [
+        l for l in two.model.backbone.submodules
+        if isinstance(l, tf_keras.layers.BatchNormalization)
+    ]
     assert norms and all(l.synchronized for l in norms)
     assert all(np.abs(l.moving_mean.numpy()).max() > 0 for l in norms)
 

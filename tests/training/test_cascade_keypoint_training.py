@@ -16,15 +16,19 @@ from conftest import REPO_ROOT, TINY_CASCADE_KEYPOINTS, TINY_TRAIN
 # The tiny config (20 steps of batch 2 on 64 px images) + cascade from step 10 + keypoints.
 PARAMS = TINY_CASCADE_KEYPOINTS + [
     "TrainConfig.cascade_start_step = 10", "TrainConfig.eval_every_steps = 20",
-    "TrainConfig.checkpoint_every_steps = 5", "TrainConfig.eval_image_summaries = 0"]
+    "TrainConfig.checkpoint_every_steps = 5", "TrainConfig.eval_image_summaries = 0"
+]
 GIN_ARGS = [f"--gin_param={p}" for p in PARAMS]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("cascade_keypoints") / "run"
-  r = subprocess.run(TINY_TRAIN + GIN_ARGS + [f"--model_dir={model_dir}"], cwd=REPO_ROOT,
-                     capture_output=True, text=True, timeout=900)
+  r = subprocess.run(TINY_TRAIN + GIN_ARGS + [f"--model_dir={model_dir}"],
+                     cwd=REPO_ROOT,
+                     capture_output=True,
+                     text=True,
+                     timeout=900)
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
   return model_dir, r
 
@@ -32,14 +36,18 @@ def run(tmp_path_factory):
 def _scalars(logdir, prefix):
   acc = event_accumulator.EventAccumulator(str(logdir), size_guidance={"tensors": 0})
   acc.Reload()
-  return {tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
-          for tag in acc.Tags()["tensors"] if tag.startswith(prefix)}
+  return {
+      tag: {e.step: float(tf.make_ndarray(e.tensor_proto))
+            for e in acc.Tensors(tag)} for tag in acc.Tags()["tensors"] if tag.startswith(prefix)
+  }
 
 
 def _later_stage_kernel(prefix):
   reader = tf.train.load_checkpoint(str(prefix))
-  key, = [k for k in reader.get_variable_to_shape_map()
-          if "cascade_box_predictors/1/bbox_pred/kernel" in k and "OPTIMIZER" not in k]
+  key, = [
+      k for k in reader.get_variable_to_shape_map()
+      if "cascade_box_predictors/1/bbox_pred/kernel" in k and "OPTIMIZER" not in k
+  ]
   return reader.get_tensor(key)
 
 
@@ -73,8 +81,9 @@ def test_keypoint_ap_is_in_metrics_and_tensorboard(run):
   lines = [json.loads(l) for l in open(model_dir / "eval_metrics.jsonl")]
   assert [l["step"] for l in lines] == [20]
   assert {"bbox", "segm", "keypoints"} <= set(lines[0])
-  assert set(lines[0]["keypoints"]) == {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50",
-                                        "AR75", "ARm", "ARl"}
+  assert set(lines[0]["keypoints"]) == {
+      "AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"
+  }
   assert 0.0 <= lines[0]["keypoints"]["AP"] <= 1.0
   evals = _scalars(model_dir / "eval", "keypoints/")
   assert evals["keypoints/AP"] == {20: pytest.approx(lines[0]["keypoints"]["AP"])}
@@ -86,6 +95,7 @@ def test_test_time_augmentation_evaluates_and_one_augmentation_is_the_plain_eval
   x a second scale evaluate too, with detections inside the image and keypoints inside their
   boxes."""
   import gin
+
   from rethink_tf import config
   from rethink_tf.evaluation import coco_evaluator
   from rethink_tf.evaluation.evaluator import predict_coco_results, run_evaluation
@@ -104,7 +114,7 @@ def test_test_time_augmentation_evaluates_and_one_augmentation_is_the_plain_eval
   assert results
   for r in results:
     x, y, w, h = r["bbox"]
-    assert 0 <= x and 0 <= y and x + w <= 64 + 1e-3 and y + h <= 64 + 1e-3   # 64 px images
+    assert 0 <= x and 0 <= y and x + w <= 64 + 1e-3 and y + h <= 64 + 1e-3  # 64 px images
     px, py = np.array(r["keypoints"][0::3]), np.array(r["keypoints"][1::3])
     assert ((px >= x - 1e-3) & (px <= x + w + 1e-3)).all(), r
     assert ((py >= y - 1e-3) & (py <= y + h + 1e-3)).all(), r

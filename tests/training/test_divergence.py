@@ -15,9 +15,11 @@ from rethink_tf.training import trainer as trainer_lib
 
 # Loops of up to 4 steps, checkpoints at 4 and 8, logs every 5: the first poisoned step (3)
 # is in the middle of a loop call, the second (7) too.
-PARAMS = ["TrainConfig.checkpoint_every_steps = 4", "TrainConfig.steps_per_loop = 4",
-          "TrainConfig.log_every_steps = 5", "TrainConfig.skip_nonfinite_steps = 1",
-          "TrainConfig.stop_at_step = 10"]
+PARAMS = [
+    "TrainConfig.checkpoint_every_steps = 4", "TrainConfig.steps_per_loop = 4",
+    "TrainConfig.log_every_steps = 5", "TrainConfig.skip_nonfinite_steps = 1",
+    "TrainConfig.stop_at_step = 10"
+]
 POISONED_STEPS = (3, 7)
 
 
@@ -53,12 +55,13 @@ def test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoi
   message = str(err.value)
   out = capsys.readouterr().out
   # Step 3: skipped with a warning (1 of 1 allowed); step 7: the second, the run stops.
-  assert re.search(r"warning: non-finite loss at step 3 \(.*\): the step's update was not "
-                   r"applied; skipped \(1 of TrainConfig.skip_nonfinite_steps = 1 used\)", out)
+  assert re.search(
+      r"warning: non-finite loss at step 3 \(.*\): the step's update was not "
+      r"applied; skipped \(1 of TrainConfig.skip_nonfinite_steps = 1 used\)", out)
   assert message.startswith("non-finite loss at step 7 (")
   for term in ("rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss", "mask_loss",
                "weight_decay_loss"):
-    assert re.search(rf"{term}=[0-9.e+-]+[,)]", message), term      # finite terms, by name
+    assert re.search(rf"{term}=[0-9.e+-]+[,)]", message), term  # finite terms, by name
   assert "fast_rcnn_box_loss=nan" in message and "total_loss=nan" in message
   assert f"the last good checkpoint is {model_dir}/ckpt-4, intact" in message
   assert "run stopped (2 non-finite step(s)" in message
@@ -81,12 +84,12 @@ def test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoi
   assert f"resumed from {model_dir}/ckpt-4 at step 4" in out
   assert "non-finite" not in out and "step 10/10 | loss" in out
   assert tf.train.latest_checkpoint(model_dir) == os.path.join(model_dir, "ckpt-10")
-  assert int(resumed.task.skipped_steps.numpy()) == 1       # step 3's skip, restored from ckpt-4
+  assert int(resumed.task.skipped_steps.numpy()) == 1  # step 3's skip, restored from ckpt-4
   assert all(np.isfinite(v.numpy()).all() for v in resumed.model.variables)
 
 
 def test_a_nan_on_one_replica_skips_the_step_on_every_replica(mirrored_strategy, tmp_path,
-                                                               monkeypatch):
+                                                              monkeypatch):
   """2 replicas: replica 0's loss is NaN at step 1; both agree not to apply it (weights,
   momentum untouched, step counter advanced), and step 2 applies normally."""
   real = task_lib.mask_rcnn_losses
@@ -95,8 +98,7 @@ def test_a_nan_on_one_replica_skips_the_step_on_every_replica(mirrored_strategy,
   def poisoned(outputs, batch, global_sum=None):
     losses = dict(real(outputs, batch, global_sum))
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    bad = tf.logical_and(tf.equal(holder["trainer"].optimizer.iterations, 0),
-                         tf.equal(replica, 0))
+    bad = tf.logical_and(tf.equal(holder["trainer"].optimizer.iterations, 0), tf.equal(replica, 0))
     losses["total_loss"] += tf.where(bad, tf.constant(float("nan")), tf.constant(0.0))
     return losses
 
@@ -105,14 +107,15 @@ def test_a_nan_on_one_replica_skips_the_step_on_every_replica(mirrored_strategy,
   holder["trainer"] = t = trainer_lib.Trainer(str(tmp_path / "run"), mirrored_strategy)
   step = t.task.replica_step()
   batches = iter(t.task.dataset())
-  state = [v for v in t.model.trainable_variables + list(t.optimizer.variables)
-           if v is not t.optimizer.iterations]   # weights and momentum slots
+  state = [
+      v for v in t.model.trainable_variables + list(t.optimizer.variables)
+      if v is not t.optimizer.iterations
+  ]  # weights and momentum slots
   assert len(state) > len(t.model.trainable_variables)
   before = [v.numpy().copy() for v in state]
   for expected_applied, expected_moved in ((False, False), (True, True)):
     _, applied = t.strategy.run(step, args=(next(batches),))
-    assert {bool(a) for a in t.strategy.experimental_local_results(applied)} == {
-        expected_applied}
+    assert {bool(a) for a in t.strategy.experimental_local_results(applied)} == {expected_applied}
     moved = any(not np.array_equal(b, v.numpy()) for b, v in zip(before, state))
     assert moved == expected_moved
   assert int(t.optimizer.iterations.numpy()) == 2 and int(t.task.skipped_steps.numpy()) == 1

@@ -1,5 +1,5 @@
-"""The XLA-compiled train loop equals the plain step; bfloat16 and float16 mixed precision train with
-float32 statistics, logits and losses. The XLA and bfloat16 tests run the tiny model with every
+"""The XLA-compiled train loop equals the plain step; bfloat16 and float16 mixed precision train
+with float32 statistics, logits and losses. The XLA and bfloat16 tests run the tiny model with every
 head (Cascade R-CNN's stages, keypoints, masks)."""
 
 import numpy as np
@@ -7,11 +7,12 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from conftest import TINY_CASCADE_KEYPOINTS, copy_weights, run_steps
 from rethink_tf import config
 from rethink_tf.layers.norm import GroupNorm
 from rethink_tf.training import distribute
 from rethink_tf.training.trainer import Trainer
+
+from conftest import TINY_CASCADE_KEYPOINTS, copy_weights, run_steps
 
 
 def _trainer(tmp_path, name, params=()):
@@ -31,18 +32,22 @@ def test_xla_train_loop_matches_the_plain_step(tmp_path):
   losses, done, applied = xla.task.train_function()(iter(xla.task.dataset()), tf.constant(1))
   assert int(done) == 1 and bool(applied)
   b = {k: float(v) for k, v in losses.items()}
-  assert set(b) >= {"rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss", "fast_rcnn_box_loss",
-                    "fast_rcnn_cls_loss_stage3", "mask_loss", "keypoint_loss", "total_loss",
-                    "weight_decay_loss"}
+  assert set(b) >= {
+      "rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss", "fast_rcnn_box_loss",
+      "fast_rcnn_cls_loss_stage3", "mask_loss", "keypoint_loss", "total_loss", "weight_decay_loss"
+  }
   assert int(xla.optimizer.iterations.numpy()) == 1
-  moved = sum(not np.array_equal(u, v.numpy())
-              for u, v in zip(before, xla.model.trainable_variables))
+  moved = sum(
+      not np.array_equal(u, v.numpy()) for u, v in zip(before, xla.model.trainable_variables))
   assert moved > 0.9 * len(before)
   for k in a:
     assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (k, a[k], b[k])
   for u, v in zip(plain.model.trainable_variables, xla.model.trainable_variables):
-    np.testing.assert_allclose(v.numpy(), u.numpy(), rtol=1e-4,
-                               atol=1e-4 * max(np.abs(u.numpy()).max(), 1e-3), err_msg=u.name)
+    np.testing.assert_allclose(v.numpy(),
+                               u.numpy(),
+                               rtol=1e-4,
+                               atol=1e-4 * max(np.abs(u.numpy()).max(), 1e-3),
+                               err_msg=u.name)
 
 
 @pytest.mark.parametrize("precision,compute", [("mixed_bfloat16", tf.bfloat16),
@@ -53,13 +58,15 @@ def test_mixed_precision_step(precision, compute, tmp_path):
   assert tf_keras.mixed_precision.global_policy().name == "float32"  # restored after build
   model = t.model
   assert model.backbone.stem.conv.compute_dtype == compute.name
-  assert all(v.dtype == tf.float32 for v in model.variables if v is not getattr(
-      model, "cascade_active", None))                   # the cascade's on/off flag is bool
+  assert all(
+      v.dtype == tf.float32
+      for v in model.variables
+      if v is not getattr(model, "cascade_active", None))  # the cascade's on/off flag is bool
   for layer in (model.box_predictor.cls_score, model.box_predictor.bbox_pred,
                 model.mask_head.predictor, model.rpn_head.objectness, model.rpn_head.deltas):
     assert layer.compute_dtype == "float32", layer.name
-  assert isinstance(t.optimizer, tf_keras.mixed_precision.LossScaleOptimizer) == (
-      precision == "mixed_float16")
+  assert isinstance(t.optimizer,
+                    tf_keras.mixed_precision.LossScaleOptimizer) == (precision == "mixed_float16")
   before = [v.numpy().copy() for v in model.trainable_variables]
   losses = run_steps(t, 2)
   assert all(np.isfinite(v) for step in losses for v in step.values()), losses

@@ -46,10 +46,13 @@ def test_pretraining_writes_a_backbone_the_detector_restores(tiny_pretrained_run
   model.backbone(tf.zeros([1, 64, 64, 3]))
   init_lib.restore_backbone(model.backbone, str(pre_dir / "backbone"))
   reader = tf.train.load_checkpoint(str(pre_dir / "backbone"))
-  saved = {reader.get_tensor(k).tobytes() for k, _ in tf.train.list_variables(
-      str(pre_dir / "backbone")) if k.startswith("backbone/")}
-  assert model.backbone.variables and all(v.numpy().tobytes() in saved
-                                          for v in model.backbone.variables)
+  saved = {
+      reader.get_tensor(k).tobytes()
+      for k, _ in tf.train.list_variables(str(pre_dir / "backbone"))
+      if k.startswith("backbone/")
+  }
+  assert model.backbone.variables and all(
+      v.numpy().tobytes() in saved for v in model.backbone.variables)
 
   # Fine-tuning from it: restored, same pixel convention, evaluated like the scratch run.
   assert t.returncode == 0, t.stderr[-3000:]

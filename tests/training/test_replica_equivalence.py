@@ -22,7 +22,11 @@ CASES = "tests/training/replica_equivalence_cases.py"
 def test_replica_splits_train_identically():
   env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
   r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", CASES],
-                     cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+                     cwd=REPO_ROOT,
+                     env=env,
+                     capture_output=True,
+                     text=True,
+                     timeout=900)
   summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:]
   assert r.returncode == 0, r.stdout[-6000:]
   assert re.search(r"\b3 passed\b", summary) and "failed" not in summary, summary

@@ -7,14 +7,16 @@ import tensorflow as tf
 from rethink_tf.training.schedules import LearningRate, nx_schedule
 
 
-@pytest.mark.parametrize("num_x,batch,total,bounds,warmup,lr", [
-    (1, 16, 90_000, (60_000, 80_000), 500, 0.02),   # Detectron's 1x
-    (0.5, 16, 45_000, (30_000, 40_000), 500, 0.02),
-    (2, 16, 180_000, (120_000, 160_000), 500, 0.02),
-    (3, 16, 270_000, (210_000, 250_000), 500, 0.02),
-    (6, 16, 540_000, (480_000, 520_000), 500, 0.02),
-    (9, 64, 202_500, (187_500, 197_500), 125, 0.08),
-])
+@pytest.mark.parametrize(
+    "num_x,batch,total,bounds,warmup,lr",
+    [
+        (1, 16, 90_000, (60_000, 80_000), 500, 0.02),  # Detectron's 1x
+        (0.5, 16, 45_000, (30_000, 40_000), 500, 0.02),
+        (2, 16, 180_000, (120_000, 160_000), 500, 0.02),
+        (3, 16, 270_000, (210_000, 250_000), 500, 0.02),
+        (6, 16, 540_000, (480_000, 520_000), 500, 0.02),
+        (9, 64, 202_500, (187_500, 197_500), 125, 0.08),
+    ])
 def test_paper_schedules(num_x, batch, total, bounds, warmup, lr):
   s = nx_schedule(num_x=num_x, global_batch_size=batch)
   assert (s.total_steps, s.boundaries, s.warmup_steps) == (total, bounds, warmup)

@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import REPO_ROOT, TINY_REFERENCE_ARGS as REFERENCE_ARGS, TINY_TRAIN as TRAIN
+from conftest import REPO_ROOT
+from conftest import TINY_REFERENCE_ARGS as REFERENCE_ARGS
+from conftest import TINY_TRAIN as TRAIN
 
 
 def _run(args, **kw):
@@ -56,9 +58,14 @@ def test_train_writes_metrics_summaries_and_config(reference_run):
   operative = (model_dir / "operative_config.gin").read_text()
   assert "build_model.norm = 'GN'" in operative and "nx_schedule.num_x = 3" in operative
   # Evaluating the saved checkpoint reproduces the last evaluation.
-  ev = subprocess.run([sys.executable, "-m", "rethink_tf.evaluate",
-                       "--gin_file=gin_configs/testing/tiny.gin", f"--model_dir={model_dir}"],
-                      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  ev = subprocess.run([
+      sys.executable, "-m", "rethink_tf.evaluate", "--gin_file=gin_configs/testing/tiny.gin",
+      f"--model_dir={model_dir}"
+  ],
+                      cwd=REPO_ROOT,
+                      capture_output=True,
+                      text=True,
+                      timeout=600)
   assert ev.returncode == 0, ev.stderr[-3000:]
   result = json.loads(ev.stdout.strip().splitlines()[-1])
   assert result["bbox"]["AP"] == pytest.approx(lines[-1]["bbox"]["AP"], abs=1e-9)
@@ -78,8 +85,11 @@ def test_sigterm_saves_exits_cleanly_and_resumes_identically(tmp_path, reference
   continues there and logs the same losses as the uninterrupted reference."""
   model_dir = str(tmp_path / "run")
   args = [f"--model_dir={model_dir}", *REFERENCE_ARGS]
-  proc = subprocess.Popen(TRAIN + args, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(TRAIN + args,
+                          cwd=REPO_ROOT,
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT,
+                          text=True)
   out = []
   for line in proc.stdout:  # first progress line: training is under way
     out.append(line)
@@ -135,19 +145,27 @@ app.run(train.main)
 
 def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
   model_dir = str(tmp_path / "run")
-  args = [f"--model_dir={model_dir}", "--gin_file=gin_configs/testing/tiny.gin",
-          "--gin_param=TrainConfig.checkpoint_every_steps=5"]
-  crashed = subprocess.run([sys.executable, "-c", CRASH_IN_SAVE, *args], cwd=REPO_ROOT,
-                           capture_output=True, text=True, timeout=900)
+  args = [
+      f"--model_dir={model_dir}", "--gin_file=gin_configs/testing/tiny.gin",
+      "--gin_param=TrainConfig.checkpoint_every_steps=5"
+  ]
+  crashed = subprocess.run([sys.executable, "-c", CRASH_IN_SAVE, *args],
+                           cwd=REPO_ROOT,
+                           capture_output=True,
+                           text=True,
+                           timeout=900)
   assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
-  assert _checkpoint_steps(model_dir) == [5]            # the damaged ckpt-10 never became latest
+  assert _checkpoint_steps(model_dir) == [5]  # the damaged ckpt-10 never became latest
   assert any(n.startswith("ckpt-10.") for n in os.listdir(model_dir))
   # The restart writes ckpt-10 again, whole, and it becomes the latest (stopping there: the
   # rest of the run is the reference run's business).
   r = subprocess.run(TRAIN[:3] + args + ["--gin_param=TrainConfig.stop_at_step=10"],
-                     cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+                     cwd=REPO_ROOT,
+                     capture_output=True,
+                     text=True,
+                     timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   assert f"resumed from {model_dir}/ckpt-5 at step 5" in r.stdout
   assert _checkpoint_steps(model_dir) == [5, 10]
-  tf.train.load_checkpoint(os.path.join(model_dir, "ckpt-10"))   # complete and readable
+  tf.train.load_checkpoint(os.path.join(model_dir, "ckpt-10"))  # complete and readable
   # (A start after the end has nothing to do: tests/test_run_config.py shows it.)

@@ -20,9 +20,8 @@ def _one_bn_step(strategy, norm, data):
 
   n = strategy.num_replicas_in_sync
   per = data.shape[0] // n
-  dist = strategy.experimental_distribute_values_from_function(
-      lambda ctx: tf.constant(data[ctx.replica_id_in_sync_group * per:
-                                   (ctx.replica_id_in_sync_group + 1) * per]))
+  dist = strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(data[
+      ctx.replica_id_in_sync_group * per:(ctx.replica_id_in_sync_group + 1) * per]))
   out = strategy.run(tf.function(step), args=(dist,))
   out = np.concatenate([o.numpy() for o in strategy.experimental_local_results(out)])
   return out, bn.moving_mean.numpy(), bn.moving_variance.numpy()
@@ -34,10 +33,10 @@ def test_syncbn_uses_global_batch_statistics(mirrored_strategy):
   data = rng.normal(size=(4, 2, 2, 3)).astype(np.float32)
   data[2:] += 5.0  # the two replicas see very different statistics
   sync_out, sync_mean, sync_var = _one_bn_step(mirrored_strategy, "SyncBN", data)
-  x = data.sum(-1, keepdims=True).repeat(4, -1)        # the all-ones 1x1 conv
-  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))       # global-batch statistics
+  x = data.sum(-1, keepdims=True).repeat(4, -1)  # the all-ones 1x1 conv
+  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))  # global-batch statistics
   np.testing.assert_allclose(sync_out, (x - mean) / np.sqrt(var + 1e-5), atol=1e-4)
-  np.testing.assert_allclose(sync_mean, 0.1 * mean, rtol=1e-5)   # momentum 0.9 from 0
+  np.testing.assert_allclose(sync_mean, 0.1 * mean, rtol=1e-5)  # momentum 0.9 from 0
   np.testing.assert_allclose(sync_var, 0.9 + 0.1 * var, rtol=1e-5)
   # Per-replica BN on the same split normalizes each half with its own statistics.
   local_out, _, _ = _one_bn_step(mirrored_strategy, "BN", data)

@@ -18,10 +18,10 @@ def test_plain_checkpoint_continues_as_cascade(tiny_reference_run, tmp_path, cap
   model_dir, r = tiny_reference_run
   assert r.returncode == 0, r.stderr[-2000:]
   ckpt = str(model_dir / "ckpt-10")
-  config.parse_gin(["gin_configs/testing/tiny.gin"],
-                   ["build_model.cascade_ious = (0.5, 0.6, 0.7)",
-                    "TrainConfig.cascade_start_step = 12",
-                    f"TrainConfig.warm_start_checkpoint = '{ckpt}'"])
+  config.parse_gin(["gin_configs/testing/tiny.gin"], [
+      "build_model.cascade_ious = (0.5, 0.6, 0.7)", "TrainConfig.cascade_start_step = 12",
+      f"TrainConfig.warm_start_checkpoint = '{ckpt}'"
+  ])
   t = Trainer(str(tmp_path / "cascade"), distribute.get_strategy("one_device"))
   assert t.restore_or_initialize() == 10
   assert int(t.optimizer.iterations.numpy()) == 10
@@ -40,7 +40,7 @@ def test_plain_checkpoint_continues_as_cascade(tiny_reference_run, tmp_path, cap
   # Everything but the cascade's own variables came from the plain run.
   assert {n[0] for n in new} == {"cascade_box_heads", "cascade_box_predictors",
                                  "cascade_active"}, new
-  assert other == [["box_predictor", "bbox_pred"]] * 2                  # kernel and bias
+  assert other == [["box_predictor", "bbox_pred"]] * 2  # kernel and bias
   assert restored == len(t.model.variables) - len(new) - len(other)
   assert restored > 100
   assert f"restored {restored} variables" in out
