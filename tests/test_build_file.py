@@ -72,3 +72,30 @@ def test_gin_files_are_in_a_filegroup():
       for p in glob.glob(os.path.join(REPO_ROOT, "gin_configs", "**", "*.gin"), recursive=True)
   }
   assert all_gin and all_gin <= gins
+
+
+def test_build_is_generated_from_the_import_graph():
+  """BUILD is what dev/gen_build.py writes from today's imports (a new import, module or test
+  without regenerating it fails here), and its deps are the real ones."""
+  from dev import gen_build
+  assert open(os.path.join(REPO_ROOT, "BUILD")).read() == gen_build.generate(), (
+      "BUILD is stale: regenerate it with python -m dev.gen_build")
+  modules = {gen_build.module_name(f): f for f in gen_build.python_files()}
+  deps = gen_build.imported_modules("rethink_tf/training/trainer.py", modules)
+  assert {"rethink_tf.training.task", "rethink_tf.training.hooks"} <= deps
+  # A test depends on the programs it runs in a subprocess.
+  assert "rethink_tf.train" in gen_build.imported_modules("tests/training/test_train_and_resume.py",
+                                                          modules)
+
+
+def test_py_tests_run_their_pytest_file():
+  tree = ast.parse(open(os.path.join(REPO_ROOT, "BUILD")).read(), "BUILD")
+  tests = [
+      node for node in ast.walk(tree)
+      if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "py_test"
+  ]
+  assert tests
+  for node in tests:
+    kw = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    test_file = kw["srcs"][0]
+    assert kw["main"] == "tests/pytest_main.py" and kw["args"] == [f"$(location {test_file})"]

@@ -113,10 +113,15 @@ def main(argv):
   print(json.dumps(stats))
 
 
-if __name__ == "__main__":
+def console_main():
+  """Defines the flags and runs `main` (installed as `rethink-tf-coco-eval`)."""
   flags.DEFINE_string("annotations", None, "Ground-truth COCO JSON.")
   flags.DEFINE_string("detections", None, "COCO results JSON.")
   flags.DEFINE_enum("iou_type", "bbox", list(IOU_TYPES), "Evaluate boxes, masks or "
                     "keypoints.")
   flags.mark_flags_as_required(["annotations", "detections"])
   app.run(main)
+
+
+if __name__ == "__main__":
+  console_main()
