@@ -83,9 +83,10 @@ def test_build_is_generated_from_the_import_graph():
   modules = {gen_build.module_name(f): f for f in gen_build.python_files()}
   deps = gen_build.imported_modules("rethink_tf/training/trainer.py", modules)
   assert {"rethink_tf.training.task", "rethink_tf.training.hooks"} <= deps
-  # A test depends on the programs it runs in a subprocess.
-  assert "rethink_tf.train" in gen_build.imported_modules("tests/training/test_train_and_resume.py",
-                                                          modules)
+  # A test depends on the programs it runs in a subprocess (directly or through conftest's).
+  assert "rethink_tf.evaluation.coco_evaluator" in gen_build.imported_modules(
+      "tests/evaluation/test_coco_evaluator.py", modules)
+  assert "rethink_tf.train" in gen_build.imported_modules("tests/conftest.py", modules)
 
 
 def test_py_tests_run_their_pytest_file():
