@@ -77,7 +77,9 @@ def build_and_summarize(size: int = 128) -> dict:
 
 def main(argv):
   del argv
-  config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+  # Not finalized: a summary builds the architecture and needs no %gin.REQUIRED value (the
+  # pretrained checkpoint of init/pretrained.gin).
+  config.parse_gin(FLAGS.gin_file, FLAGS.gin_param, finalize=False)
   print(json.dumps(build_and_summarize(), indent=1))
 
 

@@ -123,7 +123,7 @@ PRESETS = sorted(
 def _architecture(path):
   """(hashable build_model bindings, reference module counts, frozen VGG params) of a preset."""
   gin.clear_config()
-  config.parse_gin([path])
+  config.parse_gin([path], finalize=False)  # as model_summary parses: no checkpoint needed
   b = gin.get_bindings("build_model")
   if b.get("backbone") == "vgg16":
     ref = faster_rcnn_vgg16_reference()
