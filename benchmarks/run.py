@@ -314,7 +314,7 @@ def main(argv):
   log_dir = FLAGS.worker_logs or tempfile.mkdtemp(prefix="bench_logs_")
   os.makedirs(log_dir, exist_ok=True)
   print(f"worker logs: {log_dir}", flush=True)
-  results = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  results = dict(date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                  command="python -m benchmarks.run " + " ".join(sys.argv[1:]),
                  settings=dict(size=FLAGS.size,
                                batch=FLAGS.batch,

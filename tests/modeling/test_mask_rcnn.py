@@ -67,10 +67,7 @@ def test_detections_are_padded_sorted_and_inside_the_image(tiny):
   det = model.detect(batch["images"], batch["image_size"])
   d = model.detections_per_image
   assert {k: tuple(v.shape) for k, v in det.items()} == {
-      "boxes": (2, d, 4),
-      "scores": (2, d),
-      "classes": (2, d),
-      "num_detections": (2,),
+      "boxes": (2, d, 4), "scores": (2, d), "classes": (2, d), "num_detections": (2,),
       "masks": (2, d, 28, 28)
   }
   assert det["classes"].dtype == tf.int32 and det["num_detections"].dtype == tf.int32
@@ -122,9 +119,8 @@ def test_proposals_of_another_padded_size_use_its_own_anchors(tiny):
   feats = model.features(images, False)
   scores, deltas, props, valid = model.proposals(feats, tf.constant([[96.0, 96.0]]), False)
   anchors = anchor_lib.multilevel_anchors((96, 96), **model.anchor_kwargs)
-  assert {l: int(s.shape[1]) for l, s in scores.items()} == {
-      l: int(a.shape[0]) for l, a in anchors.items()
-  }
+  assert {l: int(s.shape[1]) for l, s in scores.items()
+         } == {l: int(a.shape[0]) for l, a in anchors.items()}
   assert props.shape == (1, model.rpn_topk[False][1], 4) and valid.shape[1] == props.shape[1]
   p = props.numpy()[0][valid.numpy()[0]]
   assert len(p) and (p >= 0).all() and (p <= 96 + 1e-3).all()
