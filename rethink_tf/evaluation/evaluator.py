@@ -43,7 +43,9 @@ def detect_function(model):
   """
   fn = model.__dict__.get("_detect_function")
   if fn is None:
-    fn = tf.function(model.detect)
+    # No autograph: the detector has no tensor-dependent Python control flow (the trainer's
+    # step is traced the same way), and converting it recursively costs seconds per trace.
+    fn = tf.function(model.detect, autograph=False)
     # Not a Keras-tracked attribute (checkpoints and exports stay as they are); the cycle
     # model -> function -> model is freed with the model.
     object.__setattr__(model, "_detect_function", fn)
