@@ -27,6 +27,7 @@ RUNNER = "tests/pytest_main.py"
 # and together run in about a minute (CI runs this suite; the whole suite runs under pytest).
 FAST = (
     "tests/layers/test_box_ops.py",
+    "tests/layers/test_mask_rle.py",
     "tests/layers/test_nms.py",
     "tests/layers/test_norm.py",
     "tests/layers/test_paste_masks.py",
@@ -34,6 +35,7 @@ FAST = (
     "tests/modeling/test_anchors.py",
     "tests/modeling/test_roi_heads.py",
     "tests/modeling/test_rpn.py",
+    "tests/serving/test_request_checks.py",
     "tests/training/test_schedules.py",
 )
 TEST_DATA = [":gin_configs", ":testdata", "pyproject.toml"]

@@ -167,9 +167,9 @@ def resize_for_model(image,
   scale = tf.minimum(scale, tf.minimum(padded_size[0] / h, padded_size[1] / w))
   new_h = tf.minimum(tf.round(h * scale), padded_size[0])
   new_w = tf.minimum(tf.round(w * scale), padded_size[1])
-  image = tf.image.resize(tf.cast(image, tf.float32),
-                          tf.cast([new_h, new_w], tf.int32),
-                          antialias=antialias)
+  # uint8 straight into the resize (same values as casting first): a float copy at the input's
+  # resolution would cost 12 bytes per pixel, 145 MB for a 12 MP photo.
+  image = tf.image.resize(image, tf.cast([new_h, new_w], tf.int32), antialias=antialias)
   return image, scale, tf.stack([new_h, new_w])
 
 

@@ -77,12 +77,16 @@ def detections_to_coco(image_id: int,
                        scores: np.ndarray,
                        category_ids: np.ndarray,
                        masks: np.ndarray = None,
-                       keypoints: np.ndarray = None) -> List[dict]:
+                       keypoints: np.ndarray = None,
+                       mask_rles: Optional[Sequence[bytes]] = None,
+                       image_hw: Optional[Sequence[int]] = None) -> List[dict]:
   """COCO result dicts for one image.
 
   Args:
     boxes_yxyx: [D, 4] in original-image pixels; scores [D]; category_ids [D] COCO ids.
-    masks: optional [D, H, W] uint8 binary masks at original resolution.
+    masks: optional [D, H, W] uint8 binary masks at original resolution, or
+    mask_rles: [D] COCO compressed RLE `counts` (bytes or str) of masks over the image_hw
+      (H, W) image (what the evaluator and the SavedModel compute in the graph).
     keypoints: optional [D, K, 3] (x, y, score) in original-image pixels; written as COCO's
       flat [x, y, v] list with v = 1 (pycocotools ignores a result's v).
   """
@@ -97,6 +101,12 @@ def detections_to_coco(image_id: int,
       rle = mask_utils.encode(np.asfortranarray(masks[i].astype(np.uint8)))
       rle["counts"] = rle["counts"].decode("ascii")
       r["segmentation"] = rle
+    elif mask_rles is not None:
+      counts = mask_rles[i]
+      r["segmentation"] = {
+          "size": [int(image_hw[0]), int(image_hw[1])],
+          "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts
+      }
     if keypoints is not None:
       xy1 = np.concatenate([keypoints[i][:, :2], np.ones_like(keypoints[i][:, :1])], -1)
       r["keypoints"] = [round(float(v), 2) for v in xy1.reshape(-1)]

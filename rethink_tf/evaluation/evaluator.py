@@ -12,26 +12,22 @@ from rethink_tf.evaluation.tta import TestTimeAugmentation, detect_tta
 from rethink_tf.modeling import postprocess
 from rethink_tf.training import run_files
 
+# Boxes to input-image pixels and masks to RLE strings, compiled (one trace per batch shape):
+# eagerly, the per-detection loop would dispatch every op of every mask from Python.
+_to_input_images = tf.function(postprocess.batch_to_input_images, autograph=False)
 
-def to_original_image(det: Dict[str, np.ndarray],
-                      i: int,
-                      scale,
-                      orig_hw,
-                      category_ids,
-                      with_masks: bool = True):
-  """Detections of image i in original-image pixels, COCO category ids and pasted masks.
 
-  The same `postprocess.to_input_image` rule as the exported SavedModel.
-  Returns (boxes_yxyx [D, 4], scores [D], category ids [D], masks [D, H, W] uint8 or None).
+def to_original_images(det: Dict[str, np.ndarray], scales, orig_hws):
+  """A batch's detections in original-image pixels, by the exported SavedModel's rule
+  (`postprocess.to_input_image`).
+
+  Returns (boxes_yxyx [B, D, 4], mask RLE strings [B, D] or None) as numpy.
   """
-  n = int(det["num_detections"][i])
-  hw = tf.constant([int(orig_hw[0]), int(orig_hw[1])], tf.int32)
-  masks = det["masks"][i, :n] if with_masks else None
-  boxes, pasted = postprocess.to_input_image(det["boxes"][i, :n], masks, n,
-                                             tf.constant(scale, tf.float32), hw)
-  scores = det["scores"][i, :n]
-  cats = np.asarray(category_ids)[det["classes"][i, :n] - 1]
-  return boxes.numpy(), scores, cats, None if pasted is None else pasted.numpy()
+  masks = det.get("masks")
+  boxes, rles = _to_input_images(det["boxes"], masks, det["num_detections"],
+                                 tf.constant(scales, tf.float32),
+                                 tf.constant(np.asarray(orig_hws), tf.int32))
+  return boxes.numpy(), None if rles is None else rles.numpy()
 
 
 def detect_function(model):
@@ -81,21 +77,25 @@ def predict_coco_results(model,
   """COCO-format results (boxes, RLE masks, keypoints) for every validation image; `tta`
   evaluates with test-time augmentation."""
   results, seen = [], 0
+  category_ids = np.asarray(cfg.category_ids)
   for det, batch, det_scale in _batches(model, cfg, batch_size, tta):
+    orig_hws = batch["orig_size"].numpy()
+    all_boxes, all_rles = to_original_images(det, det_scale, orig_hws)
     for i in range(det["scores"].shape[0]):
-      boxes, scores, cats, masks = to_original_image(det,
-                                                     i,
-                                                     det_scale[i],
-                                                     batch["orig_size"][i].numpy(),
-                                                     cfg.category_ids,
-                                                     with_masks="masks" in det)
+      n = int(det["num_detections"][i])
+      cats = category_ids[det["classes"][i, :n] - 1]
       keypoints = None
       if "keypoints" in det:  # detection frame -> original pixels; the score stays
-        n = int(det["num_detections"][i])
         scale = float(det_scale[i])
         keypoints = det["keypoints"][i, :n] / np.array([scale, scale, 1.0])
-      results += coco_evaluator.detections_to_coco(int(batch["source_id"][i]), boxes, scores, cats,
-                                                   masks, keypoints)
+      results += coco_evaluator.detections_to_coco(
+          int(batch["source_id"][i]),
+          all_boxes[i, :n],
+          det["scores"][i, :n],
+          cats,
+          keypoints=keypoints,
+          mask_rles=None if all_rles is None else all_rles[i, :n],
+          image_hw=orig_hws[i])
       seen += 1
     if max_images and seen >= max_images:
       break

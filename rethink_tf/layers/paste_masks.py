@@ -10,12 +10,13 @@ SavedModel both paste with this function, so served masks equal evaluated ones.
 import tensorflow as tf
 
 
-def _axis_weights(lo, hi, length, canvas: int, m: int):
+def _axis_weights(lo, hi, length, canvas, m: int, start=0):
   """Bilinear weights [N, canvas, m] of the m mask cells for every pixel centre along one axis.
 
-  lo, hi: [N] box edges in pixels; length: scalar, pixels beyond it (canvas padding) get 0.
+  lo, hi: [N] box edges in pixels; length: scalar, pixels beyond it (canvas padding) get 0;
+  start: the first pixel's index (a window of the axis: pixels start .. start + canvas - 1).
   """
-  centres = tf.range(canvas, dtype=tf.float32) + 0.5
+  centres = tf.cast(tf.range(start, start + canvas), tf.float32) + 0.5
   extent = tf.maximum(hi - lo, 1e-6)  # a zero-width box pastes nothing, not NaN
   u = (centres[None, :] - lo[:, None]) / extent[:, None] * m - 0.5
   cells = tf.range(m, dtype=tf.float32)
@@ -47,3 +48,34 @@ def paste_masks(masks, boxes_yxyx, height, width, canvas_height=None, canvas_wid
   wx = _axis_weights(boxes[:, 1], boxes[:, 3], width, cw, m)
   rows = tf.linalg.matmul(wy, masks)  # [N, H, M]
   return tf.linalg.matmul(rows, wx, transpose_b=True)  # [N, H, W]
+
+
+def paste_window(mask, box_yxyx, height, width):
+  """One mask pasted only where it can reach 0.5: its box widened by one pixel on each side
+  (detectron2's CPU paste window), clipped to the image.
+
+  Outside the window every pasted probability is below 0.5 (a pixel centre outside the box is
+  less than half a cell from the mask's zero padding), so thresholded masks are the same as
+  `paste_masks` at full size, at the cost of the box instead of the image.
+
+  Args:
+    mask: [M, M] float probabilities relative to the box; box_yxyx: [4] float, image pixels.
+    height, width: int32 scalars, the image size.
+  Returns:
+    (probabilities [h, w] float32 of the window's pixels, y0, x0 int32: the window's first row
+    and column in the image).
+  """
+  box = tf.cast(box_yxyx, tf.float32)
+  m = mask.shape[-1]
+
+  def span(lo, hi, length):
+    start = tf.clip_by_value(tf.cast(tf.floor(lo), tf.int32) - 1, 0, length)
+    stop = tf.clip_by_value(tf.cast(tf.math.ceil(hi), tf.int32) + 1, start, length)
+    return start, stop - start
+
+  y0, h = span(box[0], box[2], height)
+  x0, w = span(box[1], box[3], width)
+  wy = _axis_weights(box[None, 0], box[None, 2], height, h, m, start=y0)
+  wx = _axis_weights(box[None, 1], box[None, 3], width, w, m, start=x0)
+  rows = tf.linalg.matmul(wy, tf.cast(mask, tf.float32)[None])  # [1, h, M]
+  return tf.linalg.matmul(rows, wx, transpose_b=True)[0], y0, x0

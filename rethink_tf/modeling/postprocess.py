@@ -4,6 +4,7 @@ move from the model's resized frame to the input image."""
 import tensorflow as tf
 
 from rethink_tf.layers import box_ops
+from rethink_tf.layers.mask_rle import encode_masks
 from rethink_tf.layers.paste_masks import paste_masks
 from rethink_tf.modeling.roi_sampling import ROI_BOX_WEIGHTS
 
@@ -79,14 +80,7 @@ def detect_boxes(proposals,
   return nms_detections(boxes, probs, score_threshold, nms_threshold, max_detections)
 
 
-def to_input_image(boxes,
-                   masks,
-                   num_detections,
-                   scale,
-                   image_hw,
-                   canvas_hw=None,
-                   binary_masks: bool = True,
-                   mask_threshold: float = 0.5):
+def to_input_image(boxes, masks, num_detections, scale, image_hw, mask_threshold: float = 0.5):
   """One image's detections, from the resized (model) frame to the input image's pixels.
 
   Evaluation and the exported SavedModel both call this (one rule for both).
@@ -95,23 +89,53 @@ def to_input_image(boxes,
     boxes: [D, 4] yxyx in resized-image pixels; masks: [D, M, M] box-relative probabilities or
       None; num_detections: int scalar, valid entries first.
     scale: float32 scalar, resized / input size; image_hw: [2] int, the input image's (h, w).
-    canvas_hw: [2] int output mask size (default image_hw; larger canvases are zero-padded).
-    binary_masks: True -> uint8 {0, 1} (probability >= mask_threshold), False -> float32
-      probabilities.
+    mask_threshold: a pixel is in a mask when its pasted probability is >= this.
   Returns:
-    (boxes [D, 4] float32 yxyx in input pixels clipped to the image, masks [D, Hc, Wc] or None).
-    Entries at and beyond num_detections keep their (zero) boxes and get empty masks.
+    (boxes [D, 4] float32 yxyx in input pixels clipped to the image, mask RLE strings [D] or
+    None: COCO compressed `counts` over the whole h x w image, "" at and beyond
+    num_detections; `layers/mask_rle.py`).
   """
   hw = tf.cast(image_hw, tf.float32)
   limits = tf.concat([hw, hw], 0)
   boxes = tf.minimum(tf.maximum(tf.cast(boxes, tf.float32) / scale, 0.0), limits)
   if masks is None:
     return boxes, None
+  return boxes, encode_masks(masks, boxes, num_detections, image_hw[0], image_hw[1], mask_threshold)
+
+
+def batch_to_input_images(boxes, masks, num_detections, scales, image_hws):
+  """`to_input_image` for each image of a batch.
+
+  Args: boxes [B, D, 4], masks [B, D, M, M] or None, num_detections [B], scales [B] float32,
+    image_hws [B, 2] int32.
+  Returns: (boxes [B, D, 4] in input pixels, mask RLE strings [B, D] or None).
+  """
+  if masks is None:
+    return tf.map_fn(lambda a: to_input_image(a[0], None, 0, a[1], a[2])[0],
+                     (boxes, scales, image_hws),
+                     fn_output_signature=tf.float32), None
+  return tf.map_fn(lambda a: to_input_image(*a), (boxes, masks, num_detections, scales, image_hws),
+                   fn_output_signature=(tf.float32, tf.string))
+
+
+def full_resolution_masks(masks,
+                          boxes,
+                          num_detections,
+                          image_hw,
+                          canvas_hw,
+                          binary: bool = True,
+                          mask_threshold: float = 0.5):
+  """Masks pasted over a whole canvas: [D, Hc, Wc] uint8 {0, 1} or float32 probabilities.
+
+  The cost is D x Hc x Wc whatever was detected, so the SavedModel returns these only when
+  exported with them (`--mask_output=binary|probability`); thresholded, they equal the RLE
+  masks of `to_input_image`. boxes: [D, 4] in input pixels (`to_input_image`'s); pixels at or
+  beyond image_hw and entries at and beyond num_detections are 0.
+  """
   n = tf.cast(num_detections, tf.int32)
-  canvas = image_hw if canvas_hw is None else canvas_hw
   # Only the valid detections are pasted: full-resolution pasting dominates post-processing.
-  probs = paste_masks(masks[:n], boxes[:n], image_hw[0], image_hw[1], canvas[0], canvas[1])
+  probs = paste_masks(masks[:n], boxes[:n], image_hw[0], image_hw[1], canvas_hw[0], canvas_hw[1])
   probs = tf.pad(probs, [[0, tf.shape(masks)[0] - n], [0, 0], [0, 0]])
-  if binary_masks:
-    return boxes, tf.cast(probs >= mask_threshold, tf.uint8)
-  return boxes, probs
+  if binary:
+    return tf.cast(probs >= mask_threshold, tf.uint8)
+  return probs

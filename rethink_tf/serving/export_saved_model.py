@@ -2,7 +2,8 @@ r"""Exports a trained detector as a SavedModel for TF Serving or `tf.saved_model
 
   python -m export.export_saved_model --gin_file=F --checkpoint=C --export_dir=D \
       [--batch_size=N|dynamic] [--max_detections=100] [--score_threshold=0.05] \
-      [--mask_output=binary|probability] [--label_map=FILE] [--version=N]
+      [--mask_output=rle|binary|probability] [--label_map=FILE] [--version=N] \
+      [--max_image_pixels=50000000] [--max_batch_size=64] [--max_request_bytes=268435456]
 
 Writes D/<version>/ (TF Serving's layout: the highest integer version is served), by default
 one more than the highest version already in D. The export is written under a temporary name
@@ -15,11 +16,13 @@ detector's checkpoint, else the data config (synthetic shapes, the validation JS
 COCO's 80 names).
 """
 
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import tempfile
+from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,6 +34,7 @@ from rethink_tf import config  # noqa: E402
 from rethink_tf.data import categories, synthetic  # noqa: E402
 from rethink_tf.inference import build_for_inference, resolve_checkpoint  # noqa: E402
 from rethink_tf.serving.detection_server import SIGNATURES, DetectionServer  # noqa: E402
+from rethink_tf.serving.request_checks import RequestLimits  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -48,13 +52,16 @@ def export(checkpoint: str,
            batch_size=None,
            max_detections: int = 100,
            score_threshold: float = 0.05,
-           binary_masks: bool = True,
+           mask_output: str = "rle",
            label_map=None,
-           version=None) -> str:
+           version=None,
+           limits: Optional[RequestLimits] = None) -> str:
   """Exports the gin-configured model restored from `checkpoint`; returns the version dir.
 
-  Gin must already be parsed (the training run's files).
+  Gin must already be parsed (the training run's files). `limits`: what one request may ask
+  (default `RequestLimits()`).
   """
+  limits = limits or RequestLimits()
   model, cfg = build_for_inference(checkpoint,
                                    detections_per_image=max_detections,
                                    score_threshold=score_threshold)
@@ -92,13 +99,16 @@ def export(checkpoint: str,
     with open(info_path, "w") as f:
       json.dump(
           {
-              "checkpoint": checkpoint, "signatures": list(SIGNATURES), "batch_size": batch_size
-                                                                                      or "dynamic",
-              "max_detections": max_detections, "score_threshold": score_threshold,
-              "nms_threshold": model.nms_threshold, "detection_masks":
-                  ("uint8 {0, 1} (probability >= 0.5)" if binary_masks else "float32 probability"),
-              "mask_resolution": (2 * model.mask_pool_size if model.mask_head is not None else None
-                                 ), "preprocessing": preprocessing
+              "checkpoint": checkpoint, "signatures": list(SIGNATURES),
+              "batch_size": batch_size or "dynamic", "max_detections": max_detections,
+              "score_threshold": score_threshold, "nms_threshold": model.nms_threshold,
+              "detection_masks_rle": "COCO compressed RLE counts, mask = pasted probability >= 0.5",
+              "detection_masks": {
+                  "rle": None, "binary": "uint8 {0, 1} (probability >= 0.5)",
+                  "probability": "float32 probability"
+              }[mask_output], "limits": dataclasses.asdict(limits), "mask_resolution":
+                  (2 * model.mask_pool_size if model.mask_head is not None else None
+                  ), "preprocessing": preprocessing
           },
           f,
           indent=1)
@@ -109,8 +119,9 @@ def export(checkpoint: str,
                              preprocessing,
                              cfg.category_ids,
                              names,
-                             binary_masks=binary_masks,
+                             full_resolution_masks=None if mask_output == "rle" else mask_output,
                              batch_size=batch_size,
+                             limits=limits,
                              assets={
                                  "categories_file": cat_path, "export_info_file": info_path,
                                  "gin_config_file": config_path
@@ -135,9 +146,10 @@ def main(argv):
   else:
     sys.exit(f"--batch_size must be a positive integer or 'dynamic', got {FLAGS.batch_size!r}")
   try:
+    limits = RequestLimits(FLAGS.max_image_pixels, FLAGS.max_batch_size, FLAGS.max_request_bytes)
     checkpoint = resolve_checkpoint(FLAGS.checkpoint)
     path = export(checkpoint, FLAGS.export_dir, batch, FLAGS.max_detections, FLAGS.score_threshold,
-                  FLAGS.mask_output == "binary", FLAGS.label_map, FLAGS.version)
+                  FLAGS.mask_output, FLAGS.label_map, FLAGS.version, limits)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     sys.exit(f"export failed: {e}")
   print(f"exported {checkpoint} -> {path} (signatures: {', '.join(SIGNATURES)})")
@@ -156,10 +168,23 @@ def console_main():
                       "'dynamic'.")
   flags.DEFINE_integer("max_detections", 100, "Detections per image (D).")
   flags.DEFINE_float("score_threshold", 0.05, "Minimum detection score.")
-  flags.DEFINE_enum("mask_output", "binary", ["binary", "probability"],
-                    "detection_masks as uint8 {0, 1} or float32 probabilities.")
+  flags.DEFINE_enum(
+      "mask_output", "rle", ["rle", "binary", "probability"],
+      "Masks as COCO RLE strings and box-relative probabilities (rle), or also "
+      "full-resolution detection_masks: uint8 {0, 1} (binary) or float32 (probability), "
+      "which cost max_detections x height x width per image.")
   flags.DEFINE_string("label_map", None, "Category names: a COCO JSON or {\"id\": \"name\"}.")
   flags.DEFINE_integer("version", None, "Version directory name (default: next integer).")
+  defaults = RequestLimits()
+  flags.DEFINE_integer(
+      "max_image_pixels", defaults.max_image_pixels,
+      "Largest height x width a request's image may have (read from the "
+      "encoded header, refused before decoding).")
+  flags.DEFINE_integer("max_batch_size", defaults.max_batch_size, "Most images per request.")
+  flags.DEFINE_integer(
+      "max_request_bytes", defaults.max_request_bytes,
+      "Most bytes per request (encoded images or serialized examples; uint8 "
+      "pixels for serving_default).")
   app.run(main)
 
 

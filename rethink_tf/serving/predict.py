@@ -39,6 +39,30 @@ def resolve_version(path: str) -> str:
                           "subdirectory")
 
 
+def decode_rle(counts: bytes, height: int, width: int) -> np.ndarray:
+  """A COCO compressed RLE string (pycocotools' `counts`) -> bool [height, width], with numpy.
+
+  Runs alternate 0s and 1s in column-major order; each is written in 5-bit groups, low first,
+  0x20 = more groups follow, 0x10 in the last group = negative, offset by 48; from the fourth
+  run on, the value is the difference to the run two before.
+  """
+  runs, p = [], 0
+  while p < len(counts):
+    x, k, more = 0, 0, True
+    while more:
+      c = counts[p] - 48
+      x |= (c & 0x1F) << (5 * k)
+      more = bool(c & 0x20)
+      p, k = p + 1, k + 1
+      if not more and c & 0x10:
+        x |= -1 << (5 * k)
+    runs.append(x + runs[-2] if len(runs) > 2 else x)
+  if sum(runs) != height * width:
+    raise ValueError(f"RLE counts cover {sum(runs)} pixels, the image has {height * width}")
+  flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+  return flat.reshape(width, height).T
+
+
 def detect(model, encoded: bytes):
   """One image's detections as numpy arrays (padding removed)."""
   out = model.signatures["image_bytes"](image_bytes=tf.constant([encoded]))
@@ -50,8 +74,10 @@ def detect(model, encoded: bytes):
                                                                    [0, :n].numpy(),
       "names": [s.decode() for s in out["detection_class_names"][0, :n].numpy()]
   }
-  if "detection_masks" in out:
-    det["masks"] = out["detection_masks"][0, :n, :h, :w].numpy()
+  if "detection_masks_rle" in out:
+    det["masks"] = np.stack([
+        decode_rle(c, h, w) for c in out["detection_masks_rle"][0, :n].numpy()
+    ]) if n else np.zeros([0, h, w], bool)
   return det
 
 
@@ -64,7 +90,7 @@ def draw(ax, image: np.ndarray, det, min_score: float, title: str):
   for rank, i in enumerate(keep):
     colour = colours(rank % 10)
     if "masks" in det:
-      m = det["masks"][i] > 0.5
+      m = det["masks"][i]
       overlay[m] = (*colour[:3], 0.45)
     y0, x0, y1, x1 = det["boxes"][i]
     ax.add_patch(

@@ -2,17 +2,36 @@
 on real photos and on bad requests, lists the export with `saved_model_cli show --all`, and
 prints one JSON report for the test to check.
 
-  python serving_client.py EXPORT_DIR TFRECORD IMAGE [IMAGE ...]
+  python serving_client.py EXPORT_DIR TFRECORD LARGE_PNG LARGE_JPEG IMAGE [IMAGE ...]
 
+LARGE_PNG and LARGE_JPEG are files over the export's pixel budget, sent among the bad requests.
 The project's packages (and Model Garden, tf_keras) are blocked from importing, so the run fails
-if the SavedModel needed any of them.
+if the SavedModel needed any of them, and the process runs under a memory limit
+(`limit_memory`), so a request that allocates far more than it should fails instead of swapping.
 """
 
 import importlib.abc
 import json
+import resource
 import sys
 
 BLOCKED = ("rethink_tf", "export", "official", "tf_keras")
+# The client's data segment limit (heap and anonymous mappings: what TensorFlow allocates). The
+# tiny model's client peaks near 1.1 GB; full-resolution masks of one 12 MP photo alone took 6 GB.
+MEMORY_LIMIT_MB = 3072
+
+
+def limit_memory(mb: int = MEMORY_LIMIT_MB):
+  """Caps this process's data segment: an allocation beyond it fails (MemoryError, a TF
+  ResourceExhaustedError or an abort), never swaps."""
+  resource.setrlimit(resource.RLIMIT_DATA, (mb * 2**20, mb * 2**20))
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident memory (VmHWM) in MB."""
+  with open("/proc/self/status") as f:
+    line = next(l for l in f if l.startswith("VmHWM:"))
+  return int(line.split()[1]) / 1024
 
 
 class _Block(importlib.abc.MetaPathFinder):
@@ -29,6 +48,25 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
+def rle_decode(counts: bytes, h: int, w: int) -> np.ndarray:
+  """COCO compressed RLE -> uint8 [h, w]; an empty string (padding) -> an empty mask. The
+  client's own decoder (pycocotools' format, written from its description)."""
+  runs, p = [], 0
+  while p < len(counts):
+    x, k, more = 0, 0, True
+    while more:
+      c = counts[p] - 48
+      x |= (c & 0x1F) << (5 * k)
+      more, p, k = bool(c & 0x20), p + 1, k + 1
+      if not more and c & 0x10:
+        x |= -1 << (5 * k)
+    runs.append(x + runs[-2] if len(runs) > 2 else x)
+  if not runs:
+    return np.zeros((h, w), np.uint8)
+  assert sum(runs) == h * w, (sum(runs), h, w)
+  return np.repeat(np.arange(len(runs)) % 2, runs).astype(np.uint8).reshape(w, h).T
+
+
 def describe(outputs, image_sizes):
   """Keys, dtypes, shapes and per-image checks of one signature's outputs."""
   out = {k: v.numpy() for k, v in outputs.items()}
@@ -41,30 +79,49 @@ def describe(outputs, image_sizes):
   per_image = []
   for i, (h, w) in enumerate(image_sizes):
     n = int(out["num_detections"][i])
-    masks = out["detection_masks"][i]
+    masks = np.stack([rle_decode(c, h, w) for c in out["detection_masks_rle"][i, :n]] or
+                     [np.zeros((h, w), np.uint8)])[:n]
     boxes = out["detection_boxes"][i, :n]
+    # A mask is 0 outside its box widened by one pixel (the paste window).
+    outside = 0
+    for mask, (y0, x0, y1, x1) in zip(masks, boxes):
+      window = np.zeros_like(mask)
+      window[max(int(np.floor(y0)) - 1, 0):int(np.ceil(y1)) + 1,
+             max(int(np.floor(x0)) - 1, 0):int(np.ceil(x1)) + 1] = 1
+      outside += int((mask * (1 - window)).sum())
     per_image.append({
         "n":
-            n, "boxes_inside":
-                bool(
-                    np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= h) and
-                    np.all(boxes[:, [1, 3]] <= w)), "masks_outside_image_empty":
-                        int(masks[:, h:, :].sum() + masks[:, :, w:].sum()), "mask_values":
-                            sorted(np.unique(masks).tolist()),
+            n,
+        "boxes_inside":
+            bool(
+                np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= h) and
+                np.all(boxes[:, [1, 3]] <= w)),
+        "mask_pixels_outside_boxes":
+            outside,
+        "mask_pixels":
+            int(masks.sum()),
+        "mask_values":
+            sorted(np.unique(masks).tolist()),
         "padding_empty":
             bool(
                 np.all(out["detection_scores"][i, n:] == 0) and
-                np.all(out["detection_classes"][i, n:] == 0) and masks[n:].sum() == 0), "classes":
-                    out["detection_classes"][i, :n].tolist(),
-        "names": [s.decode() for s in out["detection_class_names"][i, :n]], "scores":
-            out["detection_scores"][i, :n].tolist(), "boxes":
-                boxes.tolist()
+                np.all(out["detection_classes"][i, n:] == 0) and
+                np.all(out["detection_masks_rle"][i, n:] == b"")),
+        "classes":
+            out["detection_classes"][i, :n].tolist(),
+        "names": [s.decode() for s in out["detection_class_names"][i, :n]],
+        "scores":
+            out["detection_scores"][i, :n].tolist(),
+        "boxes":
+            boxes.tolist(),
+        "masks_rle": [c.decode() for c in out["detection_masks_rle"][i, :n]],
     })
   report["per_image"] = per_image
   return report
 
 
-def main(export_dir, record_path, image_paths):
+def main(export_dir, record_path, large_png, large_jpeg, image_paths):
+  limit_memory()
   model = tf.saved_model.load(export_dir)
   sigs = model.signatures
   encoded = [open(p, "rb").read() for p in image_paths]
@@ -107,6 +164,11 @@ def main(export_dir, record_path, image_paths):
       "example_without_image":
           ("tf_example", dict(examples=tf.constant([tf.train.Example().SerializeToString()]))),
       "not_an_example": ("tf_example", dict(examples=tf.constant([b"\x00not a proto"]))),
+      "png_declaring_20000x20000":
+          ("image_bytes", dict(image_bytes=tf.constant([jpeg, open(large_png, "rb").read()]))),
+      "jpeg_over_pixel_budget": ("image_bytes",
+                                 dict(image_bytes=tf.constant([open(large_jpeg, "rb").read()]))),
+      "batch_over_bound": ("image_bytes", dict(image_bytes=tf.constant([jpeg] * 65))),
   }
   errors = {}
   for name, (sig, kwargs) in bad.items():
@@ -122,6 +184,7 @@ def main(export_dir, record_path, image_paths):
   report["errors"] = errors
   report["after_errors"] = describe(sigs["image_bytes"](image_bytes=tf.constant(encoded)), sizes)
   report["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+  report["peak_rss_mb"] = peak_rss_mb()
   report["saved_model_cli"] = saved_model_cli_show_all(export_dir)
   print("REPORT " + json.dumps(report))
 
@@ -147,4 +210,4 @@ def saved_model_cli_show_all(export_dir):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], sys.argv[2], sys.argv[3:])
+  main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])

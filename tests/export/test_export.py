@@ -11,16 +11,18 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from pycocotools import mask as mask_utils
 
 from rethink_tf import config
 from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.evaluation import coco_evaluator
 from rethink_tf.evaluation.evaluator import predict_coco_results
 from rethink_tf.inference import build_for_inference, resolve_checkpoint
+from rethink_tf.layers.paste_masks import paste_masks
 from rethink_tf.serving.detection_server import SIGNATURES
 from rethink_tf.serving.export_saved_model import export, next_version
 
-from conftest import REPO_ROOT, TESTDATA, served_coco_results
+from conftest import REPO_ROOT, TESTDATA, declared_png, served_coco_results
 
 TINY = "gin_configs/testing/tiny.gin"
 SCORE_THRESHOLD = 0.05
@@ -29,7 +31,7 @@ OUTPUTS = {
     "num_detections": ("int32", []), "detection_boxes": ("float32", [MAX_DETECTIONS, 4]),
     "detection_scores": ("float32", [MAX_DETECTIONS]), "detection_classes":
         ("int64", [MAX_DETECTIONS]), "detection_class_names": ("object", [MAX_DETECTIONS]),
-    "image_size": ("int32", [2]), "detection_masks": ("uint8", None),
+    "image_size": ("int32", [2]), "detection_masks_rle": ("object", [MAX_DETECTIONS]),
     "detection_masks_box_relative": ("float32", [MAX_DETECTIONS, 28, 28])
 }
 INPUTS = {
@@ -68,21 +70,40 @@ def _val_records():
   return [r.numpy() for r in tf.data.TFRecordDataset(files)], cfg
 
 
+def _client(script, *args):
+  """Runs a client script of tests/export in a fresh process that can import only TensorFlow
+  (and under the clients' memory limit); returns the completed process."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  r = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, "tests", "export", script), *args],
+      cwd=os.path.dirname(args[0]),
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600)
+  assert r.returncode == 0, r.stderr[-4000:]
+  return r
+
+
 @pytest.fixture(scope="module")
-def client_report(exported):
+def oversized_images(tmp_path_factory):
+  """(a 1.2 MB PNG declaring 20000 x 20000 pixels, a real 8192 x 6144 JPEG = 50.3 MP, just
+  over the default budget of 50 MP)."""
+  root = tmp_path_factory.mktemp("oversized")
+  png, jpeg = root / "declared_20000x20000.png", root / "over_budget_8192x6144.jpg"
+  png.write_bytes(declared_png(20000, 20000))
+  gray = tf.fill([6144, 8192, 3], tf.constant(128, tf.uint8))
+  jpeg.write_bytes(tf.io.encode_jpeg(gray, quality=85).numpy())
+  return str(png), str(jpeg)
+
+
+@pytest.fixture(scope="module")
+def client_report(exported, oversized_images):
   """Runs tests/export/serving_client.py in a fresh process that can import only TensorFlow."""
   config.parse_gin([TINY])
   records, cfg = _val_records()
   files = sorted(glob.glob(cfg.val_pattern))
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  client = os.path.join(REPO_ROOT, "tests", "export", "serving_client.py")
-  r = subprocess.run([sys.executable, client, exported[1], files[0], *PHOTOS],
-                     cwd=os.path.dirname(exported[1]),
-                     env=env,
-                     capture_output=True,
-                     text=True,
-                     timeout=600)
-  assert r.returncode == 0, r.stderr[-4000:]
+  r = _client("serving_client.py", exported[1], files[0], *oversized_images, *PHOTOS)
   line = [l for l in r.stdout.splitlines() if l.startswith("REPORT ")][-1]
   return json.loads(line[len("REPORT "):])
 
@@ -90,20 +111,19 @@ def client_report(exported):
 def _check_outputs(report, batch):
   assert set(report["keys"]) == set(OUTPUTS)
   sizes = report["expected_sizes"]
-  hmax, wmax = max(s[0] for s in sizes), max(s[1] for s in sizes)
   for key, (dtype, shape) in OUTPUTS.items():
     assert report["dtypes"][key] == dtype, key
-    expected = [batch, MAX_DETECTIONS, hmax, wmax] if shape is None else [batch] + shape
-    assert report["shapes"][key] == expected, key
+    assert report["shapes"][key] == [batch] + shape, key
   assert report["image_size"] == sizes  # the input images' own sizes, not the model's
   for image in report["per_image"]:
     assert image["boxes_inside"] and image["padding_empty"]
-    assert image["masks_outside_image_empty"] == 0
+    assert image["mask_pixels_outside_boxes"] == 0
     assert set(image["mask_values"]) <= {0, 1}
     assert set(image["names"]) <= {"circle", "square", "triangle"}
     assert set(image["classes"]) <= {1, 2, 3}
     assert all(s >= SCORE_THRESHOLD for s in image["scores"])
   assert sum(image["n"] for image in report["per_image"]) > 0, "nothing detected: vacuous"
+  assert sum(image["mask_pixels"] for image in report["per_image"]) > 0, "no mask pixels"
 
 
 def test_fresh_process_serves_every_signature_on_real_photos(client_report):
@@ -140,6 +160,13 @@ EXPECTED_ERRORS = {
     "empty_batch": r"empty batch: send at least one image",
     "example_without_image": r"examples\[0\]: no image/encoded feature",
     "not_an_example": r"Could not parse example input",
+    "png_declaring_20000x20000": r"image_bytes\[1\]: 20000 x 20000 pixels \(400000000\), over "
+                                 r"the limit of 50000000 pixels per image \(export flag "
+                                 r"--max_image_pixels\)",
+    "jpeg_over_pixel_budget": r"image_bytes\[0\]: 8192 x 6144 pixels \(50331648\), over the "
+                              r"limit of 50000000 pixels per image",
+    "batch_over_bound": r"image_bytes: a batch of 65 images, over the limit of 64 per request "
+                        r"\(export flag --max_batch_size\)",
 }
 
 
@@ -154,6 +181,82 @@ def test_model_serves_correctly_after_bad_requests(client_report):
   after, before = client_report["after_errors"], client_report["image_bytes"]
   _check_outputs(after, len(PHOTOS))
   assert after["per_image"] == before["per_image"]
+
+
+@pytest.fixture(scope="module")
+def phone_photo(tmp_path_factory):
+  """A 4032 x 3024 JPEG (a phone camera's 12 MP photo, 1.5 MB at quality 85): a 640 x 480 COCO
+  photo upscaled, with mild sensor-like noise."""
+  photo = tf.io.decode_jpeg(open(PHOTOS[1], "rb").read())
+  assert photo.shape == (480, 640, 3)
+  big = tf.image.resize(photo, [3024, 4032], method="bicubic")
+  big += tf.random.stateless_normal(big.shape, [1, 2]) * 4
+  path = tmp_path_factory.mktemp("phone") / "phone_4032x3024.jpg"
+  path.write_bytes(
+      tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(big), 0, 255), tf.uint8),
+                        quality=85).numpy())
+  return str(path)
+
+
+def _serve_one(export_dir, image, out):
+  _client("memory_client.py", export_dir, image, str(out))
+  return dict(np.load(out))
+
+
+def test_phone_photo_costs_its_detections_not_its_canvas(exported, phone_photo, tmp_path):
+  """One 12 MP photo through image_bytes in a TensorFlow-only client under a memory limit: peak
+  memory within 1.5x of a 640 x 480 photo's, the response under 50 MB, and its RLE masks, decoded,
+  equal to every detection's full-image paste (`paste_masks`, thresholded at 0.5)."""
+  small = _serve_one(exported[1], PHOTOS[1], tmp_path / "small.npz")
+  big = _serve_one(exported[1], phone_photo, tmp_path / "big.npz")
+  assert big["image_size"].tolist() == [3024, 4032]
+  assert float(big["peak_rss_mb"]) <= 1.5 * float(small["peak_rss_mb"]), (big["peak_rss_mb"],
+                                                                          small["peak_rss_mb"])
+  assert int(big["response_bytes"]) <= 50 * 2**20, big["response_bytes"]
+  assert len(big["boxes"]) > 0, "nothing detected: vacuous"
+  h, w = 3024, 4032
+  in_mask = 0
+  for box, relative, rle in zip(big["boxes"], big["box_relative"], big["masks_rle"]):
+    pasted = paste_masks(relative[None], box[None], h, w)[0].numpy() >= 0.5
+    served = mask_utils.decode({"size": [h, w], "counts": bytes(rle)})
+    np.testing.assert_array_equal(served, pasted)
+    in_mask += int(pasted.sum())
+  assert in_mask > 0, "every mask empty: vacuous"
+
+
+def test_full_resolution_masks_on_request_equal_the_rle_masks(trained):
+  """Exported with --mask_output=binary, `detection_masks` adds every detection's mask over the
+  whole canvas; decoded RLE masks are the same pixels."""
+  from rethink_tf.serving.detection_server import DetectionServer
+  config.parse_gin([TINY])
+  model, cfg = build_for_inference(resolve_checkpoint(trained),
+                                   detections_per_image=MAX_DETECTIONS,
+                                   score_threshold=SCORE_THRESHOLD)
+  pre = dict(short_side=cfg.short_side,
+             max_long_side=cfg.max_long_side,
+             padded_size=cfg.padded_size,
+             pixel_mean=cfg.pixel_mean,
+             pixel_std=cfg.pixel_std,
+             channel_order=cfg.channel_order)
+  with pytest.raises(ValueError, match="full_resolution_masks must be one of"):
+    DetectionServer(model, pre, cfg.category_ids, ["a", "b", "c"], full_resolution_masks="yes")
+  server = DetectionServer(model,
+                           pre,
+                           cfg.category_ids, ["circle", "square", "triangle"],
+                           full_resolution_masks="binary")
+  photos = [open(p, "rb").read() for p in (PHOTOS[0], PHOTOS[-1])]  # 640x427, 375x500
+  out = server.signatures(["image_bytes"])["image_bytes"](image_bytes=tf.constant(photos))
+  full = out["detection_masks"].numpy()
+  assert full.dtype == np.uint8 and full.shape == (2, MAX_DETECTIONS, 500, 640)
+  checked = 0
+  for i, (h, w) in enumerate(out["image_size"].numpy()):
+    n = int(out["num_detections"][i])
+    assert full[i, :, h:].sum() == 0 and full[i, :, :, w:].sum() == 0 and full[i, n:].sum() == 0
+    for j in range(n):
+      rle = {"size": [int(h), int(w)], "counts": out["detection_masks_rle"][i, j].numpy()}
+      np.testing.assert_array_equal(mask_utils.decode(rle), full[i, j, :h, :w])
+      checked += int(full[i, j].sum() > 0)
+  assert checked > 0, "no non-empty mask compared: vacuous"
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +279,7 @@ def test_exported_detections_equal_the_evaluation(trained, loaded):
     assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
     assert a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6)
     np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)  # both rounded to 1e-3 px
-    assert a["segmentation"]["size"] == b["segmentation"]["size"]
+    assert a["segmentation"] == b["segmentation"]  # the same RLE string
   gt = coco_evaluator.load_coco(cfg.val_annotations)
   for iou in ("bbox", "segm"):
     assert coco_evaluator.evaluate(gt, served, iou) == coco_evaluator.evaluate(gt, evaluated, iou)
@@ -249,7 +352,7 @@ def test_box_only_model_with_fixed_batch(tmp_path):
   assert fn.structured_outputs["detection_boxes"].shape == [2, model.detections_per_image, 4]
   photos = [open(p, "rb").read() for p in PHOTOS[:2]]
   out = fn(image_bytes=tf.constant(photos))
-  assert set(out) == set(OUTPUTS) - {"detection_masks", "detection_masks_box_relative"}
+  assert set(out) == set(OUTPUTS) - {"detection_masks_rle", "detection_masks_box_relative"}
   assert out["image_size"].numpy().tolist() == [[427, 640], [480, 640]]
   n = out["num_detections"].numpy()
   assert n.sum() > 0

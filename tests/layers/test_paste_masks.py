@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from pycocotools import mask as mask_utils
 
 from rethink_tf.layers.paste_masks import paste_masks
-from rethink_tf.modeling.postprocess import to_input_image
+from rethink_tf.modeling.postprocess import full_resolution_masks, to_input_image
 
 
 def _reference(mask, box, h, w):
@@ -61,14 +62,22 @@ def test_canvas_padding_is_empty_and_zero_width_box_pastes_nothing():
 def test_to_input_image_rescales_clips_and_pastes_only_valid_detections(binary):
   boxes = np.array([[10.0, 20.0, 30.0, 50.0], [0.0, -4.0, 80.0, 200.0], [0, 0, 0, 0]], np.float32)
   masks = np.ones((3, 28, 28), np.float32)
-  out_boxes, pasted = to_input_image(boxes,
-                                     masks,
-                                     2,
-                                     tf.constant(2.0),
-                                     tf.constant([30, 60]),
-                                     binary_masks=binary)
+  out_boxes, rles = to_input_image(boxes, masks, 2, tf.constant(2.0), tf.constant([30, 60]))
   np.testing.assert_allclose(out_boxes.numpy()[:2], [[5, 10, 15, 25], [0, 0, 30, 60]])
-  assert pasted.dtype == (tf.uint8 if binary else tf.float32) and pasted.shape == (3, 30, 60)
+  assert rles.shape == (3,) and rles.numpy()[2] == b""  # beyond num_detections: empty
+  decoded = mask_utils.decode({"size": [30, 60], "counts": rles.numpy()[0]})
+  assert decoded[5:15, 10:25].min() == 1 and decoded.sum() == 10 * 15
+  pasted = full_resolution_masks(masks,
+                                 out_boxes,
+                                 2,
+                                 tf.constant([30, 60]),
+                                 tf.constant([40, 70]),
+                                 binary=binary)
+  assert pasted.dtype == (tf.uint8 if binary else tf.float32) and pasted.shape == (3, 40, 70)
   p = pasted.numpy()
   assert p[0, 5:15, 10:25].min() >= (1 if binary else 0.5) and p[0, :5].sum() == 0
-  assert p[2].sum() == 0  # beyond num_detections: empty
+  assert p[2].sum() == 0 and p[:, 30:].sum() == 0 and p[:, :, 60:].sum() == 0
+  for i in range(2):
+    counts = rles.numpy()[i]
+    np.testing.assert_array_equal(mask_utils.decode({"size": [30, 60], "counts": counts}),
+                                  p[i, :30, :60] >= 0.5)

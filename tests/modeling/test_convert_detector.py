@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
+from pycocotools import mask as mask_utils
 
 from rethink_tf import config
 from rethink_tf.data import synthetic
@@ -144,9 +145,13 @@ def test_detections_and_pasted_masks_equal_detectron2(model, stages):
     det = model.detect(tf.constant(stages[f"{p}/images"].transpose(0, 2, 3, 1)),
                        tf.constant([[128.0, 128.0]]))
     n = int(det["num_detections"][0])
-    boxes, masks = postprocess.to_input_image(det["boxes"][0], det["masks"][0], n, tf.constant(1.0),
-                                              tf.constant([128, 128]))
-    boxes, masks = boxes.numpy()[:n], masks.numpy()[:n]
+    boxes, rles = postprocess.to_input_image(det["boxes"][0], det["masks"][0], n, tf.constant(1.0),
+                                             tf.constant([128, 128]))
+    # The RLE strings the evaluator and the SavedModel return, decoded by pycocotools.
+    boxes = boxes.numpy()[:n]
+    masks = np.zeros((n, 128, 128), np.uint8)
+    for j, counts in enumerate(rles.numpy()[:n]):
+      masks[j] = mask_utils.decode({"size": [128, 128], "counts": counts})
     scores, classes = det["scores"].numpy()[0, :n], det["classes"].numpy()[0, :n] - 1
     ref_boxes = _xyxy_to_yxyx(stages[f"{p}/final/boxes"])
     ref_scores, ref_classes = stages[f"{p}/final/scores"], stages[f"{p}/final/classes"]
