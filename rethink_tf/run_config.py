@@ -15,11 +15,13 @@ class ConfigError(ValueError):
 
 
 # Bindings a resumed run may change without --allow_config_change: they decide when to log,
-# evaluate, save or stop, not what is trained.
-RESUMABLE_CHANGES = frozenset(
+# evaluate, save or stop, not what is trained, or how to go on past a damaged step or record
+# (a run stopped by one is resumed with the skip turned on).
+RESUMABLE_CHANGES = frozenset([
     f"TrainConfig.{p}" for p in ("stop_at_step", "eval_every_steps", "log_every_steps",
                                  "checkpoint_every_steps", "keep_checkpoints", "steps_per_loop",
-                                 "eval_batch_size", "eval_image_summaries", "skip_nonfinite_steps"))
+                                 "eval_batch_size", "eval_image_summaries", "skip_nonfinite_steps")
+] + ["InputConfig.skip_damaged_records"])
 
 
 def bindings(operative_config: str) -> Dict[str, str]:

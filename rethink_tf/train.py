@@ -24,6 +24,7 @@ from rethink_tf import config  # noqa: E402
 from rethink_tf.flags import define_common_flags  # noqa: E402
 from rethink_tf.modeling.init import InitError  # noqa: E402
 from rethink_tf.training import distribute  # noqa: E402
+from rethink_tf.training.input_damage import DamagedInputError  # noqa: E402
 from rethink_tf.training.trainer import CheckpointWriteError, Trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -42,7 +43,8 @@ def main(argv):
     strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
     metrics = Trainer(FLAGS.model_dir, strategy,
                       allow_config_change=FLAGS.allow_config_change).train()
-  except (config.ConfigError, InitError, FloatingPointError, CheckpointWriteError) as e:
+  except (config.ConfigError, InitError, FloatingPointError, CheckpointWriteError,
+          DamagedInputError) as e:
     # Configuration mistakes and the expected failures of a long run: the message names the
     # binding, file or checkpoint and says what to do; a traceback would bury it.
     sys.exit(f"error: {e}")

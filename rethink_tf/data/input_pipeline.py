@@ -11,6 +11,7 @@ import gin
 import tensorflow as tf
 from official.vision.dataloaders import tf_example_decoder
 
+from rethink_tf.data.image_preprocessing import decode_image, normalize_and_pad, resize_for_model
 from rethink_tf.layers.roi_align import roi_align_flat
 from rethink_tf.modeling import anchors as anchor_lib
 from rethink_tf.modeling import keypoints as keypoint_lib
@@ -20,20 +21,6 @@ from rethink_tf.run_config import ConfigError
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 JPEG_DCT_METHODS = ("", "INTEGER_FAST", "INTEGER_ACCURATE")
-
-
-def decode_image(encoded, jpeg_dct_method: str = "", expand_animations: bool = True):
-  """Encoded JPEG / PNG / GIF / BMP / WebP -> uint8 [H, W, 3] ([N, H, W, 3] for an animated
-  GIF with `expand_animations`); JPEGs with `jpeg_dct_method` (see `InputConfig`)."""
-
-  def any_format():
-    return tf.io.decode_image(encoded, channels=3, expand_animations=expand_animations)
-
-  if not jpeg_dct_method:
-    return any_format()
-  return tf.cond(tf.io.is_jpeg(encoded),
-                 lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=jpeg_dct_method),
-                 any_format)
 
 
 @gin.configurable
@@ -62,7 +49,8 @@ class InputConfig:
                keypoint_names: Sequence[str] = (),
                keypoint_oks_sigmas: Sequence[float] = (),
                jpeg_dct_method: str = "",
-               resize_antialias: bool = False):
+               resize_antialias: bool = False,
+               skip_damaged_records: bool = False):
     self.train_pattern, self.val_pattern = train_pattern, val_pattern
     self.val_annotations = val_annotations
     self.category_ids = [int(c) for c in category_ids]
@@ -89,6 +77,9 @@ class InputConfig:
     # 4 pixels per output pixel. Enlarging is the same either way.
     self.resize_antialias = resize_antialias
     self.shuffle_buffer, self.cache = shuffle_buffer, cache
+    # Train past training records that fail their checksum, are cut short or do not parse
+    # (`damaged_records.repair`: counted and reported); by default such a record stops the run.
+    self.skip_damaged_records = skip_damaged_records
     # Keypoint R-CNN: the names of the K keypoints per instance (their left_/right_ prefixes
     # drive the flip's swap); empty: the records' keypoints are not read.
     self.keypoint_names = tuple(keypoint_names)
@@ -143,43 +134,6 @@ def _pad_to(x, n, axis0_value=0):
   pad = n - tf.shape(x)[0]
   paddings = [[0, pad]] + [[0, 0]] * (len(x.shape) - 1)
   return tf.pad(x, paddings, constant_values=axis0_value)
-
-
-def resize_for_model(image,
-                     short_side: int,
-                     max_long_side: int,
-                     padded_size: Sequence[int],
-                     short=None,
-                     antialias: bool = False):
-  """Resizes to short side `short_side` (or `short`, a jittered one), long side <= max_long_side,
-  never beyond `padded_size`. The input pipeline and the exported SavedModel both call this, so
-  served images are resized exactly as evaluated ones.
-
-  Args:
-    image: [H, W, 3] uint8 or float (H, W > 0).
-  Returns:
-    (image [h, w, 3] float32 bilinear-resized, scale float32 scalar, size [2] float32 (h, w)).
-  """
-  h = tf.cast(tf.shape(image)[0], tf.float32)
-  w = tf.cast(tf.shape(image)[1], tf.float32)
-  short = tf.constant(float(short_side)) if short is None else short
-  scale = tf.minimum(short / tf.minimum(h, w), max_long_side / tf.maximum(h, w))
-  scale = tf.minimum(scale, tf.minimum(padded_size[0] / h, padded_size[1] / w))
-  new_h = tf.minimum(tf.round(h * scale), padded_size[0])
-  new_w = tf.minimum(tf.round(w * scale), padded_size[1])
-  # uint8 straight into the resize (same values as casting first): a float copy at the input's
-  # resolution would cost 12 bytes per pixel, 145 MB for a 12 MP photo.
-  image = tf.image.resize(image, tf.cast([new_h, new_w], tf.int32), antialias=antialias)
-  return image, scale, tf.stack([new_h, new_w])
-
-
-def normalize_and_pad(image, pixel_mean: Sequence[float], pixel_std: Sequence[float],
-                      channel_order: str, padded_size: Sequence[int]):
-  """[h, w, 3] float RGB 0-255 -> [padded_h, padded_w, 3] normalized, zero-padded bottom/right."""
-  if channel_order == "BGR":
-    image = image[..., ::-1]
-  image = (image - tf.constant(pixel_mean)) / tf.constant(pixel_std)
-  return tf.image.pad_to_bounding_box(image, 0, 0, *padded_size)
 
 
 class Parser:
@@ -345,7 +299,8 @@ def make_dataset(cfg: InputConfig,
                  rpn_kwargs: Optional[Dict] = None,
                  seed: Optional[int] = None,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 start_index: int = 0) -> tf.data.Dataset:
+                 start_index: int = 0,
+                 files: Optional[Sequence[str]] = None) -> tf.data.Dataset:
   """Batched, prefetched dataset of fixed-shape feature dicts.
 
   Args:
@@ -359,9 +314,11 @@ def make_dataset(cfg: InputConfig,
     start_index: training examples of this pipeline's stream already consumed (a resumed run
       passes step * examples per step): they are skipped undecoded, so the run continues with
       the same examples, augmentations and RoI samples an uninterrupted run would have seen.
+    files: the shards to read instead of the pattern's (repaired copies of damaged ones).
   """
   pattern = cfg.train_pattern if training else cfg.val_pattern
-  files = sorted(tf.io.gfile.glob(pattern)) if pattern else []
+  if files is None:
+    files = sorted(tf.io.gfile.glob(pattern)) if pattern else []
   if not files:
     raise FileNotFoundError(f"no TFRecord files match {'train' if training else 'val'} pattern "
                             f"{pattern!r} (bind InputConfig.{'train' if training else 'val'}"

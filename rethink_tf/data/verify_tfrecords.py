@@ -42,7 +42,7 @@ class Problem:
     return f"{self.shard}: record {self.record} at byte {self.offset}: {self.message}"
 
 
-def _example_problem(serialized: bytes) -> Optional[str]:
+def example_problem(serialized: bytes) -> Optional[str]:
   """What is wrong with one record's contents, or None."""
   try:
     example = tf.train.Example.FromString(serialized)
@@ -86,7 +86,7 @@ def verify_shard(path: str) -> tuple:
           Problem(path, offset, index,
                   f"{what} (the reader stops here: the rest of the shard is unread)"))
       break
-    problem = _example_problem(serialized)
+    problem = example_problem(serialized)
     if problem:
       problems.append(Problem(path, offset, index, problem))
     offset += HEADER_BYTES + len(serialized) + FOOTER_BYTES

@@ -33,7 +33,7 @@ from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 
-from rethink_tf.data.input_pipeline import normalize_and_pad, resize_for_model
+from rethink_tf.data.image_preprocessing import normalize_and_pad, resize_for_model
 from rethink_tf.modeling import postprocess
 from rethink_tf.serving.request_checks import (
     RequestLimits,

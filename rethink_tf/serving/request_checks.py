@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from rethink_tf.data.input_pipeline import decode_image
+from rethink_tf.data.image_preprocessing import decode_image
 
 # Leading bytes of the formats tf.io.decode_image reads.
 _MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n", "GIF": b"GIF8", "BMP": b"BM"}

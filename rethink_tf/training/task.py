@@ -67,6 +67,11 @@ class DetectionTask:
     decayed = opt_lib.decayed_variables(self.model)
     self.decay_vars = [v for v in decayed if id(v) not in later]
     self.cascade_decay_vars = [v for v in decayed if id(v) in later]
+    # Steps completed by the running compiled call (not checkpointed): after an input error
+    # inside the call, the weights are those of step + this.
+    self.steps_in_call = tf.Variable(0, trainable=False, name="steps_in_call")
+    # Training shards to read instead of the pattern's (None: the pattern's).
+    self.train_files: Optional[List[str]] = None
     self.checkpoint = tf.train.Checkpoint(model=self.model,
                                           optimizer=self.optimizer,
                                           skipped_nonfinite_steps=self.skipped_steps)
@@ -117,7 +122,8 @@ class DetectionTask:
                           anchor_kwargs,
                           seed=self.cfg.seed,
                           input_context=ctx,
-                          start_index=start_index)
+                          start_index=start_index,
+                          files=self.train_files)
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -174,6 +180,7 @@ class DetectionTask:
     """A tf.function (iterator, num_steps) -> (the last step's global losses {loss_keys},
     steps run, bool: its update was applied); it ends early after a step not applied."""
     strategy, replica_step, loss_keys = self.strategy, self.replica_step(), self.loss_keys
+    steps_in_call = self.steps_in_call
 
     # No autograph: the loop is an explicit tf.while_loop, and the model's code has no
     # tensor-dependent Python control flow, so nothing needs converting. Converting the whole
@@ -196,10 +203,15 @@ class DetectionTask:
             strategy.reduce(tf.distribute.ReduceOp.SUM,
                             tf.cast(per_replica_applied, tf.int32),
                             axis=None), strategy.num_replicas_in_sync)
-        return done + 1, applied, losses
+        # Counted once the step's results exist (the body's outputs wait for its updates).
+        with tf.control_dependencies([applied] + list(losses.values())):
+          counted = steps_in_call.assign(done + 1)
+        with tf.control_dependencies([counted]):
+          return done + 1, tf.identity(applied), losses
 
-      done, applied, losses = tf.while_loop(more, one_step,
-                                            (tf.constant(0), tf.constant(True), losses))
+      with tf.control_dependencies([steps_in_call.assign(0)]):
+        start = tf.identity(0)
+      done, applied, losses = tf.while_loop(more, one_step, (start, tf.constant(True), losses))
       return losses, done, applied
 
     return train_loop

@@ -4,7 +4,8 @@ The loop is separate from the model and from the strategy (detectron2 `TrainerBa
 Model Garden Orbit): the entry point creates the strategy, `task.py` builds the model inside
 `strategy.scope()` and owns the replica step, `hooks.py` holds everything periodic or
 conditional (checkpoints and preemption, evaluation, progress and summaries, the cascade
-start, the run-config guard, divergence), and pycocotools runs on the host.
+start, the run-config guard, divergence), `input_damage.py` what an unreadable record does, and
+pycocotools runs on the host.
 """
 
 import os
@@ -13,7 +14,7 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 
 from rethink_tf.data.input_pipeline import InputConfig
-from rethink_tf.training import distribute
+from rethink_tf.training import distribute, input_damage
 from rethink_tf.training import hooks as hooks_lib
 from rethink_tf.training.hooks import CheckpointWriteError  # noqa: F401 (part of this API)
 from rethink_tf.training.task import DetectionTask
@@ -49,6 +50,7 @@ class Trainer:
     # the cascade switch and the evaluation (a preempted run stops right after its save).
     self.hooks = [
         hooks_lib.RunConfigGuard(allow_config_change),
+        input_damage.SkipDamagedRecords(),
         hooks_lib.DivergenceGuard(cfg.skip_nonfinite_steps),
         hooks_lib.Progress(cfg.log_every_steps), self.checkpointer,
         hooks_lib.CascadeStart(self.model, cfg.cascade_start_step),
@@ -97,13 +99,19 @@ class Trainer:
         events = [h.steps_to_next(step) for h in self.hooks]
         n = min([self.cfg.steps_per_loop, self.end_step - step] +
                 [max(1, e) for e in events if e is not None])
-        losses, done, applied = train_loop(iterator, tf.constant(n))
+        try:
+          losses, done, applied = train_loop(iterator, tf.constant(n))
+        except tf.errors.DataLossError as e:  # an unreadable record (input_damage.py)
+          raise input_damage.stop(self, step + int(self.task.steps_in_call.numpy()), e) from None
         step += int(done)
         result = hooks_lib.StepResult(losses, int(done), bool(applied))
-        for hook in self.hooks:
-          hook.after_step(step, result)
-          if self.preempted:
-            return None
+        try:
+          for hook in self.hooks:
+            hook.after_step(step, result)
+            if self.preempted:
+              return None
+        except tf.errors.DataLossError as e:  # evaluation's records
+          raise input_damage.stop(self, step, e) from None
       self.completed = True
       return self.metrics
     finally:
