@@ -269,7 +269,7 @@ def our_eval(size, batch, num_images, norm="BN"):
   from rethink_tf.data.input_pipeline import InputConfig
   from rethink_tf.evaluation.evaluator import run_evaluation
   from rethink_tf.modeling.build import build_model
-  from rethink_tf.training.trainer import apply_input_convention
+  from rethink_tf.modeling.detector import apply_input_convention
   pattern, ann = eval_subset(num_images)
   our_gin(size, batch, norm)
   cfg = apply_input_convention(InputConfig(val_pattern=pattern, val_annotations=ann))

@@ -100,6 +100,35 @@ CASES = {
             "checkpoint at the current step, exit 0; the restarted run logs the losses of "
             "an uninterrupted one", "tests/training/test_train_and_resume.py::"
             "test_sigterm_saves_exits_cleanly_and_resumes_identically", "preempted \\(SIGTERM\\)"),
+        Case(
+            "a training shard with flipped bytes inside a record (its CRC fails) met inside a "
+            "compiled multi-step call",
+            "exit 1 with one line: `unreadable training data: SHARD: record I at byte OFFSET "
+            "(corrupted record at N); checkpoint .../ckpt-S holds step S` (S = the last "
+            "completed step: its optimizer has applied S updates) and the two ways on (replace "
+            "the shard, or skip); a restart stops the same way, with no new checkpoint",
+            "tests/training/test_damaged_input.py::test_stop_restart_then_skip",
+            "error: unreadable training data: "),
+        Case(
+            "that shard and a truncated one, with `InputConfig.skip_damaged_records = True` "
+            "(allowed when resuming)",
+            "every shard read once; each damaged one replaced by a copy of its readable records "
+            "in `model_dir/repaired_shards/` (kept across restarts); each skipped record printed, "
+            "the count printed before and after training and written as `data/skipped_records`; "
+            "the run completes",
+            "tests/training/test_damaged_input.py::test_stop_restart_then_skip",
+            "skipped 2 damaged training record(s)"),
+        Case(
+            "a record whose length bytes are damaged, with skipping on",
+            "the next record is found by its length CRC: only the damaged record is lost",
+            "tests/training/test_damaged_input.py::"
+            "test_a_damaged_header_is_skipped_and_reading_resumes_after_it", "corrupted record at"),
+        Case(
+            "checking shards before a long run: `rethink-tf-verify-tfrecords --pattern=GLOB`",
+            "every record read (CRCs) and parsed; one line per problem `SHARD: record I at byte "
+            "OFFSET: WHAT`, a summary, exit 1 when anything is wrong",
+            "tests/data/test_verify_tfrecords.py::"
+            "test_flipped_bytes_and_truncation_name_shard_and_offset", "problem(s) in 2 shard(s)"),
     ],
     "Configuration (gin files, `--gin_param`, `--model_dir`)": [
         Case(
@@ -182,6 +211,27 @@ CASES = {
         for case in ("empty_string", "not_an_image", "truncated_jpeg", "wrong_dtype", "wrong_rank",
                      "zero_size_image", "four_channels", "empty_batch", "example_without_image",
                      "not_an_example")
+    ] + [
+        Case(
+            f"request: {what}", "refused before decoding (the size is read from the encoded "
+            "header) with an InvalidArgumentError naming the input, its batch index, its size and "
+            "the limit and export flag; the model serves the next request correctly",
+            "tests/export/test_export.py::test_bad_request_names_the_problem", f'"{case}"')
+        for case, what in (
+            ("png_declaring_20000x20000", "a 1.2 MB PNG declaring 20000 x 20000 pixels"),
+            ("jpeg_over_pixel_budget", "a real 8192 x 6144 JPEG (50.3 MP > 50 MP)"))
+    ] + [
+        Case(
+            "request: 65 images (over --max_batch_size 64)",
+            "InvalidArgumentError naming the input, the batch size and the limit, before any "
+            "image is decoded", "tests/export/test_export.py::test_bad_request_names_the_problem",
+            '"batch_over_bound"'),
+        Case(
+            "a 12 MP (4032 x 3024) phone photo, in a TensorFlow-only client under a 3 GB data "
+            "limit", "served: peak memory within 1.5x of a 640 x 480 photo's, the response under "
+            "50 MB (masks as RLE strings), every mask equal to its full-image paste",
+            "tests/export/test_export.py::test_phone_photo_costs_its_detections_not_its_canvas",
+            "1.5 * float(small"),
     ],
 }
 

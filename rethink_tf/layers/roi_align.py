@@ -221,40 +221,40 @@ def multilevel_roi_align(features: Dict[int, tf.Tensor],
   Returns:
     [B, N, output_size, output_size, C].
   """
-  b, n = boxes.shape[0], boxes.shape[1]
-  c = next(iter(features.values())).shape[-1]
-  kw = dict(level_epsilon=level_epsilon,
-            box_plus_one=box_plus_one,
-            max_adaptive_samples=max_adaptive_samples)
-  if max_chunk_bytes and b is not None and n is not None:
-    slots = sampling_ratio or max_adaptive_samples
-    chunk = roi_chunk(b, n, output_size * slots, c, max_chunk_bytes)
-    if chunk < n:
-      parts = tf.transpose(tf.reshape(boxes, [b, n // chunk, chunk, 4]), [1, 0, 2, 3])
-      dtype = next(iter(features.values())).dtype
-      pooled = tf.map_fn(lambda part: multilevel_roi_align(features, part, output_size,
-                                                           sampling_ratio, aligned, **kw),
-                         parts,
-                         fn_output_signature=tf.TensorSpec([b, chunk, output_size, output_size, c],
-                                                           dtype))
-      return tf.reshape(tf.transpose(pooled, [1, 0, 2, 3, 4, 5]),
-                        [b, n, output_size, output_size, c])
   levels = sorted(int(k) for k in features)
   maps = [features[l] for l in levels]
-  b = tf.shape(maps[0])[0]
+  bd = tf.shape(maps[0])[0]
   c = maps[0].shape[-1]
+  # All levels in one [B, sum(H*W), C] tensor, built once (also when the boxes are chunked:
+  # re-concatenating it per chunk cost 4% of an R50-FPN inference at 512 px).
   flats, offsets, hs, ws = [], [], [], []
   offset = 0
   for m in maps:
     h, w = tf.shape(m)[1], tf.shape(m)[2]
-    flats.append(tf.reshape(m, [b, -1, c]))
+    flats.append(tf.reshape(m, [bd, -1, c]))
     offsets.append(offset)
     hs.append(h)
     ws.append(w)
     offset = offset + h * w
   flat = tf.concat(flats, axis=1)
-  lvl = assign_levels(boxes, levels[0], levels[-1], level_epsilon, box_plus_one) - levels[0]
-  pick = lambda vals: tf.gather(tf.stack(vals), lvl)
-  scales = tf.gather(tf.constant([2.0**-l for l in levels], tf.float32), lvl)
-  return roi_align_flat(flat, pick(offsets), pick(hs), pick(ws), scales, boxes, output_size,
-                        sampling_ratio, aligned, max_adaptive_samples)
+  level_scales = tf.constant([2.0**-l for l in levels], tf.float32)
+
+  def pool(part):
+    lvl = assign_levels(part, levels[0], levels[-1], level_epsilon, box_plus_one) - levels[0]
+    pick = lambda vals: tf.gather(tf.stack(vals), lvl)
+    return roi_align_flat(flat, pick(offsets), pick(hs), pick(ws), tf.gather(level_scales, lvl),
+                          part, output_size, sampling_ratio, aligned, max_adaptive_samples)
+
+  b, n = boxes.shape[0], boxes.shape[1]
+  if max_chunk_bytes and b is not None and n is not None:
+    slots = sampling_ratio or max_adaptive_samples
+    chunk = roi_chunk(b, n, output_size * slots, c, max_chunk_bytes)
+    if chunk < n:
+      parts = tf.transpose(tf.reshape(boxes, [b, n // chunk, chunk, 4]), [1, 0, 2, 3])
+      pooled = tf.map_fn(pool,
+                         parts,
+                         fn_output_signature=tf.TensorSpec([b, chunk, output_size, output_size, c],
+                                                           maps[0].dtype))
+      return tf.reshape(tf.transpose(pooled, [1, 0, 2, 3, 4, 5]),
+                        [b, n, output_size, output_size, c])
+  return pool(boxes)

@@ -148,8 +148,12 @@ def rpn_targets(anchors,
                     seeds[1],
                     static_max=batch_size_per_image)
   labels = tf.where(pos_sel, 1, tf.where(neg_sel, 0, -1))
-  targets = box_ops.encode_boxes(tf.gather(gt_boxes, matched), anchors, RPN_BOX_WEIGHTS)
-  targets = tf.where(pos_sel[:, None], targets, 0.0)
+  # Only the sampled positives (at most batch_size_per_image * positive_fraction) are encoded:
+  # encoding all A anchors cost more than the rest of the labelling.
+  pos = tf.where(pos_sel)[:, 0]
+  encoded = box_ops.encode_boxes(tf.gather(gt_boxes, tf.gather(matched, pos)),
+                                 tf.gather(anchors, pos), RPN_BOX_WEIGHTS)
+  targets = tf.scatter_nd(pos[:, None], encoded, tf.shape(anchors, out_type=tf.int64))
   return tf.cast(labels, tf.int32), targets
 
 
