@@ -217,14 +217,41 @@ def mg_export(size, batch, export_dir):
 # -- SavedModels ------------------------------------------------------------------------------
 
 
-def saved_model_call(path, size, batch) -> Tuple[Work, Dict]:
-  """Loads the SavedModel at `path`; work = one call of serving_default on uint8 images."""
+def saved_model_call(path, size, batch, photo=None) -> Tuple[Work, Dict]:
+  """Loads the SavedModel at `path`; work = one call of serving_default on uint8 images:
+  random size x size ones, or `batch` copies of the decoded JPEG `photo` (`phone_photo`)."""
   loaded = tf.saved_model.load(path)
   fn = loaded.signatures["serving_default"]
   key = list(fn.structured_input_signature[1])[0]
-  images = tf.cast(tf.random.uniform([batch, size, size, 3], 0, 255, seed=1), tf.uint8)
+  if photo:
+    with open(phone_photo(photo), "rb") as f:
+      images = tf.tile(tf.io.decode_jpeg(f.read(), channels=3)[None], [batch, 1, 1, 1])
+  else:
+    images = tf.cast(tf.random.uniform([batch, size, size, 3], 0, 255, seed=1), tf.uint8)
   work = lambda: [t.numpy() for t in fn(**{key: images}).values()]
   return work, {"loaded": loaded}
+
+
+def phone_photo(path: str, height: int = 3024, width: int = 4032) -> str:
+  """A phone camera's 12 MP JPEG (quality 85): the first synthetic validation image upscaled
+  with mild sensor-like noise; written once to `path`."""
+  if os.path.exists(path):
+    return path
+  from rethink_tf import config
+  from rethink_tf.data.synthetic import SyntheticDataset
+  config.parse_gin([gin_path("data/synthetic.gin")])
+  files = sorted(tf.io.gfile.glob(SyntheticDataset().prepare()["val_pattern"]))
+  record = next(iter(tf.data.TFRecordDataset(files)))
+  encoded = tf.io.parse_single_example(record,
+                                       {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
+  image = tf.io.decode_jpeg(encoded["image/encoded"], channels=3)
+  big = tf.image.resize(image, [height, width], method="bicubic")
+  big += tf.random.stateless_normal(big.shape, [1, 2]) * 4
+  data = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(big), 0, 255), tf.uint8), quality=85)
+  with open(path + ".tmp", "wb") as f:
+    f.write(data.numpy())
+  os.replace(path + ".tmp", path)
+  return path
 
 
 # -- evaluation -------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def build(spec):
   if job == "eval" and impl == "model_garden":
     return c.mg_eval(size, batch, spec["images"])
   if job == "saved_model":
-    return c.saved_model_call(spec["path"], size, batch)
+    return c.saved_model_call(spec["path"], size, batch, spec.get("photo"))
   if job == "matmul":
     import tensorflow as tf
 

@@ -16,9 +16,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from rethink_tf import config  # noqa: E402
+from rethink_tf.data import damaged_records  # noqa: E402
 from rethink_tf.evaluation.evaluator import run_evaluation  # noqa: E402
 from rethink_tf.evaluation.tta import TestTimeAugmentation  # noqa: E402
 from rethink_tf.flags import define_common_flags  # noqa: E402
@@ -37,7 +39,16 @@ def main(argv):
   except (FileNotFoundError, config.ConfigError) as e:
     sys.exit(f"error: {e}")
   tta = TestTimeAugmentation() if FLAGS.tta else None
-  metrics = run_evaluation(model, cfg, tta=tta, results_path=FLAGS.results_file)
+  try:
+    metrics = run_evaluation(model, cfg, tta=tta, results_path=FLAGS.results_file)
+  except tf.errors.DataLossError as e:  # a damaged validation record: name it, no traceback
+    found = damaged_records.locate(sorted(tf.io.gfile.glob(cfg.val_pattern)), e)
+    where = "; ".join(damaged_records.describe(p) for p in found) or (
+        f"a shard matching {cfg.val_pattern!r} "
+        f"({(getattr(e, 'message', None) or str(e)).splitlines()[0]})")
+    sys.exit(f"error: unreadable validation data: {where}; replace the shard "
+             f"(rethink-tf-verify-tfrecords --pattern='{cfg.val_pattern}' lists every damaged "
+             "record)")
   print(json.dumps({"checkpoint": path, **({"tta": vars(tta)} if tta else {}), **metrics}))
 
 

@@ -67,6 +67,11 @@ def error_offset(error: Exception) -> Optional[Tuple[str, int]]:
   return (m.group(1), int(m.group(2))) if m else None
 
 
+def describe(p: Problem) -> str:
+  """'SHARD: record I at byte OFFSET (what TF said)': one damaged record, for error lines."""
+  return f"{p.shard}: record {p.record} at byte {p.offset} ({p.message.split(' (')[0]})"
+
+
 def _record_starts(path: str, limit: int) -> List[int]:
   """Start offsets of the records of `path` up to byte `limit`, from their length fields."""
   starts, pos = [], 0

@@ -26,10 +26,6 @@ class DamagedInputError(RuntimeError):
   """A training or validation record could not be read; a checkpoint holds the last step."""
 
 
-def _describe(p: Problem) -> str:
-  return f"{p.shard}: record {p.record} at byte {p.offset} ({p.message.split(' (')[0]})"
-
-
 def stop(trainer, step: int, error: Exception) -> DamagedInputError:
   """Saves a checkpoint at `step` (the last completed one) and returns the one-line error that
   names the damaged record (the trainer raises it)."""
@@ -44,7 +40,7 @@ def stop(trainer, step: int, error: Exception) -> DamagedInputError:
     if val:
       split, pattern, problems = "validation", cfg.val_pattern, val
   found = damaged_records.error_offset(error)
-  where = "; ".join(_describe(p) for p in problems) or (
+  where = "; ".join(damaged_records.describe(p) for p in problems) or (
       f"a shard matching {pattern!r}: {found[0]} record at byte {found[1]}" if found else
       (getattr(error, "message", None) or str(error)).splitlines()[0])
   ways = ("replace the shard, or train past damaged records with "
@@ -79,7 +75,7 @@ class SkipDamagedRecords(Hook):
       directory = os.path.join(t.model_dir, f".{task_type}_{task_id}_{REPAIRED_DIR}")
     t.task.train_files, self.skipped = damaged_records.repair(files, directory)
     for p in self.skipped:
-      print(f"skipping damaged record: {_describe(p)}", flush=True)
+      print(f"skipping damaged record: {damaged_records.describe(p)}", flush=True)
     print(f"skip_damaged_records: {self._summary(len(files))}", flush=True)
     self._scalar(t.start_step)
 

@@ -49,22 +49,10 @@ import tensorflow as tf  # noqa: E402
 
 
 def rle_decode(counts: bytes, h: int, w: int) -> np.ndarray:
-  """COCO compressed RLE -> uint8 [h, w]; an empty string (padding) -> an empty mask. The
-  client's own decoder (pycocotools' format, written from its description)."""
-  runs, p = [], 0
-  while p < len(counts):
-    x, k, more = 0, 0, True
-    while more:
-      c = counts[p] - 48
-      x |= (c & 0x1F) << (5 * k)
-      more, p, k = bool(c & 0x20), p + 1, k + 1
-      if not more and c & 0x10:
-        x |= -1 << (5 * k)
-    runs.append(x + runs[-2] if len(runs) > 2 else x)
-  if not runs:
-    return np.zeros((h, w), np.uint8)
-  assert sum(runs) == h * w, (sum(runs), h, w)
-  return np.repeat(np.arange(len(runs)) % 2, runs).astype(np.uint8).reshape(w, h).T
+  """COCO compressed RLE -> uint8 [h, w], with pycocotools (what COCO clients use; not this
+  project)."""
+  from pycocotools import mask as mask_utils
+  return mask_utils.decode({"size": [h, w], "counts": counts})
 
 
 def describe(outputs, image_sizes):

@@ -198,6 +198,16 @@ def phone_photo(tmp_path_factory):
   return str(path)
 
 
+def _preprocessing(cfg):
+  """The DetectionServer preprocessing dict of an InputConfig (as the exporter builds it)."""
+  return dict(short_side=cfg.short_side,
+              max_long_side=cfg.max_long_side,
+              padded_size=cfg.padded_size,
+              pixel_mean=cfg.pixel_mean,
+              pixel_std=cfg.pixel_std,
+              channel_order=cfg.channel_order)
+
+
 def _serve_one(export_dir, image, out):
   _client("memory_client.py", export_dir, image, str(out))
   return dict(np.load(out))
@@ -232,12 +242,7 @@ def test_full_resolution_masks_on_request_equal_the_rle_masks(trained):
   model, cfg = build_for_inference(resolve_checkpoint(trained),
                                    detections_per_image=MAX_DETECTIONS,
                                    score_threshold=SCORE_THRESHOLD)
-  pre = dict(short_side=cfg.short_side,
-             max_long_side=cfg.max_long_side,
-             padded_size=cfg.padded_size,
-             pixel_mean=cfg.pixel_mean,
-             pixel_std=cfg.pixel_std,
-             channel_order=cfg.channel_order)
+  pre = _preprocessing(cfg)
   with pytest.raises(ValueError, match="full_resolution_masks must be one of"):
     DetectionServer(model, pre, cfg.category_ids, ["a", "b", "c"], full_resolution_masks="yes")
   server = DetectionServer(model,
@@ -337,12 +342,7 @@ def test_box_only_model_with_fixed_batch(tmp_path):
   with pytest.raises(ValueError, match="has no variables yet"):
     DetectionServer(model, {}, cfg.category_ids, ["circle", "square", "triangle"])
   model.detect(tf.zeros([1, *cfg.padded_size, 3]), tf.constant([cfg.padded_size], tf.float32))
-  pre = dict(short_side=cfg.short_side,
-             max_long_side=cfg.max_long_side,
-             padded_size=cfg.padded_size,
-             pixel_mean=cfg.pixel_mean,
-             pixel_std=cfg.pixel_std,
-             channel_order=cfg.channel_order)
+  pre = _preprocessing(cfg)
   server = DetectionServer(model,
                            pre,
                            cfg.category_ids, ["circle", "square", "triangle"],

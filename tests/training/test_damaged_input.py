@@ -156,3 +156,31 @@ def test_a_damaged_header_is_skipped_and_reading_resumes_after_it(shards, tmp_pa
   assert records == shards["records"][:2] + shards["records"][3:6]
   assert [(p.record, p.offset, p.message) for p in problems
          ] == [(2, offsets[2], f"corrupted record at {offsets[2]}")]
+
+
+def test_evaluation_names_a_damaged_validation_record(shards, tiny_reference_run, tmp_path):
+  """`rethink_tf.evaluate` on a validation shard with a flipped byte: one line naming it."""
+  import sys
+  model_dir, r = tiny_reference_run
+  assert r.returncode == 0, r.stderr[-2000:]
+  config.parse_gin(["gin_configs/testing/tiny.gin"])
+  val = sorted(glob.glob(InputConfig().prepare().val_pattern))
+  config.gin.clear_config()
+  records = [x.numpy() for f in val for x in tf.data.TFRecordDataset(f)]
+  path = str(tmp_path / "val-00000-of-00001")
+  offsets, _ = _write(path, records)
+  data = bytearray(open(path, "rb").read())
+  data[offsets[5] + 40] ^= 0x01
+  open(path, "wb").write(bytes(data))
+  e = subprocess.run([
+      sys.executable, "-m", "rethink_tf.evaluate", "--gin_file=gin_configs/testing/tiny.gin",
+      f"--model_dir={model_dir}", f"--gin_param=InputConfig.val_pattern='{path}'"
+  ],
+                     cwd=REPO_ROOT,
+                     capture_output=True,
+                     text=True,
+                     timeout=600)
+  assert e.returncode == 1 and "Traceback" not in e.stderr, e.stderr[-3000:]
+  assert e.stderr.strip().splitlines()[-1].startswith(
+      f"error: unreadable validation data: {path}: record 5 at byte {offsets[5]} (corrupted "
+      f"record at {offsets[5] + 12}); replace the shard")
