@@ -20,7 +20,7 @@ Outputs:
   detection_masks              only when exported with full_resolution_masks: uint8 {0, 1} or
                                float32 [B, D, Hmax, Wmax] (Hmax, Wmax = largest image of the
                                batch; pixels outside an image's own size are 0)
-Entries at and beyond num_detections are padding (score 0, class 0, empty masks). Models
+Entries at and beyond num_detections are padding (score 0, class 0, RLE "", empty masks). Models
 without a mask head (Faster R-CNN) have no mask outputs.
 
 Bad requests fail with an InvalidArgumentError whose message names the input, the batch index
@@ -61,7 +61,7 @@ class DetectionServer(tf.Module):
     category_ids: [K-1] dataset ids of contiguous classes 1..K-1; category_names: same length.
     full_resolution_masks: None (default), "binary" or "probability": also return
       `detection_masks`, every detection's mask over the whole canvas as uint8 {0, 1} or
-      float32 (D x Hmax x Wmax bytes or 4 bytes per request image, whatever was detected).
+      float32: D x Hmax x Wmax bytes per image (x4 for probabilities), whatever was detected.
     batch_size: fixed batch of every signature, or None for any batch.
     limits: `RequestLimits` (default: 50 MP per image, 64 images, 256 MB per request).
     assets: {attribute name: file path} shipped in the SavedModel's assets/.
