@@ -83,13 +83,19 @@ def test_stage_files_give_their_command(path):
   assert "# Reproduces:" in text
   if first.startswith("# COMMAND: python -m rethink_tf.pretrain "):
     assert re.search(r'^include "gin_configs/', text, re.M) and "PretrainConfig." in text
+  elif first.startswith("# COMMAND: python -m rethink_tf.tools.study --quick "):
+    # The short variant: bindings over the study file (the command adds it after that file).
+    assert "include" not in text and "StudyConfig." in text
   else:
     assert first.startswith("# COMMAND: python -m rethink_tf.tools.study "), first
     assert "include" not in text and "StudyConfig.detection_gin_files" in text
 
 
 def test_stage_files_exist():
-  assert {"gin_configs/demo/pretrain.gin", "gin_configs/demo/study.gin"} <= set(STAGES)
+  assert {
+      "gin_configs/demo/pretrain.gin", "gin_configs/demo/study.gin",
+      "gin_configs/demo/study_quick.gin"
+  } <= set(STAGES)
 
 
 @pytest.mark.parametrize("path", [p for p in ALL if p.split(os.sep)[1] in AXES])

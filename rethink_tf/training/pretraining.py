@@ -217,6 +217,7 @@ def pretrain(model_dir: str, cfg: PretrainConfig = None) -> dict:
       "batch_size": cfg.batch_size,
       "image_size": cfg.image_size,
       "num_train": cfg.num_train,
+      "num_val": cfg.num_val,
       "classes": list(synthetic_classification.CLASS_NAMES),
       "val_top1": val_top1,
       "source": "rethink_tf.pretrain on the synthetic classification set",

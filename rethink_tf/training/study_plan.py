@@ -1,23 +1,27 @@
 """The miniature study's configuration and run plan (pure Python: no TensorFlow).
 
-The study trains, for each init (scratch, pretrained), one detector per schedule length
-(multiples of the study's "1x") plus a less-data arm. Runs of one init share their
-constant-LR prefix: every schedule has the same warmup and the same LR until its first decay,
-so a shorter schedule is the longest run's checkpoint taken just before that first decay,
-continued with its own decays. With the same seed that checkpoint is what an independent run
-of the shorter schedule computes up to that step (same initialization, same examples in the
-same order), and it saves about a third of the training time. `plan()` lists the training
-segments in the order they run.
+The study trains, for each init (scratch, pretrained) and seed, one detector per schedule
+length (multiples of the study's "1x"), plus a less-data arm at two training-set sizes. Runs of
+one init and seed share their constant-LR prefix: every schedule has the same warmup and the
+same LR until its first decay, so a shorter schedule is the longest run's checkpoint taken just
+before that first decay, continued with its own decays. With the same seed that checkpoint is
+what an independent run of the shorter schedule computes up to that step (same initialization,
+same examples in the same order), and it saves about a third of the training time.
+
+`plan()` lists the training segments in an order that runs them one after the other;
+`dependencies()` says which segments each must wait for, so that independent chains (another
+seed, the other init, the less-data runs) can run side by side.
 """
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import gin
 
 from rethink_tf.training.schedules import ITERS_1X, REFERENCE_BATCH, nx_schedule
 
 INITS = ("scratch", "pretrained")
+PRETRAIN = "pretrain"  # the classification stage every pretrained segment waits for
 
 
 @gin.configurable
@@ -26,49 +30,79 @@ class StudyConfig:
 
   Args:
     pretrain_gin_files: gin files of the pre-training stage (`python -m rethink_tf.pretrain`).
+    pretrain_params: extra bindings of that stage (e.g. a shorter one for `--quick`).
     detection_gin_files: gin files of the detector without init and schedule (base, norm,
       data, run); the study adds the init file and binds the schedule.
-    schedules: schedule lengths, in multiples of the study's 1x.
-    steps_per_x: training steps of the study's 1x at `global_batch_size`.
+    pretrained_schedules: schedule lengths of the pretrained arm, in multiples of the study's
+      1x; the longest should be past the arm's plateau.
+    scratch_schedules: those of the scratch arm (the paper's claim needs scratch given more
+      iterations: one schedule beyond the pretrained arm's longest).
+    steps_per_x: training steps of the study's 1x at `global_batch_size` (need not be whole:
+      266.67 makes 3x the demo's 800 steps).
     global_batch_size: images per step.
     base_lr_per_16, warmup_steps: the LR rule (linear scaling) and warmup of every run.
     eval_every_steps: evaluation period (every run is also evaluated at its end).
-    less_data_num_train: training images of the less-data arm (the full set has
-      `SyntheticDataset.num_train`); 0 disables the arm.
-    less_data_schedules: schedules of the less-data arm, each run from scratch and pretrained.
-    catch_up_tolerance: scratch "catches up" when its AP is at least the pretrained AP minus
-      this (AP in [0, 1]; 0.01 is one AP point).
-    seed: the seed of every detection run.
+    seeds: seeds of every full-data run (each seed is its own chain of runs).
+    reference_schedule, reference_seeds: the scratch arm also runs this schedule with these
+      seeds (the demo configuration: 3x = the demo's schedule), for the row beside
+      `reference`.
+    reference: {"label", "box_ap", "mask_ap"}: a peer's AP for the reference configuration (on
+      the same data with the same recipe), printed beside ours; None for no row.
+    less_data_num_train: training-set sizes of the less-data arm (the full set has
+      `SyntheticDataset.num_train`); () disables the arm.
+    less_data_schedules: its schedules, each run from scratch and pretrained.
+    less_data_seeds: its seeds.
+    catch_up_tolerance: the plateau criterion: an arm has stopped improving when a longer
+      schedule gains less than this (AP in [0, 1]; 0.01 is one AP point).
   """
 
   def __init__(self,
                pretrain_gin_files: Sequence[str] = ("gin_configs/demo/pretrain.gin",),
+               pretrain_params: Sequence[str] = (),
                detection_gin_files: Sequence[str] = ("gin_configs/base/mask_rcnn_small.gin",
                                                      "gin_configs/norm/gn.gin",
                                                      "gin_configs/data/synthetic.gin",
                                                      "gin_configs/run/cpu.gin"),
-               schedules: Sequence[int] = (1, 2, 3, 4),
-               steps_per_x: int = 150,
+               pretrained_schedules: Sequence[int] = (1, 2, 3),
+               scratch_schedules: Sequence[int] = (1, 2, 3, 4),
+               steps_per_x: float = 150,
                global_batch_size: int = 8,
                base_lr_per_16: float = 0.08,
                warmup_steps: int = 50,
                eval_every_steps: int = 50,
-               less_data_num_train: int = 200,
+               seeds: Sequence[int] = (0,),
+               reference_schedule: Optional[int] = None,
+               reference_seeds: Sequence[int] = (),
+               reference: Optional[Dict] = None,
+               less_data_num_train: Sequence[int] = (200,),
                less_data_schedules: Sequence[int] = (2,),
-               catch_up_tolerance: float = 0.01,
-               seed: int = 0):
+               less_data_seeds: Sequence[int] = (0,),
+               catch_up_tolerance: float = 0.01):
     self.pretrain_gin_files = tuple(pretrain_gin_files)
+    self.pretrain_params = tuple(pretrain_params)
     self.detection_gin_files = tuple(detection_gin_files)
-    self.schedules = tuple(sorted(schedules))
+    self.arm_schedules = {
+        "scratch": tuple(sorted(scratch_schedules)),
+        "pretrained": tuple(sorted(pretrained_schedules))
+    }
     self.steps_per_x = steps_per_x
     self.global_batch_size = global_batch_size
     self.base_lr_per_16 = base_lr_per_16
     self.warmup_steps = warmup_steps
     self.eval_every_steps = eval_every_steps
-    self.less_data_num_train = less_data_num_train
-    self.less_data_schedules = tuple(less_data_schedules) if less_data_num_train else ()
+    self.seeds = tuple(seeds)
+    self.reference_schedule = reference_schedule
+    self.reference_seeds = tuple(reference_seeds) if reference_schedule else ()
+    self.reference = dict(reference) if reference else None
+    self.less_data_num_train = tuple(sorted(less_data_num_train, reverse=True))
+    self.less_data_schedules = tuple(less_data_schedules) if self.less_data_num_train else ()
+    self.less_data_seeds = tuple(less_data_seeds)
     self.catch_up_tolerance = catch_up_tolerance
-    self.seed = seed
+
+  @property
+  def schedules(self) -> Tuple[int, ...]:
+    """Every full-data schedule length of either arm, shortest first."""
+    return tuple(sorted(set(self.arm_schedules["scratch"]) | set(self.arm_schedules["pretrained"])))
 
   @property
   def iteration_scale(self) -> float:
@@ -82,6 +116,13 @@ class StudyConfig:
                        iteration_scale=self.iteration_scale,
                        warmup_steps=self.warmup_steps)
 
+  def seeds_of(self, init: str, num_x: int) -> Tuple[int, ...]:
+    """Seeds of the full-data run of `init` at `num_x` (empty when the arm does not run it)."""
+    seeds = self.seeds if num_x in self.arm_schedules[init] else ()
+    if init == "scratch" and num_x == self.reference_schedule:
+      seeds += tuple(s for s in self.reference_seeds if s not in seeds)
+    return seeds
+
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
@@ -93,18 +134,19 @@ class Segment:
   num_train: Optional[int]
   stop_at: Optional[int] = None
   fork_from: Optional[str] = None
+  seed: int = 0
 
 
-def run_name(init: str, num_x: int, num_train: Optional[int] = None) -> str:
-  return f"{init}_{num_x}x" + (f"_{num_train}img" if num_train else "")
+def run_name(init: str, num_x: int, num_train: Optional[int] = None, seed: int = 0) -> str:
+  return f"{init}_{num_x}x" + (f"_{num_train}img" if num_train else "") + f"_seed{seed}"
 
 
 def validate(cfg: StudyConfig):
   """Raises ValueError when a schedule cannot share the longest one's prefix: its first decay
   must come after the warmup."""
-  if not cfg.schedules:
-    raise ValueError("StudyConfig.schedules is empty")
-  for n in cfg.schedules + cfg.less_data_schedules:
+  if not cfg.arm_schedules["scratch"] or not cfg.arm_schedules["pretrained"] or not cfg.seeds:
+    raise ValueError("StudyConfig: each arm needs at least one schedule and one seed")
+  for n in cfg.schedules + cfg.less_data_schedules + (cfg.reference_schedule or 1,):
     s = cfg.schedule(n)
     if s.boundaries[0] <= s.warmup_steps:
       raise ValueError(f"the {n}x schedule decays at step {s.boundaries[0]}, within the "
@@ -117,22 +159,57 @@ def fork_step(cfg: StudyConfig, num_x: int) -> int:
 
 
 def plan(cfg: StudyConfig) -> List[Segment]:
-  """The training segments, in order: for each init, the longest schedule runs up to each
-  shorter schedule's first decay, which then forks off and finishes; then the less-data arm."""
+  """The training segments, in an order that can run sequentially: for each init and seed, the
+  longest schedule runs up to each shorter schedule's first decay, which then forks off and
+  finishes; then the less-data arm."""
   validate(cfg)
   segments = []
-  longest = cfg.schedules[-1]
   for init in INITS:
-    main = run_name(init, longest)
-    for n in cfg.schedules[:-1]:
-      segments.append(Segment(main, init, longest, None, stop_at=fork_step(cfg, n)))
-      segments.append(Segment(run_name(init, n), init, n, None, fork_from=main))
-    segments.append(Segment(main, init, longest, None))
-  for n in cfg.less_data_schedules:
-    for init in INITS:
-      segments.append(
-          Segment(run_name(init, n, cfg.less_data_num_train), init, n, cfg.less_data_num_train))
+    seeds = sorted({s for n in cfg.schedules for s in cfg.seeds_of(init, n)})
+    for seed in seeds:
+      lengths = [n for n in cfg.schedules if seed in cfg.seeds_of(init, n)]
+      main = run_name(init, lengths[-1], seed=seed)
+      for n in lengths[:-1]:
+        segments.append(Segment(main, init, lengths[-1], None, fork_step(cfg, n), seed=seed))
+        segments.append(
+            Segment(run_name(init, n, seed=seed), init, n, None, fork_from=main, seed=seed))
+      segments.append(Segment(main, init, lengths[-1], None, seed=seed))
+  for num_train in cfg.less_data_num_train:
+    for n in cfg.less_data_schedules:
+      for init in INITS:
+        for seed in cfg.less_data_seeds:
+          segments.append(Segment(run_name(init, n, num_train, seed), init, n, num_train,
+                                  seed=seed))
   return segments
+
+
+def dependencies(segments: Sequence[Segment]) -> List[Tuple[int, ...]]:
+  """For each segment, the indices of the segments it waits for (-1: the pre-training stage).
+  A segment follows the previous segment of its run; a fork follows the segment that brought
+  its source run to the fork step (whose directory it copies)."""
+  deps, last_of_run = [], {}
+  for i, seg in enumerate(segments):
+    d = []
+    if seg.fork_from is not None:
+      d.append(last_of_run[seg.fork_from])
+    if seg.run in last_of_run:
+      d.append(last_of_run[seg.run])
+    if seg.init == "pretrained" and not d:
+      d.append(-1)
+    deps.append(tuple(d))
+    last_of_run[seg.run] = i
+  return deps
+
+
+def training_steps(cfg: StudyConfig) -> int:
+  """Training steps of the whole plan (a fork's copied prefix counted once)."""
+  position, total = {}, 0
+  for seg in plan(cfg):
+    start = position.get(seg.run, position.get(seg.fork_from, 0))
+    end = seg.stop_at or cfg.schedule(seg.num_x).total_steps
+    total += end - start
+    position[seg.run] = end
+  return total
 
 
 def gin_params(cfg: StudyConfig, segment: Segment, pretrained_checkpoint: str) -> List[str]:
@@ -145,7 +222,7 @@ def gin_params(cfg: StudyConfig, segment: Segment, pretrained_checkpoint: str) -
       f"TrainConfig.global_batch_size = {cfg.global_batch_size}",
       f"TrainConfig.eval_every_steps = {cfg.eval_every_steps}",
       f"TrainConfig.checkpoint_every_steps = {cfg.eval_every_steps}",
-      f"TrainConfig.seed = {cfg.seed}", f"TrainConfig.stop_at_step = {segment.stop_at}"
+      f"TrainConfig.seed = {segment.seed}", f"TrainConfig.stop_at_step = {segment.stop_at}"
   ]
   if segment.init == "pretrained":
     params.append(f"init_config.checkpoint = {pretrained_checkpoint!r}")
@@ -158,6 +235,9 @@ def init_gin_file(init: str) -> str:
   return f"gin_configs/init/{init}.gin"
 
 
-def schedule_runs(cfg: StudyConfig) -> List[Tuple[str, str, int]]:
-  """(run name, init, num_x) of the full-data runs, shortest schedule first."""
-  return [(run_name(init, n), init, n) for n in cfg.schedules for init in INITS]
+def schedule_runs(cfg: StudyConfig) -> List[Tuple[str, str, int, int]]:
+  """(run name, init, num_x, seed) of the full-data runs, shortest schedule first."""
+  return [(run_name(init, n, seed=s), init, n, s)
+          for n in cfg.schedules
+          for init in INITS
+          for s in cfg.seeds_of(init, n)]

@@ -7,20 +7,28 @@ import os
 import stat
 import sys
 
+import gin
 import pytest
 
-from rethink_tf.tools import study, study_report
+from rethink_tf.tools import study, study_reading, study_report
+from rethink_tf.tools.study_reading import Spread
 from rethink_tf.training import study_plan
 from rethink_tf.training.study_plan import Segment, StudyConfig
 
+TESTDATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "testdata")
+
 
 def _cfg(**kw):
-  args = dict(schedules=(1, 2, 3),
+  args = dict(pretrained_schedules=(1, 2),
+              scratch_schedules=(1, 2, 3),
               steps_per_x=150,
               global_batch_size=8,
               warmup_steps=50,
               eval_every_steps=50,
-              less_data_num_train=200,
+              seeds=(0, 1),
+              reference_schedule=2,
+              reference_seeds=(0, 1, 2),
+              less_data_num_train=(200, 20),
               less_data_schedules=(2,))
   args.update(kw)
   return StudyConfig(**args)
@@ -32,33 +40,102 @@ def test_plan_forks_each_shorter_schedule_at_its_first_decay():
   # 1x decays at 2/3 and 8/9 (Detectron's 60k/80k of 90k), longer ones in the last 2/3 and
   # 2/9 of a 1x (the paper's last 60k and 20k iterations).
   assert [cfg.schedule(n).boundaries for n in (1, 2, 3)] == [(100, 133), (200, 267), (350, 417)]
-  assert study_plan.plan(cfg) == [
-      Segment("scratch_3x", "scratch", 3, None, stop_at=100),
-      Segment("scratch_1x", "scratch", 1, None, fork_from="scratch_3x"),
-      Segment("scratch_3x", "scratch", 3, None, stop_at=200),
-      Segment("scratch_2x", "scratch", 2, None, fork_from="scratch_3x"),
-      Segment("scratch_3x", "scratch", 3, None),
-      Segment("pretrained_3x", "pretrained", 3, None, stop_at=100),
-      Segment("pretrained_1x", "pretrained", 1, None, fork_from="pretrained_3x"),
-      Segment("pretrained_3x", "pretrained", 3, None, stop_at=200),
-      Segment("pretrained_2x", "pretrained", 2, None, fork_from="pretrained_3x"),
-      Segment("pretrained_3x", "pretrained", 3, None),
-      Segment("scratch_2x_200img", "scratch", 2, 200),
-      Segment("pretrained_2x_200img", "pretrained", 2, 200)
-  ]
+  segments = study_plan.plan(cfg)
+  chain = lambda init, xs, seed: [  # noqa: E731
+      seg for n in xs[:-1] for seg in (Segment(f"{init}_{xs[-1]}x_seed{seed}",
+                                               init,
+                                               xs[-1],
+                                               None,
+                                               stop_at=(100 if n == 1 else 200),
+                                               seed=seed),
+                                       Segment(f"{init}_{n}x_seed{seed}",
+                                               init,
+                                               n,
+                                               None,
+                                               fork_from=f"{init}_{xs[-1]}x_seed{seed}",
+                                               seed=seed))
+  ] + [Segment(f"{init}_{xs[-1]}x_seed{seed}", init, xs[-1], None, seed=seed)]
+  assert segments == (
+      chain("scratch", (1, 2, 3), 0) + chain("scratch", (1, 2, 3), 1) +
+      # The reference configuration's extra seed: scratch 2x alone.
+      [Segment("scratch_2x_seed2", "scratch", 2, None, seed=2)] + chain("pretrained", (1, 2), 0) +
+      chain("pretrained", (1, 2), 1) + [
+          Segment(f"{init}_2x_{k}img_seed0", init, 2, k, seed=0)
+          for k in (200, 20)
+          for init in ("scratch", "pretrained")
+      ])
+  assert cfg.seeds_of("scratch", 2) == (0, 1, 2) and cfg.seeds_of("pretrained", 3) == ()
+  # Per seed: scratch 450 + fork tails 50 + 100, pretrained 300 + 50; scratch 2x seed 2: 300;
+  # less data: 4 x 300.
+  assert study_plan.training_steps(cfg) == 2 * (600 + 350) + 300 + 1200
   # Up to a fork step, the shorter and the longest schedules have the same LR at every step.
   for n in (1, 2):
     fork = study_plan.fork_step(cfg, n)
     assert all(cfg.schedule(n).lr_at(s) == cfg.schedule(3).lr_at(s) for s in range(fork))
     assert cfg.schedule(n).lr_at(fork) < cfg.schedule(3).lr_at(fork)
-  params = study_plan.gin_params(cfg, Segment("pretrained_2x_200img", "pretrained", 2, 200),
-                                 "/p/backbone")
+  params = study_plan.gin_params(
+      cfg, Segment("pretrained_2x_200img_seed1", "pretrained", 2, 200, seed=1), "/p/backbone")
   assert "init_config.checkpoint = '/p/backbone'" in params
   assert "SyntheticDataset.num_train = 200" in params
-  assert "TrainConfig.stop_at_step = None" in params
-  assert not any(
-      "init_config" in p
-      for p in study_plan.gin_params(cfg, Segment("scratch_1x", "scratch", 1, None), "/p/backbone"))
+  assert "TrainConfig.stop_at_step = None" in params and "TrainConfig.seed = 1" in params
+  assert not any("init_config" in p for p in study_plan.gin_params(
+      cfg, Segment("scratch_1x_seed0", "scratch", 1, None), "/p/backbone"))
+
+
+def test_dependencies_let_independent_chains_run_side_by_side():
+  cfg = _cfg()
+  segments = study_plan.plan(cfg)
+  deps = study_plan.dependencies(segments)
+  index = {(s.run, s.stop_at): i for i, s in enumerate(segments)}
+  # A trunk segment follows the previous one of its run; a fork follows the trunk segment that
+  # stopped at its fork step; chains of other seeds and inits start at once (scratch) or after
+  # the pre-training (pretrained, -1).
+  assert deps[index[("scratch_3x_seed0", 100)]] == ()
+  assert deps[index[("scratch_3x_seed0", 200)]] == (index[("scratch_3x_seed0", 100)],)
+  assert deps[index[("scratch_1x_seed0", None)]] == (index[("scratch_3x_seed0", 100)],)
+  assert deps[index[("scratch_3x_seed1", 100)]] == ()
+  assert deps[index[("scratch_2x_seed2", None)]] == ()
+  assert deps[index[("pretrained_2x_seed0", 100)]] == (-1,)
+  assert deps[index[("pretrained_2x_20img_seed0", None)]] == (-1,)
+  assert deps[index[("scratch_2x_20img_seed0", None)]] == ()
+
+
+def test_study_schedule_3x_is_the_demo_schedule():
+  """The study's reference configuration is the demo's: same schedule, LR, warmup and batch
+  (so its seeds are the demo's seeds), and its peer figure is detectron2's eval.json."""
+  from rethink_tf import config
+  from rethink_tf.training.schedules import nx_schedule
+  config.parse_gin(["gin_configs/demo/study.gin"])
+  cfg = StudyConfig()
+  gin.clear_config()
+  config.parse_gin(["gin_configs/demo/shapes_scratch.gin"])
+  demo = nx_schedule(global_batch_size=8)
+  gin.clear_config()
+  study = cfg.schedule(cfg.reference_schedule)
+  assert (study.total_steps, study.boundaries, study.warmup_steps) == (800, (622, 741), 100)
+  assert study == demo
+  d2 = json.load(open(os.path.join(TESTDATA, "d2_ref", "eval.json")))
+  assert cfg.reference["box_ap"] == pytest.approx(d2["box_AP"]["AP"] / 100, abs=5e-5)
+  assert cfg.reference["mask_ap"] == pytest.approx(d2["mask_AP"]["AP"] / 100, abs=5e-5)
+  assert len(cfg.seeds_of("scratch", 3)) >= 3 and len(cfg.seeds) >= 2
+  # Scratch goes one schedule beyond the pretrained arm's longest.
+  assert cfg.arm_schedules["scratch"][-1] > cfg.arm_schedules["pretrained"][-1]
+  assert len(cfg.less_data_num_train) == 2
+
+
+def test_quick_variant_keeps_the_shape_of_the_study():
+  from rethink_tf import config
+  config.parse_gin(["gin_configs/demo/study.gin"])
+  full = StudyConfig()
+  gin.clear_config()
+  config.parse_gin(["gin_configs/demo/study.gin", study.QUICK_GIN])
+  quick = StudyConfig()
+  gin.clear_config()
+  assert quick.arm_schedules == full.arm_schedules
+  assert quick.less_data_num_train == full.less_data_num_train
+  assert quick.less_data_schedules == full.less_data_schedules
+  assert study_plan.training_steps(quick) < study_plan.training_steps(full) / 2.5
+  assert quick.reference_schedule is None and full.reference_schedule == 3
 
 
 def test_plan_rejects_a_decay_within_the_warmup():
@@ -66,63 +143,90 @@ def test_plan_rejects_a_decay_within_the_warmup():
     study_plan.plan(_cfg(steps_per_x=60, eval_every_steps=10))
 
 
-def test_reading_states_catch_up_and_shortfall():
-  cfg = _cfg(schedules=(1, 2, 3, 4), catch_up_tolerance=0.01)
-  caught = study_report.reading(
-      cfg, {
-          "scratch": {1: 0.20, 2: 0.40, 3: 0.52, 4: 0.56},
-          "pretrained": {1: 0.45, 2: 0.55, 3: 0.56, 4: 0.555}
-      }, 96000, "box AP")
-  text = " ".join(caught)
-  assert ("At 1x (150 iterations) scratch has box AP 0.200 vs pretrained 0.450 (-25.0 points)"
-          in text)
-  # Scratch is within a point of the best pretrained (0.560 at 3x) at 4x; pretrained got within
-  # that point at 2x (0.55): 600 vs 300 iterations; images: 4800 vs 2400 + 96000.
-  assert "Scratch caught up: at 4x it reaches 0.560" in text
-  assert "scratch needed 2.0x the fine-tuning iterations (600 vs 300)" in text
-  assert "scratch saw 4800 images vs 98400 for pretrained (0.05x)" in text
-  assert "behind by more than the tolerance at: 1x, 2x, 3x." in text
-  assert "The gap goes from -25.0 points at 1x to +0.5 at 4x (largest magnitude 25.0)." in text
-  # Without the pretrained curves, the first pretrained final at or above each scratch final.
-  assert ("At equal AP (pretrained is evaluated every 50 iterations and at each schedule's end, "
-          "so its iterations are upper bounds): scratch's 1x result (0.200, 150 iterations) was "
-          "reached by pretrained "
-          "at iteration 150 (0.450): 1.0x the iterations; scratch's 2x result (0.400, 300 "
-          "iterations) was reached by pretrained at iteration 150 (0.450): 2.0x") in text
-  with_curves = " ".join(
-      study_report.reading(cfg, {
-          "scratch": {1: 0.20, 2: 0.40, 3: 0.52, 4: 0.56},
-          "pretrained": {1: 0.45, 2: 0.55, 3: 0.56, 4: 0.555}
-      },
-                           96000,
-                           "box AP",
-                           pretrained_points=[(50, 0.15), (100, 0.3), (150, 0.45), (300, 0.55),
-                                              (450, 0.56)]))
-  assert ("scratch's 1x result (0.200, 150 iterations) was reached by pretrained at iteration "
-          "100 (0.300): 1.5x") in with_curves
+def _sp(*v):
+  return Spread(tuple(v))
+
+
+def test_reading_states_gaps_with_the_seed_spread_plateau_and_catch_up():
+  steps = {1: 150, 2: 300, 3: 450, 4: 600}
+  finals = {
+      "scratch": {1: _sp(0.20, 0.22), 2: _sp(0.40, 0.42), 3: _sp(0.52, 0.54), 4: _sp(0.55, 0.57)},
+      "pretrained": {1: _sp(0.45, 0.47), 2: _sp(0.55, 0.57), 3: _sp(0.56, 0.57)}
+  }
+  text = " ".join(study_reading.reading(finals, steps, "box AP", 0.01))
+  assert ("At 1x (150 iterations) scratch has box AP 0.210 [0.200, 0.220] vs pretrained 0.460 "
+          "[0.450, 0.470]: -25.0 points, seed spread 2.0.") in text
+  # 2x -> 3x adds 0.5 points: the plateau is 2x (300 iterations).
+  assert "The pretrained arm plateaus at 2x (300 iterations)" in text and "3x +0.5" in text
+  # Best pretrained: 3x, 0.565 [0.56, 0.57]; scratch 4x 0.56 is 0.5 points below with a
+  # spread of 2.0: within. 600 vs 300 iterations of the plateau.
+  assert ("Scratch comes within the seed spread of the best pretrained box AP (0.565 [0.560, "
+          "0.570] at 3x) at 4x: 0.560 [0.550, 0.570], -0.5 points against a spread of 2.0; "
+          "that is 2.0x the iterations of the pretrained arm's plateau (600 vs 300).") in text
+  assert "scratch's 1x mean (0.210, 150 iterations) at iteration 150 (0.460): 1.0x" in text
+  with_curve = " ".join(
+      study_reading.reading(finals, steps, "box AP", 0.01, [(50, 0.1), (100, 0.3), (150, 0.46),
+                                                            (300, 0.56)]))
+  assert "scratch's 1x mean (0.210, 150 iterations) at iteration 100 (0.300): 1.5x" in with_curve
+  # A gap larger than the spread is no catch-up; a pretrained arm still rising has no plateau.
   short = " ".join(
-      study_report.reading(cfg, {
-          "scratch": {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.35},
-          "pretrained": {1: 0.5, 2: 0.5, 3: 0.5, 4: 0.5}
-      }, 0, "mask AP"))
-  assert ("Scratch did not catch up within 4x: its best mask AP is 0.350 (at 4x), 15.0 points"
-          in short)
-  assert "No box AP to compare" in study_report.reading(cfg, {"scratch": {}, "pretrained": {}}, 0,
-                                                        "box AP")[0]
+      study_reading.reading(
+          {
+              "scratch": {1: _sp(0.1, 0.11), 2: _sp(0.3, 0.31)},
+              "pretrained": {1: _sp(0.4, 0.41), 2: _sp(0.5, 0.51)}
+          }, steps, "mask AP", 0.01))
+  assert "The pretrained arm has not stopped improving within 2x: 2x adds +10.0 points" in short
+  assert ("Scratch does not come within the seed spread of the best pretrained mask AP (0.505 "
+          "[0.500, 0.510] at 2x) within 2x: its best is 0.305 [0.300, 0.310] at 2x, -20.0 "
+          "points against a spread of 1.0.") in short
+  # One seed: no spread, only an equal or higher AP is "within".
+  one = " ".join(
+      study_reading.reading({"scratch": {1: _sp(0.499)}, "pretrained": {1: _sp(0.5)}}, steps,
+                            "box AP", 0.01))
+  assert "does not come within" in one and "0.499 (1 seed)" in one
+  assert "No box AP to compare" in study_reading.reading({"scratch": {}, "pretrained": {}}, steps,
+                                                         "box AP", 0.01)[0]
+  assert study_reading.plateau({1: _sp(0.3), 2: _sp(0.5), 3: _sp(0.505), 4: _sp(0.52)},
+                               0.01) is None
+  assert study_reading.plateau({1: _sp(0.3), 2: _sp(0.5), 3: _sp(0.505), 4: _sp(0.509)}, 0.01) == 2
+
+
+def test_less_data_reading_flags_overfitting():
+  full = {"scratch": _sp(0.55, 0.57), "pretrained": _sp(0.58, 0.59)}
+  text = study_reading.less_data_reading(
+      20, 3, {
+          "scratch": {"final": _sp(0.10), "best":
+              (0.16, 400)}, "pretrained": {"final": _sp(0.30), "best": (0.302, 800)}
+      }, full, 0.01)
+  assert text.startswith("**20 training images, 3x.** Scratch falls short of pretrained: final "
+                         "box AP 0.100 (1 seed) vs 0.300 (1 seed), -20.0 points against a "
+                         "spread of 2.0")
+  assert "Overfitting: scratch peaks at 0.160 (step 400) and ends at 0.100." in text
+  fine = study_reading.less_data_reading(
+      200, 3, {
+          "scratch": {"final": _sp(0.50), "best":
+              (0.50, 800)}, "pretrained": {"final": _sp(0.51), "best": (0.51, 800)}
+      }, full, 0.01)
+  assert "Scratch comes within the seed spread of pretrained" in fine
+  assert "No sign of overfitting" in fine
 
 
 FAKE = r'''
-import json, os, sys
+import json, os, sys, time
 args = sys.argv[1:]
-with open({log!r}, "a") as f:
-  f.write(json.dumps(args) + "\n")
 model_dir = next(a.split("=", 1)[1] for a in args if a.startswith("--model_dir="))
+t0 = time.time()
+def log():
+  with open({log!r}, "a") as f:
+    f.write(json.dumps({{"args": args, "start": t0, "end": time.time(),
+                         "threads": os.environ.get("TF_NUM_INTRAOP_THREADS")}}) + "\n")
 os.makedirs(model_dir, exist_ok=True)
+time.sleep({sleep!r})
 if args[1] == "rethink_tf.pretrain":
   json.dump({{"images_seen": 640}}, open(os.path.join(model_dir, "backbone.json"), "w"))
-  sys.exit(0)
+  log(); sys.exit(0)
 if {fail!r} and {fail!r} in model_dir:
-  print("boom"); sys.exit(3)
+  print("boom"); log(); sys.exit(3)
 p = dict(a.split("=", 1)[1].split(" = ") for a in args if a.startswith("--gin_param="))
 stop = p["TrainConfig.stop_at_step"]
 end = {totals!r}[p["nx_schedule.num_x"]] if stop == "None" else int(stop)
@@ -132,14 +236,15 @@ with open(os.path.join(model_dir, "eval_metrics.jsonl"), "a") as f:
   for step in range(start + 50, end + 1, 50):
     f.write(json.dumps({{"step": step}}) + "\n")
 open(state, "w").write('model_checkpoint_path: "ckpt-%d"\n' % end)
+log()
 '''
 
 
-def _fake_python(tmp_path, fail=""):
+def _fake_python(tmp_path, fail="", sleep=0.0):
   log = tmp_path / "calls.jsonl"
   script = tmp_path / "fake.py"
   totals = {str(n): _cfg().schedule(n).total_steps for n in (1, 2, 3)}
-  script.write_text(FAKE.format(totals=totals, log=str(log), fail=fail))
+  script.write_text(FAKE.format(totals=totals, log=str(log), fail=fail, sleep=sleep))
   exe = tmp_path / "python"
   exe.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
   exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
@@ -149,7 +254,8 @@ def _fake_python(tmp_path, fail=""):
 def _calls(log):
   out = []
   for line in open(log):
-    args = json.loads(line)
+    c = json.loads(line)
+    args = c["args"]
     d = next(a.split("=", 1)[1] for a in args if a.startswith("--model_dir="))
     stop = next((a.split(" = ")[1] for a in args if "stop_at_step" in a), None)
     out.append((args[1], os.path.basename(d), stop))
@@ -171,69 +277,126 @@ def test_study_runs_stages_in_order_forks_copies_and_resumes(tmp_path):
       if (out / run / "eval_metrics.jsonl").exists()
   }
   # A fork carries the longest run's evaluations up to the fork, then its own.
-  assert steps["scratch_1x"] == [50, 100, 150]
-  assert steps["pretrained_2x"] == [50, 100, 150, 200, 250, 300]
-  assert steps["scratch_3x"] == list(range(50, 451, 50))
-  assert steps["pretrained_2x_200img"] == list(range(50, 301, 50))
+  assert steps["scratch_1x_seed0"] == [50, 100, 150]
+  assert steps["pretrained_1x_seed1"] == [50, 100, 150]
+  assert steps["scratch_3x_seed1"] == list(range(50, 451, 50))
+  assert steps["scratch_2x_seed2"] == list(range(50, 301, 50))
+  assert steps["pretrained_2x_20img_seed0"] == list(range(50, 301, 50))
   # Only a fork changes its run's config (the shorter schedule), and says so.
   forks = {s.run for s in study_plan.plan(cfg) if s.fork_from}
   assert forks
-  for c in map(json.loads, open(log)):
+  for c in (json.loads(line)["args"] for line in open(log)):
     run = next((a.split("/")[-1] for a in c if a.startswith("--model_dir=")), None)
     assert ("--allow_config_change" in c) == (run in forks), c
-  pre = [c for c in map(json.loads, open(log)) if any("pretrained_" in a for a in c)]
+  pre = [
+      c["args"] for c in map(json.loads, open(log)) if any("pretrained_" in a for a in c["args"])
+  ]
   assert all(f"--gin_param=init_config.checkpoint = '{out}/pretrain/backbone'" in c for c in pre)
   times = [json.loads(line) for line in open(out / study.TIMES_FILE)]
-  assert [t["stage"] for t in times][:3] == ["pretrain", "scratch_3x", "scratch_1x"]
+  assert [t["stage"] for t in times][:3] == ["pretrain", "scratch_3x_seed0", "scratch_1x_seed0"]
+  assert times[-1]["stage"] == "study" and times[-1]["jobs"] == 1
+  # One stage at a time: TensorFlow keeps its default threads.
+  assert {json.loads(line)["threads"] for line in open(log)} == {None}
   # Everything is complete: a second invocation starts no process.
   n = len(open(log).readlines())
   study.run_study(cfg, str(out), python=exe)
   assert len(open(log).readlines()) == n
 
 
+def test_two_jobs_run_independent_chains_side_by_side(tmp_path, monkeypatch):
+  monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+  cfg = _cfg()
+  exe, log = _fake_python(tmp_path, sleep=0.3)
+  out = tmp_path / "study"
+  study.run_study(cfg, str(out), python=exe, jobs=2)
+  calls = [json.loads(line) for line in open(log)]
+  segments = study_plan.plan(cfg)
+  deps = study_plan.dependencies(segments)
+  assert len(calls) == len(segments) + 1
+  # Each segment started after the end of every segment it continues (and the pretrained
+  # ones after the pre-training).
+  span = {}
+  for c in calls:
+    run = os.path.basename(next(a.split("=", 1)[1] for a in c["args"] if "--model_dir=" in a))
+    stop = next((a.split(" = ")[1] for a in c["args"] if "stop_at_step" in a), "None")
+    span[(run, stop)] = (c["start"], c["end"])
+  key = lambda seg: (seg.run, str(seg.stop_at))  # noqa: E731
+  for i, seg in enumerate(segments):
+    for d in deps[i]:
+      before = ("pretrain", "None") if d == -1 else key(segments[d])
+      assert span[before][1] <= span[key(seg)][0], (seg, before)
+  # At some moment two stages ran at once, each with one of the two cores' threads.
+  starts = sorted(s for s, _ in span.values())
+  assert any(sum(s <= t < e for s, e in span.values()) == 2 for t in starts)
+  assert {c["threads"] for c in calls} == {str(max(1, (os.cpu_count() or 1) // 2))}
+  # The same results as one at a time.
+  assert (out / "scratch_1x_seed0" / "eval_metrics.jsonl").read_text().count("step") == 3
+  assert (out / "pretrained_2x_seed1" / "checkpoint").read_text() == \
+      'model_checkpoint_path: "ckpt-300"\n'
+
+
 def test_study_failure_names_the_stage_and_its_log(tmp_path):
-  exe, _ = _fake_python(tmp_path, fail="pretrained_3x")
+  exe, _ = _fake_python(tmp_path, fail="pretrained_2x_seed0")
   out = tmp_path / "study"
   with pytest.raises(study.StudyError,
-                     match=r"segment pretrained_3x failed \(exit 3\); log: " +
-                     str(out / "logs" / "pretrained_3x.log")) as e:
+                     match=r"segment pretrained_2x_seed0 failed \(exit 3\); log: " +
+                     str(out / "logs" / "pretrained_2x_seed0.log")) as e:
     study.run_study(_cfg(), str(out), python=exe)
   assert "boom" in str(e.value)
   # What finished before the failure is kept: the scratch runs are complete.
-  assert (out / "scratch_3x" /
+  assert (out / "scratch_3x_seed1" /
           "checkpoint").read_text().startswith('model_checkpoint_path: "ckpt-450"')
+  assert json.loads(open(out / study.TIMES_FILE).readlines()[-1])["stage"] == "study"
 
 
 def test_report_from_two_tiny_runs(tiny_reference_run, tiny_pretrained_run, tmp_path):
-  """A 1x study whose runs are the tiny scratch and pretrained runs (20 steps at batch 2)."""
+  """A 1x study whose runs are the tiny scratch and pretrained runs (20 steps at batch 2), the
+  same runs standing in for its less-data arm, with a reference row."""
   ref_dir, r = tiny_reference_run
   pre_dir, pre_run, p, t = tiny_pretrained_run
   assert r.returncode == 0 and p.returncode == 0 and t.returncode == 0
   out = tmp_path / "study"
   out.mkdir()
-  os.symlink(ref_dir, out / "scratch_1x")
-  os.symlink(pre_run, out / "pretrained_1x")
-  os.symlink(pre_dir, out / "pretrain")
-  (out / study.TIMES_FILE).write_text(json.dumps({"stage": "pretrain", "seconds": 60}) + "\n")
-  cfg = StudyConfig(schedules=(1,),
+  for name, d in (("scratch_1x_seed0", ref_dir), ("pretrained_1x_seed0", pre_run),
+                  ("scratch_1x_20img_seed0", ref_dir), ("pretrained_1x_20img_seed0",
+                                                        pre_run), ("pretrain", pre_dir)):
+    os.symlink(d, out / name)
+  (out / study.TIMES_FILE).write_text(
+      json.dumps({"stage": "pretrain", "seconds": 60}) + "\n" +
+      json.dumps({"stage": "study", "jobs": 2, "seconds": 90}) + "\n")
+  cfg = StudyConfig(pretrained_schedules=(1,),
+                    scratch_schedules=(1,),
                     steps_per_x=20,
                     global_batch_size=2,
                     warmup_steps=5,
                     eval_every_steps=10,
-                    less_data_num_train=0)
+                    seeds=(0,),
+                    reference_schedule=1,
+                    reference_seeds=(0,),
+                    reference={"label": "peer", "box_ap": 0.5, "mask_ap": 0.4},
+                    less_data_num_train=(20,),
+                    less_data_schedules=(1,))
   assert cfg.schedule(1).total_steps == 20
   report = open(study_report.write_report(cfg, str(out))).read()
   final = {
       name: json.loads(open(d / "eval_metrics.jsonl").readlines()[-1])
       for name, d in (("scratch", ref_dir), ("pretrained", pre_run))
   }
-  row = (f"| 1x | 20 | {final['scratch']['bbox']['AP']:.3f} | "
-         f"{final['pretrained']['bbox']['AP']:.3f} | {final['scratch']['segm']['AP']:.3f} | "
-         f"{final['pretrained']['segm']['AP']:.3f} |")
+  box = {k: final[k]["bbox"]["AP"] for k in final}
+  mask = {k: final[k]["segm"]["AP"] for k in final}
+  row = (f"| 1x | 20 | 1 / 1 | {box['scratch']:.3f} (1 seed) | {box['pretrained']:.3f} (1 seed) "
+         f"| {(box['scratch'] - box['pretrained']) * 100:+.1f} (0.0) | {mask['scratch']:.3f} (1 "
+         f"seed) | {mask['pretrained']:.3f} (1 seed) | "
+         f"{(mask['scratch'] - mask['pretrained']) * 100:+.1f} (0.0) |")
   assert row in report
   assert "480 images seen" in report and "At 1x (20 iterations) scratch has box AP" in report
+  assert "| peer | 1 | 0.500 | 0.400 |" in report
+  assert f"| rethink_tf, seed 0 | 1 | {box['scratch']:.3f} | {mask['scratch']:.3f} |" in report
+  assert "**20 training images, 1x.** Scratch" in report
+  best = max(json.loads(line)["bbox"]["AP"] for line in open(ref_dir / "eval_metrics.jsonl"))
+  assert f"| 20 | 1x | scratch | 1 | {box['scratch']:.3f} (1 seed) | {best:.3f}" in report
   for name in ("final_ap_by_schedule", "curves_iterations", "curves_images_incl_pretraining",
-               "curves_all_schedules"):
+               "curves_all_schedules", "curves_less_data"):
     assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert f"({name}.png)" in report
-  assert "Sum of the stages' wall times: **1.0 min**" in report
+  assert "Wall time of the study: **1.5 min**" in report and "stages run 2 at a time" in report
