@@ -184,6 +184,10 @@ def test_reading_states_gaps_with_the_seed_spread_plateau_and_catch_up():
       study_reading.reading({"scratch": {1: _sp(0.499)}, "pretrained": {1: _sp(0.5)}}, steps,
                             "box AP", 0.01))
   assert "does not come within" in one and "0.499 (1 seed)" in one
+  past = " ".join(
+      study_reading.reading({"scratch": {1: _sp(0.3), 2: _sp(0.6)}, "pretrained": {1: _sp(0.5)}},
+                            steps, "box AP", 0.01))
+  assert "Scratch overtakes the best pretrained box AP (0.500 (1 seed) at 1x) at 2x" in past
   assert "No box AP to compare" in study_reading.reading({"scratch": {}, "pretrained": {}}, steps,
                                                          "box AP", 0.01)[0]
   assert study_reading.plateau({1: _sp(0.3), 2: _sp(0.5), 3: _sp(0.505), 4: _sp(0.52)},
@@ -208,6 +212,12 @@ def test_less_data_reading_flags_overfitting():
               (0.50, 800)}, "pretrained": {"final": _sp(0.51), "best": (0.51, 800)}
       }, full, 0.01)
   assert "Scratch comes within the seed spread of pretrained" in fine
+  ahead = study_reading.less_data_reading(
+      20, 3, {
+          "scratch": {"final": _sp(0.30), "best":
+              (0.30, 800)}, "pretrained": {"final": _sp(0.20), "best": (0.20, 800)}
+      }, full, 0.01)
+  assert "Scratch is ahead of pretrained: final box AP 0.300 (1 seed) vs 0.200" in ahead
   assert "No sign of overfitting" in fine
 
 
