@@ -201,15 +201,34 @@ def dependencies(segments: Sequence[Segment]) -> List[Tuple[int, ...]]:
   return deps
 
 
-def training_steps(cfg: StudyConfig) -> int:
-  """Training steps of the whole plan (a fork's copied prefix counted once)."""
-  position, total = {}, 0
-  for seg in plan(cfg):
+def segment_steps(cfg: StudyConfig, segments: Sequence[Segment]) -> List[int]:
+  """Training steps of each segment of a full run of the plan (a fork starts at its source's
+  step)."""
+  position, steps = {}, []
+  for seg in segments:
     start = position.get(seg.run, position.get(seg.fork_from, 0))
     end = seg.stop_at or cfg.schedule(seg.num_x).total_steps
-    total += end - start
+    steps.append(end - start)
     position[seg.run] = end
-  return total
+  return steps
+
+
+def chain_steps(steps: Sequence[int], deps: Sequence[Tuple[int, ...]]) -> List[int]:
+  """For each segment, the training steps of the longest chain it starts: its own and those of
+  the longest sequence of segments waiting on it. Starting the longest chains first keeps both
+  workers busy to the end (starting them in plan order left one idle for the last run of the
+  longest chain)."""
+  longest = list(steps)
+  for i in reversed(range(len(steps))):  # dependents come after what they wait for
+    for d in deps[i]:
+      if d >= 0:
+        longest[d] = max(longest[d], steps[d] + longest[i])
+  return longest
+
+
+def training_steps(cfg: StudyConfig) -> int:
+  """Training steps of the whole plan (a fork's copied prefix counted once)."""
+  return sum(segment_steps(cfg, plan(cfg)))
 
 
 def gin_params(cfg: StudyConfig, segment: Segment, pretrained_checkpoint: str) -> List[str]:

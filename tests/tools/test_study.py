@@ -100,6 +100,24 @@ def test_dependencies_let_independent_chains_run_side_by_side():
   assert deps[index[("scratch_2x_20img_seed0", None)]] == ()
 
 
+def test_longest_chains_are_ranked_first():
+  cfg = _cfg()
+  segments = study_plan.plan(cfg)
+  steps = study_plan.segment_steps(cfg, segments)
+  assert sum(steps) == study_plan.training_steps(cfg)
+  longest = study_plan.chain_steps(steps, study_plan.dependencies(segments))
+  index = {(s.run, s.stop_at): i for i, s in enumerate(segments)}
+  # scratch 3x: trunk 0-100 (the 1x forks: +50), 100-200 (the 2x forks: +100), 200-450.
+  assert longest[index[("scratch_3x_seed0", 100)]] == 100 + 100 + 250
+  assert longest[index[("scratch_3x_seed0", 200)]] == 100 + 250
+  assert longest[index[("scratch_1x_seed0", None)]] == 50
+  assert longest[index[("scratch_2x_seed2", None)]] == 300
+  assert longest[index[("pretrained_2x_seed0", 100)]] == 100 + 200
+  # What the study starts first, after the pre-training: the scratch trunks.
+  assert max(range(len(segments)), key=lambda j:
+             (longest[j], -j)) == index[("scratch_3x_seed0", 100)]
+
+
 def test_study_schedule_3x_is_the_demo_schedule():
   """The study's reference configuration is the demo's: same schedule, LR, warmup and batch
   (so its seeds are the demo's seeds), and its peer figure is detectron2's eval.json."""
@@ -279,8 +297,21 @@ def test_study_runs_stages_in_order_forks_copies_and_resumes(tmp_path):
   study.run_study(cfg, str(out), python=exe)
   train = [c for c in _calls(log) if c[0] == "rethink_tf.train"]
   assert _calls(log)[0][:2] == ("rethink_tf.pretrain", "pretrain")
-  assert [(run, stop) for _, run, stop in train
-         ] == [(s.run, str(s.stop_at)) for s in study_plan.plan(cfg)]
+  segments = study_plan.plan(cfg)
+  order = [(run, stop) for _, run, stop in train]
+  assert sorted(order) == sorted((s.run, str(s.stop_at)) for s in segments)
+  # Each after what it continues; the longest chains first (both scratch trunks before
+  # anything shorter), the shortest tails last.
+  deps = study_plan.dependencies(segments)
+  at = {(s.run, str(s.stop_at)): i for i, s in enumerate(segments)}
+  for k, (run, stop) in enumerate(order):
+    assert all(
+        order.index((segments[d].run, str(segments[d].stop_at))) < k
+        for d in deps[at[(run, stop)]]
+        if d >= 0)
+  assert order[:2] == [("scratch_3x_seed0", "100"), ("scratch_3x_seed1", "100")]
+  assert {run for run, _ in order[-4:]
+         } == {f"{i}_1x_seed{s}" for i in ("scratch", "pretrained") for s in (0, 1)}
   steps = {
       run: [json.loads(line)["step"] for line in open(out / run / "eval_metrics.jsonl")]
       for run in os.listdir(out)
@@ -303,7 +334,7 @@ def test_study_runs_stages_in_order_forks_copies_and_resumes(tmp_path):
   ]
   assert all(f"--gin_param=init_config.checkpoint = '{out}/pretrain/backbone'" in c for c in pre)
   times = [json.loads(line) for line in open(out / study.TIMES_FILE)]
-  assert [t["stage"] for t in times][:3] == ["pretrain", "scratch_3x_seed0", "scratch_1x_seed0"]
+  assert [t["stage"] for t in times][:3] == ["pretrain", "scratch_3x_seed0", "scratch_3x_seed1"]
   assert times[-1]["stage"] == "study" and times[-1]["jobs"] == 1
   # One stage at a time: TensorFlow keeps its default threads.
   assert {json.loads(line)["threads"] for line in open(log)} == {None}
@@ -353,10 +384,18 @@ def test_study_failure_names_the_stage_and_its_log(tmp_path):
                      str(out / "logs" / "pretrained_2x_seed0.log")) as e:
     study.run_study(_cfg(), str(out), python=exe)
   assert "boom" in str(e.value)
-  # What finished before the failure is kept: the scratch runs are complete.
-  assert (out / "scratch_3x_seed1" /
-          "checkpoint").read_text().startswith('model_checkpoint_path: "ckpt-450"')
-  assert json.loads(open(out / study.TIMES_FILE).readlines()[-1])["stage"] == "study"
+  # What finished before the failure is kept (every recorded stage's checkpoint), and nothing
+  # started after it.
+  times = [json.loads(line) for line in open(out / study.TIMES_FILE)]
+  assert times[-1]["stage"] == "study" and len(times) > 3
+  reached = {}  # run -> the step its last recorded stage ended at
+  for t in times[1:-1]:
+    reached[t["stage"]] = t["stop_at"] or _cfg().schedule(int(
+        t["stage"].split("_")[1][:-1])).total_steps
+  for run, step in reached.items():
+    assert (out / run /
+            "checkpoint").read_text().startswith(f'model_checkpoint_path: "ckpt-{step}"'), run
+  assert "pretrained_2x_seed0" not in {t["stage"] for t in times}
 
 
 def test_report_from_two_tiny_runs(tiny_reference_run, tiny_pretrained_run, tmp_path):
