@@ -125,9 +125,12 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
     remaining.append(_steps(cfg, seg, start))
     position[seg.run] = max(start, seg.stop_at or cfg.schedule(seg.num_x).total_steps)
   done = {i for i, steps in enumerate(remaining) if not steps}
-  # Among the ready stages: the pre-training first (half the plan waits for it), then the one
-  # that starts the longest chain of remaining steps.
-  priority = study_plan.chain_steps(remaining, deps)
+  # Among the ready stages: the pre-training first (half the plan waits for it), then the
+  # full-data ones before the less-data arm (whose schedule is read off the full-data plateau:
+  # a study stopped before it can still change it), then the one that starts the longest
+  # chain of remaining steps.
+  chains = study_plan.chain_steps(remaining, deps)
+  priority = [(seg.num_train is None, chains[i], -i) for i, seg in enumerate(segments)]
   if os.path.exists(checkpoint + ".json"):
     done.add(-1)
   started, failures, lock = set(), [], threading.Condition()
@@ -185,7 +188,7 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
             return
           ready = [i for i in todo if i == -1 or all(d in done for d in deps[i])]
           if ready:
-            i = -1 if -1 in ready else max(ready, key=lambda j: (priority[j], -j))
+            i = -1 if -1 in ready else max(ready, key=lambda j: priority[j])
             started.add(i)
             break
           lock.wait()

@@ -42,7 +42,11 @@ class StudyConfig:
     global_batch_size: images per step.
     base_lr_per_16, warmup_steps: the LR rule (linear scaling) and warmup of every run.
     eval_every_steps: evaluation period (every run is also evaluated at its end).
-    seeds: seeds of every full-data run (each seed is its own chain of runs).
+    seeds: seeds of the full-data runs (each seed is its own chain of runs).
+    single_seed_below: schedules shorter than this many x run with `seeds[0]` only: their
+      gaps are many times the seed spread, while the decisive points (the pretrained arm's
+      plateau, where scratch catches up, the reference) run every seed. 1: every schedule runs
+      every seed.
     reference_schedule, reference_seeds: the scratch arm also runs this schedule with these
       seeds (the demo configuration: 3x = the demo's schedule), for the row beside
       `reference`.
@@ -52,6 +56,8 @@ class StudyConfig:
       `SyntheticDataset.num_train`); () disables the arm.
     less_data_schedules: its schedules, each run from scratch and pretrained.
     less_data_seeds: its seeds.
+    less_data_eval_every_steps: its evaluation period (None: `eval_every_steps`); its runs
+      are single segments, each also evaluated at its end.
     catch_up_tolerance: the plateau criterion: an arm has stopped improving when a longer
       schedule gains less than this (AP in [0, 1]; 0.01 is one AP point).
   """
@@ -71,12 +77,14 @@ class StudyConfig:
                warmup_steps: int = 50,
                eval_every_steps: int = 50,
                seeds: Sequence[int] = (0,),
+               single_seed_below: int = 1,
                reference_schedule: Optional[int] = None,
                reference_seeds: Sequence[int] = (),
                reference: Optional[Dict] = None,
                less_data_num_train: Sequence[int] = (200,),
                less_data_schedules: Sequence[int] = (2,),
                less_data_seeds: Sequence[int] = (0,),
+               less_data_eval_every_steps: Optional[int] = None,
                catch_up_tolerance: float = 0.01):
     self.pretrain_gin_files = tuple(pretrain_gin_files)
     self.pretrain_params = tuple(pretrain_params)
@@ -91,12 +99,14 @@ class StudyConfig:
     self.warmup_steps = warmup_steps
     self.eval_every_steps = eval_every_steps
     self.seeds = tuple(seeds)
+    self.single_seed_below = single_seed_below
     self.reference_schedule = reference_schedule
     self.reference_seeds = tuple(reference_seeds) if reference_schedule else ()
     self.reference = dict(reference) if reference else None
     self.less_data_num_train = tuple(sorted(less_data_num_train, reverse=True))
     self.less_data_schedules = tuple(less_data_schedules) if self.less_data_num_train else ()
     self.less_data_seeds = tuple(less_data_seeds)
+    self.less_data_eval_every_steps = less_data_eval_every_steps or eval_every_steps
     self.catch_up_tolerance = catch_up_tolerance
 
   @property
@@ -118,7 +128,8 @@ class StudyConfig:
 
   def seeds_of(self, init: str, num_x: int) -> Tuple[int, ...]:
     """Seeds of the full-data run of `init` at `num_x` (empty when the arm does not run it)."""
-    seeds = self.seeds if num_x in self.arm_schedules[init] else ()
+    seeds = self.seeds if num_x >= self.single_seed_below else self.seeds[:1]
+    seeds = seeds if num_x in self.arm_schedules[init] else ()
     if init == "scratch" and num_x == self.reference_schedule:
       seeds += tuple(s for s in self.reference_seeds if s not in seeds)
     return seeds
@@ -233,14 +244,15 @@ def training_steps(cfg: StudyConfig) -> int:
 
 def gin_params(cfg: StudyConfig, segment: Segment, pretrained_checkpoint: str) -> List[str]:
   """The bindings `rethink_tf.train` gets for a segment (after the study's gin files)."""
+  every = cfg.less_data_eval_every_steps if segment.num_train else cfg.eval_every_steps
   params = [
       f"nx_schedule.num_x = {segment.num_x}",
       f"nx_schedule.iteration_scale = {cfg.iteration_scale!r}",
       f"nx_schedule.base_lr_per_16 = {cfg.base_lr_per_16!r}",
       f"nx_schedule.warmup_steps = {cfg.warmup_steps}",
       f"TrainConfig.global_batch_size = {cfg.global_batch_size}",
-      f"TrainConfig.eval_every_steps = {cfg.eval_every_steps}",
-      f"TrainConfig.checkpoint_every_steps = {cfg.eval_every_steps}",
+      f"TrainConfig.eval_every_steps = {every}",
+      f"TrainConfig.checkpoint_every_steps = {every}",
       f"TrainConfig.seed = {segment.seed}", f"TrainConfig.stop_at_step = {segment.stop_at}"
   ]
   if segment.init == "pretrained":

@@ -313,7 +313,10 @@ def test_study_runs_stages_in_order_forks_copies_and_resumes(tmp_path):
         for d in deps[at[(run, stop)]]
         if d >= 0)
   assert order[:2] == [("scratch_3x_seed0", "100"), ("scratch_3x_seed1", "100")]
-  assert {run for run, _ in order[-4:]
+  # The less-data arm after every full-data stage.
+  first_less = min(k for k, (run, _) in enumerate(order) if "img_" in run)
+  assert all("img_" in run for run, _ in order[first_less:])
+  assert {run for run, _ in order[first_less - 4:first_less]
          } == {f"{i}_1x_seed{s}" for i in ("scratch", "pretrained") for s in (0, 1)}
   steps = {
       run: [json.loads(line)["step"] for line in open(out / run / "eval_metrics.jsonl")]
