@@ -26,6 +26,7 @@ killed run from its last checkpoint. `--report_only` rewrites the report from th
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -48,14 +49,50 @@ class StudyError(RuntimeError):
   """A stage failed; names the stage, its command and its log."""
 
 
+class StudyStopped(RuntimeError):
+  """SIGTERM stopped the study: its running stages saved a checkpoint and stopped."""
+
+
+class _Children:
+  """The running stage processes, so that a SIGTERM to the study reaches them: each saves a
+  checkpoint and stops (the trainer's preemption path) instead of running on unattended."""
+
+  def __init__(self):
+    self.lock, self.procs, self.stopping = threading.Lock(), set(), threading.Event()
+
+  def run(self, cmd: List[str], log, env) -> int:
+    with self.lock:
+      if self.stopping.is_set():
+        raise StudyStopped()
+      proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+      self.procs.add(proc)
+    try:
+      return proc.wait()
+    finally:
+      with self.lock:
+        self.procs.discard(proc)
+
+  def stop(self, signum=None, frame=None):
+    del signum, frame
+    with self.lock:
+      self.stopping.set()
+      for proc in self.procs:
+        proc.send_signal(signal.SIGTERM)
+
+
+_CHILDREN = _Children()
+
+
 def _run(cmd: List[str], log_path: str, what: str, env: Optional[Dict[str, str]] = None):
   with open(log_path, "a") as log:
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
-    r = subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-  if r.returncode:
+    returncode = _CHILDREN.run(cmd, log, env)
+  if _CHILDREN.stopping.is_set():
+    raise StudyStopped()
+  if returncode:
     tail = open(log_path).read()[-2000:]
-    raise StudyError(f"{what} failed (exit {r.returncode}); log: {log_path}\n"
+    raise StudyError(f"{what} failed (exit {returncode}); log: {log_path}\n"
                      f"command: {' '.join(cmd)}\n...{tail}")
 
 
@@ -134,7 +171,7 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
   if os.path.exists(checkpoint + ".json"):
     done.add(-1)
   started, failures, lock = set(), [], threading.Condition()
-  progress = {"steps": 0, "t": time.time()}
+  progress = {"steps": 0, "seconds": 0.0}  # of the segments completed by this invocation
 
   def run_pretrain():
     print(f"[pretrain] {python} -m rethink_tf.pretrain -> {pre_dir}", flush=True)
@@ -143,21 +180,32 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
          [f"--gin_file={f}" for f in cfg.pretrain_gin_files] +
          [f"--gin_param={p}" for p in cfg.pretrain_params],
          os.path.join(output_dir, "logs", "pretrain.log"), "pre-training", env)
+    if not os.path.exists(checkpoint + ".json"):
+      raise StudyError(f"pre-training exited without writing {checkpoint}; log: "
+                       f"{os.path.join(output_dir, 'logs', 'pretrain.log')}")
     _record(output_dir, stage="pretrain", seconds=time.time() - t)
 
   def run_segment(i):
     seg = segments[i]
     model_dir = os.path.join(output_dir, seg.run)
     with lock:
-      rate = (time.time() - progress["t"]) / progress["steps"] if progress["steps"] else None
+      # Seconds per step of one stage (evaluations and start-up included), `jobs` at a time;
+      # the pre-training's remaining time is not counted.
+      rate = progress["seconds"] / progress["steps"] if progress["steps"] else None
       left = sum(remaining[j] for j in range(len(segments)) if j not in done)
-    eta = f", study ETA {left * rate / 60:.0f} min" if rate else ""
+    eta = f", study ETA {left * rate / max(1, jobs) / 60:.0f} min" if rate else ""
     target = f"step {seg.stop_at}" if seg.stop_at else "the end"
     print(f"[{i + 1}/{len(segments)}] {seg.run} to {target} ({remaining[i]} steps){eta}",
           flush=True)
     t = time.time()
-    _run(_segment_command(cfg, seg, model_dir, checkpoint, python),
-         os.path.join(output_dir, "logs", f"{seg.run}.log"), f"segment {seg.run}", env)
+    log_path = os.path.join(output_dir, "logs", f"{seg.run}.log")
+    _run(_segment_command(cfg, seg, model_dir, checkpoint, python), log_path, f"segment {seg.run}",
+         env)
+    target = seg.stop_at or cfg.schedule(seg.num_x).total_steps
+    reached = _checkpoint_step(model_dir)
+    if reached != target:  # e.g. preempted by someone else: it exits 0 after its save
+      raise StudyError(f"segment {seg.run} exited at step {reached}, not {target}; log: "
+                       f"{log_path} (run the study again to resume it)")
     _record(output_dir,
             stage=seg.run,
             stop_at=seg.stop_at,
@@ -165,6 +213,7 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
             seconds=time.time() - t)
     with lock:
       progress["steps"] += remaining[i]
+      progress["seconds"] += time.time() - t
 
   def fork(i):
     """Copies the source run into each fork of segment i's stop (before the run moves on; a
@@ -181,7 +230,7 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
     while True:
       with lock:
         while True:
-          if failures:
+          if failures or _CHILDREN.stopping.is_set():
             return
           todo = [i for i in [-1] + list(range(len(segments))) if i not in done | started]
           if not todo:
@@ -198,6 +247,10 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
         else:
           run_segment(i)
           fork(i)
+      except StudyStopped:
+        with lock:
+          lock.notify_all()
+        return
       except (StudyError, OSError) as e:
         with lock:
           failures.append(e)
@@ -209,6 +262,9 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
 
   for i in sorted(done - {-1}):  # forks of segments completed by an earlier invocation
     fork(i)
+  _CHILDREN.stopping.clear()
+  in_main = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, _CHILDREN.stop) if in_main else None
   threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, jobs))]
   try:
     for th in threads:
@@ -216,9 +272,14 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
     for th in threads:
       th.join()
   finally:
+    if in_main:
+      signal.signal(signal.SIGTERM, previous)
     _record(output_dir, stage="study", jobs=jobs, seconds=time.time() - t_study)
   if failures:
     raise failures[0]
+  if _CHILDREN.stopping.is_set():
+    raise StudyStopped(f"stopped by SIGTERM after {(time.time() - t_study) / 60:.1f} min; the "
+                       "running stages saved a checkpoint: run the same command to resume")
   print(f"study runs complete ({(time.time() - t_study) / 60:.1f} min this invocation)", flush=True)
 
 
@@ -239,6 +300,9 @@ def main(argv):
     study_plan.validate(cfg)
     if not FLAGS.report_only:
       run_study(cfg, FLAGS.output_dir, jobs=FLAGS.jobs)
+  except StudyStopped as e:
+    print(f"study: {e}", file=sys.stderr, flush=True)
+    sys.exit(128 + signal.SIGTERM)
   except (StudyError, ValueError) as e:
     sys.exit(f"study: {e}")
   command = " ".join([f"--gin_file={f}" for f in FLAGS.gin_file] +

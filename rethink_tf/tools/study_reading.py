@@ -79,11 +79,18 @@ def reading(finals: Dict[str, Dict[int, Spread]],
     return [f"No {metric} to compare: the runs have no final evaluation."]
   out = []
   common = sorted(set(scratch) & set(pre))
+  # Schedules run with one seed have no spread of their own: their gaps are stated beside the
+  # largest spread of the schedules run with several.
+  widest = max([a.spread for a in (*scratch.values(), *pre.values()) if len(a.values) > 1],
+               default=None)
   for n in common:
     g = scratch[n].mean - pre[n].mean
+    if len(scratch[n].values) > 1 or len(pre[n].values) > 1 or widest is None:
+      spread = f"seed spread {margin(scratch[n], pre[n]) * 100:.1f}"
+    else:
+      spread = f"one seed each (the seed spread is at most {widest * 100:.1f} elsewhere)"
     out.append(f"At {n}x ({steps_of[n]} iterations) scratch has {metric} {scratch[n]} vs "
-               f"pretrained {pre[n]}: {points(g)} points, seed spread "
-               f"{margin(scratch[n], pre[n]) * 100:.1f}.")
+               f"pretrained {pre[n]}: {points(g)} points, {spread}.")
   # The pretrained arm's plateau.
   xs = sorted(pre)
   at = plateau(pre, tolerance)

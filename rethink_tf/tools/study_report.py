@@ -76,7 +76,9 @@ def _schedule_table(cfg: StudyConfig, finals) -> List[str]:
     cells = []
     for t in IOU_TYPES:
       s, p = finals[t]["scratch"].get(n), finals[t]["pretrained"].get(n)
-      gap = (f"{points(s.mean - p.mean)} ({margin(s, p) * 100:.1f})" if s and p else "—")
+      one_seed = s and p and len(s.values) == len(p.values) == 1
+      gap = ("—" if not (s and p) else f"{points(s.mean - p.mean)} (1 seed)"
+             if one_seed else f"{points(s.mean - p.mean)} ({margin(s, p) * 100:.1f})")
       cells += [str(s) if s else "—", str(p) if p else "—", gap]
     seeds = " / ".join(
         str(len(finals["bbox"][i][n].values)) if n in finals["bbox"][i] else "0" for i in INITS)
@@ -127,6 +129,8 @@ def _reference_section(cfg: StudyConfig, output_dir: str) -> List[str]:
 def _less_data_section(cfg: StudyConfig, output_dir: str, finals) -> List[str]:
   lines = [
       "## Less data", "",
+      f"Each run is evaluated every {cfg.less_data_eval_every_steps} iterations and at its end; "
+      "its best evaluation against its final one is the overfitting check.", "",
       "| training images | schedule | init | seeds | final box AP | best box AP (step) | "
       "final mask AP |", "|---|---|---|---|---|---|---|"
   ]
@@ -254,6 +258,8 @@ def write_report(cfg: StudyConfig,
   wall = sum(t["seconds"] for t in times if t["stage"] == "study")
   steps_of = {n: cfg.schedule(n).total_steps for n in cfg.schedules}
 
+  seed_note = (f" (seed {cfg.seeds[0]} alone below {cfg.single_seed_below}x)"
+               if cfg.single_seed_below > 1 and len(cfg.seeds) > 1 else "")
   lines = ["# Rethinking ImageNet pre-training, in miniature", ""]
   lines += [
       f"Produced by `python -m rethink_tf.tools.study {command} --output_dir=DIR` on the "
@@ -264,8 +270,9 @@ def write_report(cfg: StudyConfig,
       f"{cfg.schedule(1).total_steps} iterations at batch {cfg.global_batch_size}, LR "
       f"{cfg.schedule(1).base_lr:g} after a {cfg.warmup_steps}-iteration warmup; from 2x on the "
       "LR drops x0.1 in the last 2/3 and 2/9 of a 1x, the paper's last 60k and 20k iterations; "
-      f"1x drops at 2/3 and 8/9, Detectron's), with seeds {', '.join(map(str, cfg.seeds))}, "
-      f"evaluated every {cfg.eval_every_steps} iterations and at the end on the 200 validation "
+      f"1x drops at 2/3 and 8/9, Detectron's), with seeds {', '.join(map(str, cfg.seeds))}"
+      f"{seed_note}, evaluated every {cfg.eval_every_steps} iterations and at the end on the "
+      "200 validation "
       "images (COCO AP by pycocotools). Every AP below is the mean over seeds with its range "
       "[min, max]; a gap is the difference of the means, stated with the seed spread (the "
       "larger of the two ranges).", ""

@@ -4,6 +4,7 @@ the report written from two real tiny runs."""
 
 import json
 import os
+import signal
 import stat
 import sys
 
@@ -98,6 +99,24 @@ def test_dependencies_let_independent_chains_run_side_by_side():
   assert deps[index[("pretrained_2x_seed0", 100)]] == (-1,)
   assert deps[index[("pretrained_2x_20img_seed0", None)]] == (-1,)
   assert deps[index[("scratch_2x_20img_seed0", None)]] == ()
+
+
+def test_short_schedules_can_run_one_seed_and_less_data_its_own_evaluation_period():
+  cfg = _cfg(single_seed_below=2, less_data_eval_every_steps=100)
+  assert cfg.seeds_of("scratch", 1) == (0,) and cfg.seeds_of("pretrained", 1) == (0,)
+  assert cfg.seeds_of("pretrained", 2) == (0, 1) and cfg.seeds_of("scratch", 2) == (0, 1, 2)
+  runs = {seg.run for seg in study_plan.plan(cfg)}
+  assert "scratch_1x_seed0" in runs and "scratch_1x_seed1" not in runs
+  assert "pretrained_1x_seed1" not in runs and "pretrained_2x_seed1" in runs
+  # Seed 1 no longer stops its trunk at the 1x fork: 0-200 (2x fork), 200-450.
+  assert [s.stop_at for s in study_plan.plan(cfg) if s.run == "scratch_3x_seed1"] == [200, None]
+  # Per seed 0: scratch 450 + tails 50 + 100, pretrained 300 + 50; seed 1: scratch 450 + 100,
+  # pretrained 300; scratch 2x seed 2: 300; less data: 4 x 300.
+  assert study_plan.training_steps(cfg) == (600 + 350) + (550 + 300) + 300 + 1200
+  less = Segment("scratch_2x_20img_seed0", "scratch", 2, 20)
+  assert "TrainConfig.eval_every_steps = 100" in study_plan.gin_params(cfg, less, "/p")
+  full = Segment("scratch_2x_seed0", "scratch", 2, None)
+  assert "TrainConfig.eval_every_steps = 50" in study_plan.gin_params(cfg, full, "/p")
 
 
 def test_longest_chains_are_ranked_first():
@@ -209,6 +228,16 @@ def test_reading_states_gaps_with_the_seed_spread_plateau_and_catch_up():
       study_reading.reading({"scratch": {1: _sp(0.3), 2: _sp(0.6)}, "pretrained": {1: _sp(0.5)}},
                             steps, "box AP", 0.01))
   assert "Scratch overtakes the best pretrained box AP (0.500 (1 seed) at 1x) at 2x" in past
+  # Short schedules run with one seed: their gap is stated beside the widest measured spread.
+  mixed = " ".join(
+      study_reading.reading(
+          {
+              "scratch": {1: _sp(0.2), 3: _sp(0.50, 0.53)},
+              "pretrained": {1: _sp(0.45), 3: _sp(0.56, 0.57)}
+          }, steps, "box AP", 0.01))
+  assert ("At 1x (150 iterations) scratch has box AP 0.200 (1 seed) vs pretrained 0.450 (1 "
+          "seed): -25.0 points, one seed each (the seed spread is at most 3.0 elsewhere).") in mixed
+  assert "At 3x (450 iterations) scratch has box AP 0.515 [0.500, 0.530]" in mixed
   assert "No box AP to compare" in study_reading.reading({"scratch": {}, "pretrained": {}}, steps,
                                                          "box AP", 0.01)[0]
   assert study_reading.plateau({1: _sp(0.3), 2: _sp(0.5), 3: _sp(0.505), 4: _sp(0.52)},
@@ -243,39 +272,52 @@ def test_less_data_reading_flags_overfitting():
 
 
 FAKE = r'''
-import json, os, sys, time
+import json, os, signal, sys, time
 args = sys.argv[1:]
 model_dir = next(a.split("=", 1)[1] for a in args if a.startswith("--model_dir="))
 t0 = time.time()
-def log():
+def log(**extra):
   with open({log!r}, "a") as f:
     f.write(json.dumps({{"args": args, "start": t0, "end": time.time(),
-                         "threads": os.environ.get("TF_NUM_INTRAOP_THREADS")}}) + "\n")
+                         "threads": os.environ.get("TF_NUM_INTRAOP_THREADS"), **extra}}) + "\n")
 os.makedirs(model_dir, exist_ok=True)
-time.sleep({sleep!r})
 if args[1] == "rethink_tf.pretrain":
+  signal.signal(signal.SIGTERM, lambda *_: (log(preempted=True), sys.exit(0)))
+  time.sleep({sleep!r})
   json.dump({{"images_seen": 640}}, open(os.path.join(model_dir, "backbone.json"), "w"))
   log(); sys.exit(0)
-if {fail!r} and {fail!r} in model_dir:
-  print("boom"); log(); sys.exit(3)
 p = dict(a.split("=", 1)[1].split(" = ") for a in args if a.startswith("--gin_param="))
 stop = p["TrainConfig.stop_at_step"]
 end = {totals!r}[p["nx_schedule.num_x"]] if stop == "None" else int(stop)
 state = os.path.join(model_dir, "checkpoint")
 start = int(open(state).read().split('"')[1].split("-")[1]) if os.path.exists(state) else 0
-with open(os.path.join(model_dir, "eval_metrics.jsonl"), "a") as f:
-  for step in range(start + 50, end + 1, 50):
-    f.write(json.dumps({{"step": step}}) + "\n")
-open(state, "w").write('model_checkpoint_path: "ckpt-%d"\n' % end)
+def reach(step):
+  with open(os.path.join(model_dir, "eval_metrics.jsonl"), "a") as f:
+    for s in range(start + 50, step + 1, 50):
+      f.write(json.dumps({{"step": s}}) + "\n")
+  open(state, "w").write('model_checkpoint_path: "ckpt-%d"\n' % step)
+def preempted(*_):  # as the trainer: save at the current step, exit 0
+  reach(min(start + 50, end)); log(preempted=True); sys.exit(0)
+signal.signal(signal.SIGTERM, preempted)
+if {term!r} and {term!r} in model_dir:  # a SIGTERM to the study while this stage runs
+  os.kill(os.getppid(), signal.SIGTERM)
+  time.sleep(30)
+time.sleep({sleep!r})
+if {fail!r} and {fail!r} in model_dir:
+  print("boom"); log(); sys.exit(3)
+if {short!r} and {short!r} in model_dir:
+  end = min(start + 50, end)
+reach(end)
 log()
 '''
 
 
-def _fake_python(tmp_path, fail="", sleep=0.0):
+def _fake_python(tmp_path, fail="", sleep=0.0, short="", term=""):
   log = tmp_path / "calls.jsonl"
   script = tmp_path / "fake.py"
   totals = {str(n): _cfg().schedule(n).total_steps for n in (1, 2, 3)}
-  script.write_text(FAKE.format(totals=totals, log=str(log), fail=fail, sleep=sleep))
+  script.write_text(
+      FAKE.format(totals=totals, log=str(log), fail=fail, sleep=sleep, short=short, term=term))
   exe = tmp_path / "python"
   exe.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
   exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
@@ -382,6 +424,45 @@ def test_two_jobs_run_independent_chains_side_by_side(tmp_path, monkeypatch):
       'model_checkpoint_path: "ckpt-300"\n'
 
 
+def test_sigterm_stops_the_running_stages_at_a_checkpoint_and_the_study_resumes(tmp_path):
+  cfg = _cfg()
+  exe, log = _fake_python(tmp_path, sleep=0.2, term="scratch_3x_seed1")
+  out = tmp_path / "study"
+  handler = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(study.StudyStopped, match="run the same command to resume"):
+    study.run_study(cfg, str(out), python=exe, jobs=2)
+  calls = [json.loads(line) for line in open(log)]
+  # The stage that was running saved its step and stopped; nothing started after the signal.
+  stopped = [c for c in calls if c.get("preempted")]
+  assert stopped and any("scratch_3x_seed1" in a for c in stopped for a in c["args"])
+  assert (out / "scratch_3x_seed1" /
+          "checkpoint").read_text() == ('model_checkpoint_path: "ckpt-50"\n')
+  times = [json.loads(line) for line in open(out / study.TIMES_FILE)]
+  assert times[-1]["stage"] == "study"
+  assert "scratch_3x_seed1" not in {t["stage"] for t in times}  # not recorded as complete
+  assert signal.getsignal(signal.SIGTERM) is handler  # the study's handler is gone
+  # Run again (without the signal): everything completes from where it stopped.
+  exe, log = _fake_python(tmp_path, sleep=0.0)
+  study.run_study(cfg, str(out), python=exe, jobs=2)
+  for seg in study_plan.plan(cfg):
+    total = cfg.schedule(seg.num_x).total_steps
+    assert (out / seg.run /
+            "checkpoint").read_text() == (f'model_checkpoint_path: "ckpt-{total}"\n'), seg.run
+  evals = [
+      json.loads(line)["step"] for line in open(out / "scratch_3x_seed1" / "eval_metrics.jsonl")
+  ]
+  assert evals == list(range(50, 451, 50))
+
+
+def test_a_segment_that_exits_short_of_its_step_is_a_failure(tmp_path):
+  exe, _ = _fake_python(tmp_path, short="scratch_3x_seed0")
+  out = tmp_path / "study"
+  with pytest.raises(study.StudyError,
+                     match=r"segment scratch_3x_seed0 exited at step 50, not 100; log: "):
+    study.run_study(_cfg(), str(out), python=exe)
+  assert not (out / "scratch_1x_seed0").exists()  # its fork did not copy a short run
+
+
 def test_study_failure_names_the_stage_and_its_log(tmp_path):
   exe, _ = _fake_python(tmp_path, fail="pretrained_2x_seed0")
   out = tmp_path / "study"
@@ -440,9 +521,9 @@ def test_report_from_two_tiny_runs(tiny_reference_run, tiny_pretrained_run, tmp_
   box = {k: final[k]["bbox"]["AP"] for k in final}
   mask = {k: final[k]["segm"]["AP"] for k in final}
   row = (f"| 1x | 20 | 1 / 1 | {box['scratch']:.3f} (1 seed) | {box['pretrained']:.3f} (1 seed) "
-         f"| {(box['scratch'] - box['pretrained']) * 100:+.1f} (0.0) | {mask['scratch']:.3f} (1 "
+         f"| {(box['scratch'] - box['pretrained']) * 100:+.1f} (1 seed) | {mask['scratch']:.3f} (1 "
          f"seed) | {mask['pretrained']:.3f} (1 seed) | "
-         f"{(mask['scratch'] - mask['pretrained']) * 100:+.1f} (0.0) |")
+         f"{(mask['scratch'] - mask['pretrained']) * 100:+.1f} (1 seed) |")
   assert row in report
   assert "480 images seen" in report and "At 1x (20 iterations) scratch has box AP" in report
   assert "| peer | 1 | 0.500 | 0.400 |" in report
