@@ -20,7 +20,9 @@ spread, the less-data table with its overfitting check, the reference row, the f
 measured times.
 
 Every stage resumes: running the same command again skips what is complete and continues a
-killed run from its last checkpoint. `--report_only` rewrites the report from the runs on disk.
+killed run from its last checkpoint. A SIGTERM to the study (a preemption, `kill`) reaches its
+running stages, which save a checkpoint at their current step and stop; the study records its
+wall time and exits with status 143. `--report_only` rewrites the report from the runs on disk.
 """
 
 import json
