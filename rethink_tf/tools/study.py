@@ -111,6 +111,43 @@ def _steps(cfg: StudyConfig, seg: Segment, start: int) -> int:
   return max(end - start, 0)
 
 
+def _remaining_steps(cfg: StudyConfig, segments, output_dir: str) -> List[int]:
+  """Steps each segment still has to run given the checkpoints in `output_dir` (0: complete)."""
+  remaining, position = [], {}
+  for seg in segments:
+    start = position.get(seg.run, _checkpoint_step(os.path.join(output_dir, seg.run)))
+    if seg.fork_from and not os.path.exists(os.path.join(output_dir, seg.run)):
+      start = position[seg.fork_from]
+    remaining.append(_steps(cfg, seg, start))
+    position[seg.run] = max(start, seg.stop_at or cfg.schedule(seg.num_x).total_steps)
+  return remaining
+
+
+def describe_plan(cfg: StudyConfig, output_dir: str) -> str:
+  """The stages and their steps, what each waits for, and what `output_dir` already holds."""
+  segments = study_plan.plan(cfg)
+  deps = study_plan.dependencies(segments)
+  steps = study_plan.segment_steps(cfg, segments)
+  remaining = _remaining_steps(cfg, segments, output_dir)
+  pre_done = os.path.exists(os.path.join(output_dir, "pretrain", "backbone.json"))
+  lines = [
+      f"pre-training: {', '.join(cfg.pretrain_gin_files)}"
+      f"{' '.join([''] + list(cfg.pretrain_params))}{' (complete)' if pre_done else ''}"
+  ]
+  for i, seg in enumerate(segments):
+    target = f"step {seg.stop_at}" if seg.stop_at else "the end"
+    after = [("pre-training" if d < 0 else f"{d + 1}") for d in deps[i]]
+    state = ("complete"
+             if not remaining[i] else f"{remaining[i]} to run" if remaining[i] < steps[i] else "")
+    lines.append(f"{i + 1:>3}. {seg.run} to {target}: {steps[i]} steps" +
+                 (f", copied from {seg.fork_from}" if seg.fork_from else "") +
+                 (f", after {', '.join(after)}" if after else "") +
+                 (f" ({state})" if state else ""))
+  lines.append(f"{len(segments)} detection stages, {sum(steps)} steps, {sum(remaining)} still to "
+               f"run; the pre-training {'is complete' if pre_done else 'still to run'}")
+  return "\n".join(lines)
+
+
 def _checkpoint_step(model_dir: str) -> int:
   """Step of the latest checkpoint in `model_dir` (0 when there is none), without TF."""
   state = os.path.join(model_dir, "checkpoint")
@@ -155,14 +192,7 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
   checkpoint = os.path.join(pre_dir, "backbone")
   env = _child_env(jobs)
   t_study = time.time()
-  # Steps still to run per segment (for the ETA); a segment already complete is done.
-  remaining, position = [], {}
-  for seg in segments:
-    start = position.get(seg.run, _checkpoint_step(os.path.join(output_dir, seg.run)))
-    if seg.fork_from and not os.path.exists(os.path.join(output_dir, seg.run)):
-      start = position[seg.fork_from]
-    remaining.append(_steps(cfg, seg, start))
-    position[seg.run] = max(start, seg.stop_at or cfg.schedule(seg.num_x).total_steps)
+  remaining = _remaining_steps(cfg, segments, output_dir)
   done = {i for i, steps in enumerate(remaining) if not steps}
   # Among the ready stages: the pre-training first (half the plan waits for it), then the
   # full-data ones before the less-data arm (whose schedule is read off the full-data plateau:
@@ -300,6 +330,9 @@ def main(argv):
   cfg = StudyConfig()
   try:
     study_plan.validate(cfg)
+    if FLAGS.dry_run:
+      print(describe_plan(cfg, FLAGS.output_dir))
+      return
     if not FLAGS.report_only:
       run_study(cfg, FLAGS.output_dir, jobs=FLAGS.jobs)
   except StudyStopped as e:
@@ -318,6 +351,9 @@ def console_main():
   flags.DEFINE_multi_string("gin_param", [], "Extra bindings, e.g. StudyConfig.schedules=(1,2).")
   flags.DEFINE_string("output_dir", None, "Where the runs and the report go.", required=True)
   flags.DEFINE_bool("report_only", False, "Only rewrite the report from the runs on disk.")
+  flags.DEFINE_bool(
+      "dry_run", False, "Print the stages, their steps and what OUTPUT_DIR already "
+      "holds; run nothing.")
   flags.DEFINE_bool("quick", False, f"The short variant: adds {QUICK_GIN} after the gin files.")
   flags.DEFINE_integer("jobs", 2, "Stages run side by side (each with its share of the cores).")
   app.run(main)

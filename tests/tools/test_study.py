@@ -454,6 +454,29 @@ def test_sigterm_stops_the_running_stages_at_a_checkpoint_and_the_study_resumes(
   assert evals == list(range(50, 451, 50))
 
 
+def test_dry_run_lists_the_stages_and_what_is_on_disk(tmp_path):
+  cfg = _cfg()
+  out = tmp_path / "study"
+  text = study.describe_plan(cfg, str(out))
+  segments = study_plan.plan(cfg)
+  lines = text.splitlines()
+  assert lines[0] == "pre-training: gin_configs/demo/pretrain.gin"
+  assert lines[1] == "  1. scratch_3x_seed0 to step 100: 100 steps"
+  assert lines[
+      2] == "  2. scratch_1x_seed0 to the end: 50 steps, copied from scratch_3x_seed0, after 1"
+  assert any(
+      line.endswith("after pre-training") and "pretrained_2x_seed0 to step 100" in line
+      for line in lines)
+  assert lines[-1] == (f"{len(segments)} detection stages, {study_plan.training_steps(cfg)} "
+                       f"steps, {study_plan.training_steps(cfg)} still to run; the pre-training "
+                       "still to run")
+  exe, _ = _fake_python(tmp_path, short="scratch_3x_seed0")
+  with pytest.raises(study.StudyError):
+    study.run_study(cfg, str(out), python=exe)
+  lines = study.describe_plan(cfg, str(out)).splitlines()
+  assert lines[0].endswith("(complete)") and lines[1].endswith("(50 to run)")
+
+
 def test_a_segment_that_exits_short_of_its_step_is_a_failure(tmp_path):
   exe, _ = _fake_python(tmp_path, short="scratch_3x_seed0")
   out = tmp_path / "study"
