@@ -251,8 +251,7 @@ def gin_params(cfg: StudyConfig, segment: Segment, pretrained_checkpoint: str) -
       f"nx_schedule.base_lr_per_16 = {cfg.base_lr_per_16!r}",
       f"nx_schedule.warmup_steps = {cfg.warmup_steps}",
       f"TrainConfig.global_batch_size = {cfg.global_batch_size}",
-      f"TrainConfig.eval_every_steps = {every}",
-      f"TrainConfig.checkpoint_every_steps = {every}",
+      f"TrainConfig.eval_every_steps = {every}", f"TrainConfig.checkpoint_every_steps = {every}",
       f"TrainConfig.seed = {segment.seed}", f"TrainConfig.stop_at_step = {segment.stop_at}"
   ]
   if segment.init == "pretrained":
