@@ -258,8 +258,16 @@ def write_report(cfg: StudyConfig,
   wall = sum(t["seconds"] for t in times if t["stage"] == "study")
   steps_of = {n: cfg.schedule(n).total_steps for n in cfg.schedules}
 
-  seed_note = (f" (seed {cfg.seeds[0]} alone below {cfg.single_seed_below}x)"
-               if cfg.single_seed_below > 1 and len(cfg.seeds) > 1 else "")
+  seed_note = ""
+  if len(cfg.seeds) > 1 and cfg.every_seed_longest:
+    every = {
+        init: [f"{n}x" for n in cfg.arm_schedules[init] if len(cfg.seeds_of(init, n)) > 1]
+        for init in INITS
+    }
+    seed_note = (f" (every seed at {', '.join(every['pretrained'])} pretrained and "
+                 f"{', '.join(every['scratch'])} scratch, seed {cfg.seeds[0]} alone elsewhere)")
+  elif len(cfg.seeds) > 1 and cfg.single_seed_below > 1:
+    seed_note = f" (seed {cfg.seeds[0]} alone below {cfg.single_seed_below}x)"
   lines = ["# Rethinking ImageNet pre-training, in miniature", ""]
   lines += [
       f"Produced by `python -m rethink_tf.tools.study {command} --output_dir=DIR` on the "

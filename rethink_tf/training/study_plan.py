@@ -47,6 +47,11 @@ class StudyConfig:
       gaps are many times the seed spread, while the decisive points (the pretrained arm's
       plateau, where scratch catches up, the reference) run every seed. 1: every schedule runs
       every seed.
+    every_seed_longest: when set, only each arm's `every_seed_longest` longest schedules (of
+      those from `single_seed_below` on) run every seed, the others `seeds[0]` only: the
+      plateau and the one-beyond schedule decide the answer, and with the shorter schedules
+      forking off each seed's longest run a second seed costs its longest run plus one short
+      tail per extra schedule. None: every schedule from `single_seed_below` on.
     reference_schedule, reference_seeds: the scratch arm also runs this schedule with these
       seeds (the demo configuration: 3x = the demo's schedule), for the row beside
       `reference`.
@@ -78,6 +83,7 @@ class StudyConfig:
                eval_every_steps: int = 50,
                seeds: Sequence[int] = (0,),
                single_seed_below: int = 1,
+               every_seed_longest: Optional[int] = None,
                reference_schedule: Optional[int] = None,
                reference_seeds: Sequence[int] = (),
                reference: Optional[Dict] = None,
@@ -100,6 +106,7 @@ class StudyConfig:
     self.eval_every_steps = eval_every_steps
     self.seeds = tuple(seeds)
     self.single_seed_below = single_seed_below
+    self.every_seed_longest = every_seed_longest
     self.reference_schedule = reference_schedule
     self.reference_seeds = tuple(reference_seeds) if reference_schedule else ()
     self.reference = dict(reference) if reference else None
@@ -128,7 +135,10 @@ class StudyConfig:
 
   def seeds_of(self, init: str, num_x: int) -> Tuple[int, ...]:
     """Seeds of the full-data run of `init` at `num_x` (empty when the arm does not run it)."""
-    seeds = self.seeds if num_x >= self.single_seed_below else self.seeds[:1]
+    every = num_x >= self.single_seed_below and (
+        self.every_seed_longest is None or
+        num_x in self.arm_schedules[init][-self.every_seed_longest:])
+    seeds = self.seeds if every else self.seeds[:1]
     seeds = seeds if num_x in self.arm_schedules[init] else ()
     if init == "scratch" and num_x == self.reference_schedule:
       seeds += tuple(s for s in self.reference_seeds if s not in seeds)
