@@ -306,12 +306,9 @@ def write_report(cfg: StudyConfig,
         os.path.join(output_dir, study_plan.run_name("pretrained", longest["pretrained"], seed=s))
         for s in cfg.seeds
     ]
-    last_two = _mean_curve(longest_pre, t)[-2:]
+    curve = _mean_curve(longest_pre, t)
     text = reading(finals[t], steps_of, name, cfg.catch_up_tolerance, _first_reached(pre_dirs, t))
-    if len(last_two) == 2:
-      text.append(f"On the longest pretrained schedule the last two evaluations (iterations "
-                  f"{last_two[0][0]} and {last_two[1][0]}, mean over seeds) differ by "
-                  f"{points(last_two[1][1] - last_two[0][1])} points.")
+    text += _last_evaluations(curve, cfg.schedule(longest["pretrained"]).boundaries)
     lines += [f"**{name}.** " + " ".join(text), ""]
   if cfg.reference_schedule:
     lines += _reference_section(cfg, output_dir)
@@ -344,6 +341,27 @@ def write_report(cfg: StudyConfig,
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return path
+
+
+def _last_evaluations(curve: Sequence[Tuple[int, float]], decays: Sequence[int]) -> List[str]:
+  """Sentences on the last two evaluations of the longest pretrained schedule (`curve`: (step,
+  mean AP over seeds)): overall, naming the LR decays between them (a decay lifts AP by several
+  points at once), and at constant LR, i.e. before its first decay."""
+  spans = [("", list(curve))]
+  if decays:
+    spans.append((f" at constant LR, before its first decay at {decays[0]}",
+                  [p for p in curve if p[0] <= decays[0]]))
+  out = []
+  for what, span in spans:
+    if len(span) < 2:
+      continue
+    (a, ap_a), (b, ap_b) = span[-2:]
+    between = [str(d) for d in decays if a < d <= b]
+    note = (f"; the LR decays at {' and '.join(between)} lie between them" if len(between) > 1 else
+            f"; the LR decay at {between[0]} lies between them" if between else "")
+    out.append(f"On the longest pretrained schedule the last two evaluations{what} (iterations "
+               f"{a} and {b}, mean over seeds) differ by {points(ap_b - ap_a)} points{note}.")
+  return out
 
 
 def _first_reached(dirs: Sequence[str], iou_type: str) -> List[Tuple[int, float]]:

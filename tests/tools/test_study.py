@@ -260,6 +260,21 @@ def test_reading_states_gaps_with_the_seed_spread_plateau_and_catch_up():
   assert study_reading.plateau({1: _sp(0.3), 2: _sp(0.5), 3: _sp(0.505), 4: _sp(0.509)}, 0.01) == 2
 
 
+def test_last_evaluations_name_the_lr_decays_between_them():
+  curve = [(400, 0.30), (800, 0.50), (1200, 0.60), (1600, 0.65), (2000, 0.69), (2133, 0.72)]
+  first, constant = study_report._last_evaluations(curve, (1956, 2074))
+  assert first == ("On the longest pretrained schedule the last two evaluations (iterations 2000 "
+                   "and 2133, mean over seeds) differ by +3.0 points; the LR decay at 2074 lies "
+                   "between them.")
+  # At constant LR: the last two evaluations before the first decay.
+  assert constant == ("On the longest pretrained schedule the last two evaluations at constant "
+                      "LR, before its first decay at 1956 (iterations 1200 and 1600, mean over "
+                      "seeds) differ by +5.0 points.")
+  both = study_report._last_evaluations([(1600, 0.65), (2133, 0.72)], (1956, 2074))
+  assert both[0].endswith("the LR decays at 1956 and 2074 lie between them.") and len(both) == 1
+  assert study_report._last_evaluations([(400, 0.3)], (1956,)) == []
+
+
 def test_less_data_reading_flags_overfitting():
   full = {"scratch": _sp(0.55, 0.57), "pretrained": _sp(0.58, 0.59)}
   text = study_reading.less_data_reading(
