@@ -63,6 +63,15 @@ def plateau(arm: Dict[int, Spread], tolerance: float) -> Optional[int]:
   return None
 
 
+def _fewer(scratch_steps: int, pretrained_steps: int) -> str:
+  """How many times fewer iterations pretrained needed (or more, when it needed more)."""
+  if pretrained_steps < scratch_steps:
+    return f"{scratch_steps / pretrained_steps:.1f}x fewer"
+  if pretrained_steps > scratch_steps:
+    return f"{pretrained_steps / scratch_steps:.1f}x more"
+  return "as many"
+
+
 def reading(finals: Dict[str, Dict[int, Spread]],
             steps_of: Dict[int, int],
             metric: str,
@@ -133,7 +142,7 @@ def reading(finals: Dict[str, Dict[int, Spread]],
     if reached:
       step, ap = reached[0]
       matches.append(f"scratch's {n}x mean ({scratch[n].mean:.3f}, {steps_of[n]} iterations) "
-                     f"at iteration {step} ({ap:.3f}): {steps_of[n] / step:.1f}x fewer")
+                     f"at iteration {step} ({ap:.3f}): {_fewer(steps_of[n], step)}")
     else:
       matches.append(f"scratch's {n}x mean ({scratch[n].mean:.3f}) never")
   out.append("Pretrained reached " + "; ".join(matches) + " (its evaluations are periodic, so "

@@ -297,17 +297,13 @@ def write_report(cfg: StudyConfig,
   lines += ["## Final AP by schedule", ""] + _schedule_table(cfg, finals)
   lines += ["", "![final AP by schedule](final_ap_by_schedule.png)", "", "## Reading", ""]
   for t, name in (("bbox", "box AP"), ("segm", "mask AP")):
-    pre_dirs = [
-        os.path.join(output_dir, study_plan.run_name("pretrained", n, seed=s))
-        for n in cfg.arm_schedules["pretrained"]
-        for s in cfg.seeds_of("pretrained", n)
-    ]
     longest_pre = [
         os.path.join(output_dir, study_plan.run_name("pretrained", longest["pretrained"], seed=s))
         for s in cfg.seeds
     ]
     curve = _mean_curve(longest_pre, t)
-    text = reading(finals[t], steps_of, name, cfg.catch_up_tolerance, _first_reached(pre_dirs, t))
+    text = reading(finals[t], steps_of, name, cfg.catch_up_tolerance,
+                   _first_reached(cfg, output_dir, t))
     text += _last_evaluations(curve, cfg.schedule(longest["pretrained"]).boundaries)
     lines += [f"**{name}.** " + " ".join(text), ""]
   if cfg.reference_schedule:
@@ -364,10 +360,18 @@ def _last_evaluations(curve: Sequence[Tuple[int, float]], decays: Sequence[int])
   return out
 
 
-def _first_reached(dirs: Sequence[str], iou_type: str) -> List[Tuple[int, float]]:
-  """The pretrained arm's evaluations as (step, mean AP over the runs evaluated there); a
-  fork repeats its source's steps, which are counted once per run directory."""
-  return _mean_curve(dirs, iou_type)
+def _first_reached(cfg: StudyConfig, output_dir: str, iou_type: str) -> List[Tuple[int, float]]:
+  """The pretrained arm's evaluations as (step, AP): each schedule's curve averaged over its
+  seeds, the schedules' points side by side. Averaging across schedules would mix, at one
+  step, a run's final AP after its LR decays with a longer run's AP at constant LR."""
+  points_ = []
+  for n in cfg.arm_schedules["pretrained"]:
+    dirs = [
+        os.path.join(output_dir, study_plan.run_name("pretrained", n, seed=s))
+        for s in cfg.seeds_of("pretrained", n)
+    ]
+    points_ += _mean_curve(dirs, iou_type)
+  return sorted(points_)
 
 
 def _cpu_model() -> str:

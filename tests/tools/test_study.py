@@ -218,7 +218,7 @@ def test_reading_states_gaps_with_the_seed_spread_plateau_and_catch_up():
   assert ("Scratch comes within the seed spread of the best pretrained box AP (0.565 [0.560, "
           "0.570] at 3x) at 4x: 0.560 [0.550, 0.570], -0.5 points against a spread of 2.0; "
           "that is 2.0x the iterations of the pretrained arm's plateau (600 vs 300).") in text
-  assert "scratch's 1x mean (0.210, 150 iterations) at iteration 150 (0.460): 1.0x" in text
+  assert "scratch's 1x mean (0.210, 150 iterations) at iteration 150 (0.460): as many" in text
   with_curve = " ".join(
       study_reading.reading(finals, steps, "box AP", 0.01, [(50, 0.1), (100, 0.3), (150, 0.46),
                                                             (300, 0.56)]))
@@ -273,6 +273,31 @@ def test_last_evaluations_name_the_lr_decays_between_them():
   both = study_report._last_evaluations([(1600, 0.65), (2133, 0.72)], (1956, 2074))
   assert both[0].endswith("the LR decays at 1956 and 2074 lie between them.") and len(both) == 1
   assert study_report._last_evaluations([(400, 0.3)], (1956,)) == []
+
+
+def test_pretrained_iterations_to_a_scratch_result_read_each_schedule_apart(tmp_path):
+  # A fork copies its source's evaluations: at step 200 the 2x run's constant-LR 0.40 and the
+  # 1x run's final 0.60 (after its decays) must not be averaged into 0.50.
+  cfg = _cfg(pretrained_schedules=(1, 2), seeds=(0,), reference_schedule=None)
+  for run, rows in (("pretrained_1x_seed0", [(50, 0.2), (100, 0.35),
+                                             (150, 0.60)]), ("pretrained_2x_seed0", [(50, 0.2),
+                                                                                     (100, 0.35),
+                                                                                     (150, 0.40),
+                                                                                     (200, 0.45),
+                                                                                     (300, 0.70)])):
+    os.makedirs(tmp_path / run)
+    with open(tmp_path / run / "eval_metrics.jsonl", "w") as f:
+      for step, ap in rows:
+        f.write(json.dumps({"step": step, "bbox": {"AP": ap}}) + "\n")
+  curve = study_report._first_reached(cfg, str(tmp_path), "bbox")
+  assert (150, 0.60) in curve and (150, 0.40) in curve and (150, 0.5) not in curve
+  text = study_reading.reading(
+      {"scratch": {1: _sp(0.55), 2: _sp(0.65)}, "pretrained": {1: _sp(0.60), 2: _sp(0.70)}},
+      {1: 150, 2: 300}, "box AP", 0.01, curve)[-1]
+  assert "scratch's 1x mean (0.550, 150 iterations) at iteration 150 (0.600): as many" in text
+  assert "scratch's 2x mean (0.650, 300 iterations) at iteration 300 (0.700): as many" in text
+  assert study_reading._fewer(300, 150) == "2.0x fewer"
+  assert study_reading._fewer(150, 300) == "2.0x more"
 
 
 def test_less_data_reading_flags_overfitting():
