@@ -302,7 +302,10 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
     for th in threads:
       th.start()
     for th in threads:
-      th.join()
+      # A process-directed SIGTERM may land on any thread, and a main thread blocked in a
+      # plain join() would not run the handler until that thread ends: wake it to look.
+      while th.is_alive():
+        th.join(timeout=0.2)
   finally:
     if in_main:
       signal.signal(signal.SIGTERM, previous)

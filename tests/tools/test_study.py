@@ -7,6 +7,8 @@ import os
 import signal
 import stat
 import sys
+import threading
+import time
 
 import gin
 import pytest
@@ -355,7 +357,10 @@ def preempted(*_):  # as the trainer: save at the current step, exit 0
   reach(min(start + 50, end)); log(preempted=True); sys.exit(0)
 signal.signal(signal.SIGTERM, preempted)
 if {term!r} and {term!r} in model_dir:  # a SIGTERM to the study while this stage runs
-  os.kill(os.getppid(), signal.SIGTERM)
+  if {term_file!r}:  # the test delivers it
+    open({term_file!r}, "w").close()
+  else:
+    os.kill(os.getppid(), signal.SIGTERM)
   time.sleep(30)
 time.sleep({sleep!r})
 if {fail!r} and {fail!r} in model_dir:
@@ -367,12 +372,18 @@ log()
 '''
 
 
-def _fake_python(tmp_path, fail="", sleep=0.0, short="", term=""):
+def _fake_python(tmp_path, fail="", sleep=0.0, short="", term="", term_file=""):
   log = tmp_path / "calls.jsonl"
   script = tmp_path / "fake.py"
   totals = {str(n): _cfg().schedule(n).total_steps for n in (1, 2, 3)}
   script.write_text(
-      FAKE.format(totals=totals, log=str(log), fail=fail, sleep=sleep, short=short, term=term))
+      FAKE.format(totals=totals,
+                  log=str(log),
+                  fail=fail,
+                  sleep=sleep,
+                  short=short,
+                  term=term,
+                  term_file=term_file))
   exe = tmp_path / "python"
   exe.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
   exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
@@ -507,6 +518,27 @@ def test_sigterm_stops_the_running_stages_at_a_checkpoint_and_the_study_resumes(
       json.loads(line)["step"] for line in open(out / "scratch_3x_seed1" / "eval_metrics.jsonl")
   ]
   assert evals == list(range(50, 451, 50))
+
+
+def test_a_sigterm_that_lands_on_a_worker_thread_still_stops_the_study(tmp_path):
+  # The kernel may hand a process-directed signal to any thread; here it lands on a thread that
+  # is not the main one, whose handler must still run while the stage is going (the stage
+  # waits 30 s for it, then would run on to its end).
+  cfg = _cfg()
+  flag = tmp_path / "stage_started"
+  exe, log = _fake_python(tmp_path, sleep=0.2, term="scratch_3x_seed1", term_file=str(flag))
+
+  def deliver():
+    while not flag.exists():
+      time.sleep(0.02)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+  threading.Thread(target=deliver, daemon=True).start()
+  with pytest.raises(study.StudyStopped, match="run the same command to resume"):
+    study.run_study(cfg, str(tmp_path / "study"), python=exe, jobs=2)
+  assert (tmp_path / "study" / "scratch_3x_seed1" /
+          "checkpoint").read_text() == ('model_checkpoint_path: "ckpt-50"\n')
+  assert any(c.get("preempted") for c in map(json.loads, open(log)))
 
 
 def test_dry_run_lists_the_stages_and_what_is_on_disk(tmp_path):
