@@ -50,6 +50,17 @@ def _pump(stream, prefix):
     sys.stdout.flush()
 
 
+def _wait_awake(proc: subprocess.Popen) -> int:
+  """proc's exit code, waking every 0.2 s: a signal the kernel hands to another thread (an
+  output pump) runs its Python handler only when the main thread runs, and a plain wait()
+  would hold it back until a worker exits."""
+  while True:
+    try:
+      return proc.wait(timeout=0.2)
+    except subprocess.TimeoutExpired:
+      pass
+
+
 def launch(command: Sequence[str], num_workers: int, env=None) -> int:
   """Starts the workers, waits for all of them; returns the job's exit code."""
   procs, pumps = [], []
@@ -73,7 +84,7 @@ def launch(command: Sequence[str], num_workers: int, env=None) -> int:
 
   previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
-    codes = [p.wait() for p in procs]
+    codes = [_wait_awake(p) for p in procs]
   finally:
     for s, h in previous.items():
       signal.signal(s, h)
