@@ -6,6 +6,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from rethink_tf.data import pil_resize
+
 
 def decode_image(encoded, jpeg_dct_method: str = "", expand_animations: bool = True):
   """Encoded JPEG / PNG / GIF / BMP / WebP -> uint8 [H, W, 3] ([N, H, W, 3] for an animated
@@ -21,23 +23,42 @@ def decode_image(encoded, jpeg_dct_method: str = "", expand_animations: bool = T
                  any_format)
 
 
+RESIZE_METHODS = ("tensorflow", "pil")
+
+
 def resize_for_model(image,
                      short_side: int,
                      max_long_side: int,
                      padded_size: Sequence[int],
                      short=None,
-                     antialias: bool = False):
+                     antialias: bool = False,
+                     method: str = "tensorflow"):
   """Resizes to short side `short_side` (or `short`, a jittered one), long side <= max_long_side,
   never beyond `padded_size`. The input pipeline and the exported SavedModel both call this, so
   served images are resized exactly as evaluated ones.
 
+  method: "tensorflow" (`tf.image.resize`'s bilinear in float, `antialias` when shrinking;
+    sizes round(side * scale)) or "pil" (detectron2's `ResizeShortestEdge`: its size rule and
+    Pillow's bilinear filter on the uint8 image, rounded to uint8; `pil_resize.py`).
   Args:
-    image: [H, W, 3] uint8 or float (H, W > 0).
+    image: [H, W, 3] uint8 (or float, "tensorflow" only) (H, W > 0).
   Returns:
-    (image [h, w, 3] float32 bilinear-resized, scale float32 scalar, size [2] float32 (h, w)).
+    (image [h, w, 3] float32 resized, scale [2] float32 (h / H, w / W: one value twice for
+    "tensorflow", each axis's own for "pil", as detectron2 maps boxes back), size [2] float32
+    (h, w)).
   """
   h = tf.cast(tf.shape(image)[0], tf.float32)
   w = tf.cast(tf.shape(image)[1], tf.float32)
+  if method == "pil":
+    new = pil_resize.detectron2_output_size(h, w, short_side if short is None else short,
+                                            max_long_side)
+    new = tf.minimum(new, tf.constant(padded_size, tf.int32))
+    resized = pil_resize.pil_bilinear_resize(tf.cast(image, tf.uint8), new[0], new[1])
+    size = tf.cast(new, tf.float32)
+    scale = tf.cast(tf.cast(new, tf.float64) / tf.cast(tf.stack([h, w]), tf.float64), tf.float32)
+    return tf.cast(resized, tf.float32), scale, size
+  if method != "tensorflow":
+    raise ValueError(f"resize method must be one of {RESIZE_METHODS}, got {method!r}")
   short = tf.constant(float(short_side)) if short is None else short
   scale = tf.minimum(short / tf.minimum(h, w), max_long_side / tf.maximum(h, w))
   scale = tf.minimum(scale, tf.minimum(padded_size[0] / h, padded_size[1] / w))
@@ -46,7 +67,7 @@ def resize_for_model(image,
   # uint8 straight into the resize (same values as casting first): a float copy at the input's
   # resolution would cost 12 bytes per pixel, 145 MB for a 12 MP photo.
   image = tf.image.resize(image, tf.cast([new_h, new_w], tf.int32), antialias=antialias)
-  return image, scale, tf.stack([new_h, new_w])
+  return image, tf.stack([scale, scale]), tf.stack([new_h, new_w])
 
 
 def normalize_and_pad(image, pixel_mean: Sequence[float], pixel_std: Sequence[float],
@@ -56,3 +77,10 @@ def normalize_and_pad(image, pixel_mean: Sequence[float], pixel_std: Sequence[fl
     image = image[..., ::-1]
   image = (image - tf.constant(pixel_mean)) / tf.constant(pixel_std)
   return tf.image.pad_to_bounding_box(image, 0, 0, *padded_size)
+
+
+def fit_canvas(size, divisibility: int):
+  """The smallest canvas holding `size` (int32 [..., 2] h, w) whose sides are multiples of
+  `divisibility`."""
+  d = tf.constant(divisibility, size.dtype)
+  return (size + d - 1) // d * d

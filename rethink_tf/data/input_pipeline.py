@@ -11,7 +11,13 @@ import gin
 import tensorflow as tf
 from official.vision.dataloaders import tf_example_decoder
 
-from rethink_tf.data.image_preprocessing import decode_image, normalize_and_pad, resize_for_model
+from rethink_tf.data.image_preprocessing import (
+    RESIZE_METHODS,
+    decode_image,
+    fit_canvas,
+    normalize_and_pad,
+    resize_for_model,
+)
 from rethink_tf.layers.roi_align import roi_align_flat
 from rethink_tf.modeling import anchors as anchor_lib
 from rethink_tf.modeling import keypoints as keypoint_lib
@@ -21,6 +27,7 @@ from rethink_tf.run_config import ConfigError
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 JPEG_DCT_METHODS = ("", "INTEGER_FAST", "INTEGER_ACCURATE")
+EVAL_CANVASES = ("fit", "fixed")
 
 
 @gin.configurable
@@ -50,6 +57,9 @@ class InputConfig:
                keypoint_oks_sigmas: Sequence[float] = (),
                jpeg_dct_method: str = "",
                resize_antialias: bool = False,
+               resize_method: str = "tensorflow",
+               eval_canvas: str = "fit",
+               size_divisibility: int = 32,
                skip_damaged_records: bool = False):
     self.train_pattern, self.val_pattern = train_pattern, val_pattern
     self.val_annotations = val_annotations
@@ -76,6 +86,22 @@ class InputConfig:
     # ResizeShortestEdge); without it (the default, OpenCV's and Detectron's), shrinking samples
     # 4 pixels per output pixel. Enlarging is the same either way.
     self.resize_antialias = resize_antialias
+    # "pil": detectron2's resize (its size rule, Pillow's bilinear on the uint8 image, rounded
+    # to uint8), bit for bit; converted detectron2 models bind it (`image_preprocessing`).
+    if resize_method not in RESIZE_METHODS:
+      raise ConfigError(f"InputConfig.resize_method must be one of {RESIZE_METHODS}, got "
+                        f"{resize_method!r}")
+    self.resize_method = resize_method
+    # Evaluation canvases. "fit": each batch is padded only to its largest resized image,
+    # rounded up to `size_divisibility` (detectron2's `ImageList.from_tensors`), so an image's
+    # features do not depend on a canvas chosen for the largest possible image (GroupNorm's
+    # statistics cover the padding); "fixed": every batch at `padded_size` (one static shape,
+    # for XLA and TPUs).
+    if eval_canvas not in EVAL_CANVASES:
+      raise ConfigError(f"InputConfig.eval_canvas must be one of {EVAL_CANVASES}, got "
+                        f"{eval_canvas!r}")
+    self.eval_canvas = eval_canvas
+    self.size_divisibility = int(size_divisibility)
     self.shuffle_buffer, self.cache = shuffle_buffer, cache
     # Train past training records that fail their checksum, are cut short or do not parse
     # (`damaged_records.repair`: counted and reported); by default such a record stops the run.
@@ -156,11 +182,11 @@ class Parser:
       lo, hi = cfg.scale_jitter
       short = tf.cast(tf.random.stateless_uniform([], seed, lo, hi + 1, tf.int32), tf.float32)
     return resize_for_model(image, cfg.short_side, cfg.max_long_side, cfg.padded_size, short,
-                            cfg.resize_antialias)
+                            cfg.resize_antialias, cfg.resize_method)
 
-  def _normalize_and_pad(self, image):
+  def _normalize_and_pad(self, image, padded_size=None):
     cfg = self.cfg
-    return normalize_and_pad(image, cfg.pixel_mean, cfg.pixel_std, cfg.channel_order,
+    return normalize_and_pad(image, cfg.pixel_mean, cfg.pixel_std, cfg.channel_order, padded_size or
                              cfg.padded_size)
 
   def parse_train(self, index, data, seed: int):
@@ -233,8 +259,15 @@ class Parser:
         sample_seed=tf.random.experimental.stateless_fold_in(seed, 3))
 
   def parse_eval(self, data):
+    """One evaluation example; with `eval_canvas = "fit"` its image is padded only to its own
+    size rounded up to `size_divisibility` (`make_dataset` pads each batch to its largest)."""
     image, scale, size = self._resize(data["image"], None, False)
-    return dict(images=self._normalize_and_pad(image),
+    if self.cfg.eval_canvas == "fit":
+      canvas = fit_canvas(tf.cast(size, tf.int32), self.cfg.size_divisibility)
+      images = self._normalize_and_pad(image, [canvas[0], canvas[1]])
+    else:
+      images = self._normalize_and_pad(image)
+    return dict(images=images,
                 image_size=size,
                 scale=scale,
                 source_id=tf.strings.to_number(data["source_id"], tf.int64),
@@ -355,5 +388,7 @@ def make_dataset(cfg: InputConfig,
     ds = ds.map(lambda s: parser.parse_eval(decoder.decode(s)),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=False)
+    # "fit": each image is padded to its own multiple of size_divisibility, the batch to its
+    # largest (a multiple too); padding is 0 after normalization, as detectron2's.
+    ds = ds.padded_batch(batch_size, drop_remainder=False)
   return ds.prefetch(tf.data.AUTOTUNE)

@@ -30,21 +30,26 @@ def to_original_images(det: Dict[str, np.ndarray], scales, orig_hws):
   return boxes.numpy(), None if rles is None else rles.numpy()
 
 
-def detect_function(model):
+def detect_function(model, any_canvas: bool = False):
   """`model.detect` as one tf.function per model, created on first use and then reused.
 
   Training evaluates every few thousand steps; a new tf.function per evaluation retraced and
   re-optimized the whole detector each time (about 10 s of a 20 s evaluation of 4 images at
-  R50-FPN 512 px on 2 CPU cores).
+  R50-FPN 512 px on 2 CPU cores). `any_canvas`: traced once for batches of any size and canvas
+  (`eval_canvas = "fit"`: COCO's photos give dozens of canvases, each a trace otherwise);
+  else traced per input shape (one, for a fixed canvas).
   """
-  fn = model.__dict__.get("_detect_function")
+  key = "_detect_function_any_canvas" if any_canvas else "_detect_function"
+  fn = model.__dict__.get(key)
   if fn is None:
     # No autograph: the detector has no tensor-dependent Python control flow (the trainer's
     # step is traced the same way), and converting it recursively costs seconds per trace.
-    fn = tf.function(model.detect, autograph=False)
+    signature = [tf.TensorSpec([None, None, None, 3]),
+                 tf.TensorSpec([None, 2])] if any_canvas else None
+    fn = tf.function(model.detect, autograph=False, input_signature=signature)
     # Not a Keras-tracked attribute (checkpoints and exports stay as they are); the cycle
     # model -> function -> model is freed with the model.
-    object.__setattr__(model, "_detect_function", fn)
+    object.__setattr__(model, key, fn)
   return fn
 
 
@@ -54,7 +59,8 @@ def _validation_dataset(model, cfg: InputConfig, batch_size: int) -> tf.data.Dat
   an 8-image evaluation at 512 px)."""
   key = (cfg.val_pattern, batch_size, cfg.short_side, cfg.max_long_side, tuple(cfg.padded_size),
          tuple(cfg.pixel_mean), tuple(cfg.pixel_std), cfg.channel_order, cfg.jpeg_dct_method,
-         cfg.resize_antialias, tuple(sorted(tf.io.gfile.glob(cfg.val_pattern))))
+         cfg.resize_antialias, cfg.resize_method, cfg.eval_canvas, cfg.size_divisibility,
+         tuple(sorted(tf.io.gfile.glob(cfg.val_pattern))))
   cache = model.__dict__.get("_validation_datasets")
   if cache is None:
     cache = {}
@@ -65,11 +71,11 @@ def _validation_dataset(model, cfg: InputConfig, batch_size: int) -> tf.data.Dat
 
 
 def _batches(model, cfg: InputConfig, batch_size: int, tta: Optional[TestTimeAugmentation]):
-  """Yields (detections as numpy, the base-scale batch, per-image scale of the detections'
-  frame). With `tta`, the same images at every test scale are zipped into one step and the
-  detections are already in input-image pixels (scale 1)."""
+  """Yields (detections as numpy, the base-scale batch, per-image (y, x) scale [B, 2] of the
+  detections' frame). With `tta`, the same images at every test scale are zipped into one step
+  and the detections are already in input-image pixels (scale 1)."""
   if tta is None:
-    detect = detect_function(model)
+    detect = detect_function(model, any_canvas=cfg.eval_canvas == "fit")
     for batch in _validation_dataset(model, cfg, batch_size):
       det = detect(batch["images"], batch["image_size"])
       yield {k: v.numpy() for k, v in det.items()}, batch, batch["scale"].numpy()
@@ -82,7 +88,8 @@ def _batches(model, cfg: InputConfig, batch_size: int, tta: Optional[TestTimeAug
     if any(i != ids[0] for i in ids):  # the scales read the same files in the same order
       raise RuntimeError(f"test-time augmentation: the scales' batches differ ({ids})")
     det = detect_tta(model, batches, augmentations)
-    yield ({k: v.numpy() for k, v in det.items()}, batches[0], np.ones([len(ids[0])], np.float32))
+    ones = np.ones([len(ids[0]), 2], np.float32)
+    yield {k: v.numpy() for k, v in det.items()}, batches[0], ones
 
 
 def predict_coco_results(model,
@@ -102,8 +109,8 @@ def predict_coco_results(model,
       cats = category_ids[det["classes"][i, :n] - 1]
       keypoints = None
       if "keypoints" in det:  # detection frame -> original pixels; the score stays
-        scale = float(det_scale[i])
-        keypoints = det["keypoints"][i, :n] / np.array([scale, scale, 1.0])
+        scale_y, scale_x = (float(v) for v in det_scale[i])
+        keypoints = det["keypoints"][i, :n] / np.array([scale_x, scale_y, 1.0])
       results += coco_evaluator.detections_to_coco(
           int(batch["source_id"][i]),
           all_boxes[i, :n],

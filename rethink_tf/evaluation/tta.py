@@ -43,7 +43,8 @@ class TestTimeAugmentation:
 
   def input_configs(self, cfg: InputConfig, size_divisor: int) -> List[InputConfig]:
     """One evaluation input config per scale, the base scale first; each pads to a square
-    multiple of size_divisor that holds its resized images."""
+    multiple of size_divisor that holds its resized images (its canvas with
+    `eval_canvas = "fixed"`; with "fit", its largest)."""
     configs = [cfg]
     for short in self.scales:
       if short == cfg.short_side:
@@ -80,9 +81,10 @@ def flip_boxes(boxes, image_width):
   return tf.stack([y1, w[..., 0] - x2, y2, w[..., 0] - x1], axis=-1)
 
 
-def _scale(x, scale):
-  """Multiplies [B, ...] by a per-image scale [B]."""
-  return x * tf.reshape(tf.cast(scale, x.dtype), [-1] + [1] * (x.shape.rank - 1))
+def _scale(boxes, scale):
+  """Multiplies boxes [B, ..., 4] yxyx by a per-image (y, x) scale [B, 2]."""
+  scale = tf.tile(tf.cast(scale, boxes.dtype), [1, 2])
+  return boxes * tf.reshape(scale, [-1] + [1] * (boxes.shape.rank - 2) + [4])
 
 
 def detect_tta(model, batches: Sequence[Dict[str, tf.Tensor]],
@@ -153,8 +155,8 @@ def _functions(model):
       raise ValueError("keypoints come from the first, unflipped augmentation")
     feats, _ = features(batch, False)
     points = model.keypoint_points(feats, to_frame(boxes, batch, False))
-    scale = tf.cast(batch["scale"], tf.float32)[:, None, None, None]
-    return tf.concat([points[..., :2] / scale, points[..., 2:]], -1)
+    scale_xy = tf.reverse(tf.cast(batch["scale"], tf.float32), [-1])[:, None, None, :]
+    return tf.concat([points[..., :2] / scale_xy, points[..., 2:]], -1)
 
   fns = {
       "boxes": tf.function(aug_boxes), "nms": tf.function(nms), "masks": tf.function(aug_masks),

@@ -12,7 +12,6 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
-from official.vision.ops import anchor as mg_anchor
 
 from rethink_tf.layers import box_ops
 
@@ -27,7 +26,8 @@ def multilevel_anchors(image_size: Sequence[int],
                        anchor_scales: Sequence[float] = (1.0,),
                        offset: float = 0.5,
                        detectron_rounding: bool = False) -> Dict[int, tf.Tensor]:
-  """Anchors per level, dict level -> [H_l * W_l * A, 4] float32 [y1, x1, y2, x2] pixels.
+  """Anchors per level of a canvas of `image_size`, dict level -> [H_l * W_l * A, 4] float32
+  [y1, x1, y2, x2] pixels, H_l = ceil(H / 2^l) (the feature map's size).
 
   A = len(anchor_scales) * len(aspect_ratios); anchor sizes are
   `anchor_size * scale * stride`; an aspect ratio is width / height (Model Garden's; detectron2
@@ -38,21 +38,57 @@ def multilevel_anchors(image_size: Sequence[int],
   `detectron_rounding`: Detectron's `generate_anchors` (integer widths and heights, inclusive
   "+1" coordinates, centred at (stride - 1) / 2; `offset` is then unused).
   """
-  if detectron_rounding:
-    return _detectron_anchors(image_size, min_level, max_level, aspect_ratios, anchor_size,
-                              anchor_scales)
-  per_scale = []
-  for scale in anchor_scales:
-    gen = mg_anchor.Anchor(min_level, max_level, 1, list(aspect_ratios), anchor_size * scale,
-                           list(image_size))
-    per_scale.append(gen.multilevel_boxes)
+  shapes = {
+      level: (-(-int(image_size[0]) // 2**level), -(-int(image_size[1]) // 2**level))
+      for level in range(min_level, max_level + 1)
+  }
+  return grid_anchors(shapes, aspect_ratios, anchor_size, anchor_scales, offset, detectron_rounding)
+
+
+def grid_anchors(level_shapes: Dict[int, Tuple],
+                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                 anchor_size: float = 8.0,
+                 anchor_scales: Sequence[float] = (1.0,),
+                 offset: float = 0.5,
+                 detectron_rounding: bool = False) -> Dict[int, tf.Tensor]:
+  """`multilevel_anchors` for feature maps of the given sizes: {level: (H_l, W_l)}, Python ints
+  or int32 scalar tensors (a canvas whose size is known only when the graph runs).
+
+  The stride of level l is 2^l whatever the canvas, as detectron2's and Detectron's generators
+  (Model Garden's `Anchor` stretches it to canvas / H_l when the canvas is not a multiple of
+  2^l; on multiples, which are all this project's fixed canvases, the values are identical:
+  centres (i + 0.5) * stride and half sizes in float32, then the offset).
+  """
   out = {}
-  for k in per_scale[0]:
-    h, w = per_scale[0][k].shape[:2]
-    grids = [tf.reshape(boxes[k], [h, w, len(aspect_ratios), 4]) for boxes in per_scale]
-    boxes = tf.reshape(tf.concat(grids, axis=2), [-1, 4])
-    # Model Garden centres at (i + 0.5) * stride.
-    out[int(k)] = boxes + (offset - 0.5) * 2.0**int(k)
+  for level, (h, w) in level_shapes.items():
+    stride = 2**int(level)
+    if detectron_rounding:
+      # Detectron orders a cell's anchors ratio-major; ours (and the RPN head's channels for
+      # converted weights) scale-major, so build one size at a time.
+      cells = np.stack([
+          detectron_cell_anchors(stride, [anchor_size * s * stride],
+                                 [1.0 / r for r in aspect_ratios]) for s in anchor_scales
+      ],
+                       axis=0)  # [S, R, 4] xyxy
+      cells = tf.constant(cells.reshape(-1, 4)[:, [1, 0, 3, 2]], tf.float64)  # yxyx
+      ys = tf.cast(tf.range(h), tf.float64) * stride
+      xs = tf.cast(tf.range(w), tf.float64) * stride
+      ys, xs = tf.meshgrid(ys, xs, indexing="ij")
+      shifts = tf.stack([ys, xs, ys, xs], axis=-1)[:, :, None, :]
+      out[int(level)] = tf.cast(tf.reshape(shifts + cells, [-1, 4]), tf.float32)
+      continue
+    halves = []  # (half height, half width) per (scale, ratio), as Model Garden computes them
+    for s in anchor_scales:
+      for r in aspect_ratios:
+        base = anchor_size * s * stride
+        halves.append((base * r**-0.5 / 2.0, base * r**0.5 / 2.0))
+    half = tf.constant(halves, tf.float32)  # [A, 2]
+    cy = tf.cast(tf.range(h), tf.float32) * float(stride) + stride / 2.0
+    cx = tf.cast(tf.range(w), tf.float32) * float(stride) + stride / 2.0
+    cy, cx = tf.meshgrid(cy, cx, indexing="ij")
+    cy, cx = cy[:, :, None], cx[:, :, None]
+    boxes = tf.stack([cy - half[:, 0], cx - half[:, 1], cy + half[:, 0], cx + half[:, 1]], -1)
+    out[int(level)] = tf.reshape(boxes, [-1, 4]) + (offset - 0.5) * float(stride)
   return out
 
 
@@ -76,29 +112,6 @@ def detectron_cell_anchors(stride: int, sizes: Sequence[float],
   hs = np.round(ws * ratios)
   scales = np.asarray(sizes, np.float64) / stride
   return np.concatenate([boxes(w * scales, h * scales) for w, h in zip(ws, hs)], axis=0)
-
-
-def _detectron_anchors(image_size, min_level, max_level, aspect_ratios, anchor_size, anchor_scales):
-  """Detectron's FPN anchors: cell anchors shifted by (j * stride, i * stride), as yxyx.
-
-  Our `aspect_ratios` are width / height; Detectron's generator takes height / width."""
-  out = {}
-  for level in range(min_level, max_level + 1):
-    stride = 2**level
-    # Detectron orders a cell's anchors ratio-major; ours (and the RPN head's channels for
-    # converted weights) scale-major, so build one size at a time.
-    cells = np.stack([
-        detectron_cell_anchors(stride, [anchor_size * s * stride], [1.0 / r
-                                                                    for r in aspect_ratios])
-        for s in anchor_scales
-    ],
-                     axis=0)  # [S, R, 4] xyxy
-    cells = cells.reshape(-1, 4)[:, [1, 0, 3, 2]]  # yxyx, scale-major
-    h, w = -(-image_size[0] // stride), -(-image_size[1] // stride)
-    ys, xs = np.meshgrid(np.arange(h) * stride, np.arange(w) * stride, indexing="ij")
-    shifts = np.stack([ys, xs, ys, xs], axis=-1).reshape(-1, 1, 4)
-    out[level] = tf.constant((shifts + cells[None]).reshape(-1, 4), tf.float32)
-  return out
 
 
 def rpn_targets(anchors,

@@ -169,9 +169,11 @@ def detectron2_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Det
   fmt_in = require_choice(cfg, "INPUT.FORMAT", ("BGR", "RGB"), path)
   inputs = _test_size(int(config_value(cfg, "INPUT.MIN_SIZE_TEST")),
                       int(config_value(cfg, "INPUT.MAX_SIZE_TEST")))
-  # detectron2 resizes uint8 images with PIL's bilinear filter (antialiased when shrinking).
+  # detectron2 resizes uint8 images with PIL's bilinear filter (antialiased when shrinking,
+  # rounded to uint8) and its own size rule; evaluation pads each batch to its largest image
+  # rounded up to 32 (the default `eval_canvas`), as its `ImageList.from_tensors`.
   inputs.update(channel_order=fmt_in,
-                resize_antialias=True,
+                resize_method="pil",
                 pixel_mean=tuple(float(v) for v in config_value(cfg, "MODEL.PIXEL_MEAN")),
                 pixel_std=tuple(float(v) for v in config_value(cfg, "MODEL.PIXEL_STD")))
   return DetectorSpec("detectron2", m, inputs, int(rh["NUM_CLASSES"]), counts, [2, 3, 4, 5])

@@ -169,12 +169,17 @@ class MaskRCNN(tf_keras.Model):
     post-NMS top-k."""
     scores, deltas = self.rpn_head(feats)
     pre, post = self.rpn_topk[bool(training)]
-    # Another padded size than the model's (multi-scale test-time augmentation) gets its own
-    # anchors, computed from the static shape of the finest feature level.
+    # Another canvas than the model's (evaluation and serving fit each batch's canvas to its
+    # images; multi-scale test-time augmentation) gets its own anchors, from the feature maps'
+    # sizes: static when the traced shape is known, computed in the graph when it is not.
+    shapes = {l: _spatial_shape(feats[l]) for l in self.feature_levels}
     level = self.feature_levels[0]
-    padded = tuple(int(d) * 2**level for d in feats[level].shape[1:3])
-    anchors = (self.anchors if padded == self.image_size else anchor_lib.multilevel_anchors(
-        padded, **self.anchor_kwargs))
+    own = tuple(-(-s // 2**level) for s in self.image_size)
+    if all(isinstance(d, int) for d in shapes[level]) and shapes[level] == own:
+      anchors = self.anchors
+    else:
+      kwargs = {k: v for k, v in self.anchor_kwargs.items() if k not in ("min_level", "max_level")}
+      anchors = anchor_lib.grid_anchors(shapes, **kwargs)
     props, valid = generate_proposals(scores, deltas, anchors, image_size, pre, post,
                                       self.rpn_nms_threshold, self.box_plus_one)
     return scores, deltas, props, valid
@@ -317,6 +322,12 @@ class MaskRCNN(tf_keras.Model):
     mask_feats = self.pool_rois(feats, boxes - self._plus_one(), "mask", training=False)
     mask_logits = _select_class(self.mask_head(mask_feats, training=False), classes)
     return tf.sigmoid(tf.cast(mask_logits, tf.float32))
+
+
+def _spatial_shape(x):
+  """(H, W) of [B, H, W, C]: Python ints where the traced shape knows them, else tensors."""
+  dynamic = tf.shape(x)
+  return tuple(x.shape[i] if x.shape[i] is not None else dynamic[i] for i in (1, 2))
 
 
 def _select_class(mask_logits, classes):

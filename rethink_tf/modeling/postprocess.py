@@ -88,7 +88,8 @@ def to_input_image(boxes, masks, num_detections, scale, image_hw, mask_threshold
   Args:
     boxes: [D, 4] yxyx in resized-image pixels; masks: [D, M, M] box-relative probabilities or
       None; num_detections: int scalar, valid entries first.
-    scale: float32 scalar, resized / input size; image_hw: [2] int, the input image's (h, w).
+    scale: float32 [2], resized / input size along (y, x) (or a scalar for both);
+      image_hw: [2] int, the input image's (h, w).
     mask_threshold: a pixel is in a mask when its pasted probability is >= this.
   Returns:
     (boxes [D, 4] float32 yxyx in input pixels clipped to the image, mask RLE strings [D] or
@@ -97,7 +98,8 @@ def to_input_image(boxes, masks, num_detections, scale, image_hw, mask_threshold
   """
   hw = tf.cast(image_hw, tf.float32)
   limits = tf.concat([hw, hw], 0)
-  boxes = tf.minimum(tf.maximum(tf.cast(boxes, tf.float32) / scale, 0.0), limits)
+  scale = tf.broadcast_to(tf.cast(scale, tf.float32), [2])
+  boxes = tf.minimum(tf.maximum(tf.cast(boxes, tf.float32) / tf.tile(scale, [2]), 0.0), limits)
   if masks is None:
     return boxes, None
   return boxes, encode_masks(masks, boxes, num_detections, image_hw[0], image_hw[1], mask_threshold)
@@ -106,7 +108,7 @@ def to_input_image(boxes, masks, num_detections, scale, image_hw, mask_threshold
 def batch_to_input_images(boxes, masks, num_detections, scales, image_hws):
   """`to_input_image` for each image of a batch.
 
-  Args: boxes [B, D, 4], masks [B, D, M, M] or None, num_detections [B], scales [B] float32,
+  Args: boxes [B, D, 4], masks [B, D, M, M] or None, num_detections [B], scales [B, 2] float32,
     image_hws [B, 2] int32.
   Returns: (boxes [B, D, 4] in input pixels, mask RLE strings [B, D] or None).
   """

@@ -83,7 +83,11 @@ def generate_proposals(scores: Dict[int, tf.Tensor],
   size = image_size[:, None, :]
   for i, level in enumerate(sorted(scores)):
     s = tf.stop_gradient(scores[level])
-    k = min(pre_nms_topk, s.shape[1])
+    # Fewer anchors than the top-k on a small canvas; a canvas known only at run time (served
+    # or fit to its images) decides in the graph.
+    k = min(pre_nms_topk, s.shape[1]) if s.shape[1] is not None else tf.minimum(
+        pre_nms_topk,
+        tf.shape(s)[1])
     top_s, top_i = tf.math.top_k(s, k=k)
     d = tf.gather(tf.stop_gradient(deltas[level]), top_i, batch_dims=1)
     a = tf.gather(anchors[level], top_i)

@@ -33,7 +33,7 @@ from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 
-from rethink_tf.data.image_preprocessing import normalize_and_pad, resize_for_model
+from rethink_tf.data.image_preprocessing import fit_canvas, normalize_and_pad, resize_for_model
 from rethink_tf.modeling import postprocess
 from rethink_tf.serving.request_checks import (
     RequestLimits,
@@ -56,8 +56,13 @@ class DetectionServer(tf.Module):
     model: `MaskRCNN` with variables created and restored (its `detect` is traced; the Keras
       object itself is not serialized, only its variables).
     preprocessing: dict with short_side, max_long_side, padded_size, pixel_mean, pixel_std,
-      channel_order and optionally jpeg_dct_method and resize_antialias (the
-      evaluation-time `InputConfig` values).
+      channel_order and optionally jpeg_dct_method, resize_antialias, resize_method and
+      size_divisibility (the evaluation-time `InputConfig` values).
+    fixed_canvas: pad every image to `padded_size` (one static shape: TPU serving, XLA);
+      default: each request is padded only to its largest resized image rounded up to
+      `size_divisibility`, as evaluation pads (`InputConfig.eval_canvas = "fit"`) and
+      detectron2 does, so an image's detections do not depend on a canvas sized for the
+      largest possible image.
     category_ids: [K-1] dataset ids of contiguous classes 1..K-1; category_names: same length.
     full_resolution_masks: None (default), "binary" or "probability": also return
       `detection_masks`, every detection's mask over the whole canvas as uint8 {0, 1} or
@@ -75,7 +80,8 @@ class DetectionServer(tf.Module):
                full_resolution_masks: Optional[str] = None,
                batch_size: Optional[int] = None,
                assets: Optional[Dict[str, str]] = None,
-               limits: Optional[RequestLimits] = None):
+               limits: Optional[RequestLimits] = None,
+               fixed_canvas: bool = False):
     super().__init__(name="detection_server")
     if not model.variables:
       raise ValueError("the model has no variables yet: build it (run detect once) and restore "
@@ -86,7 +92,8 @@ class DetectionServer(tf.Module):
     # SavedModel stores it once rather than inlined in each signature (saved_model.pb 3.97 ->
     # 3.63 MB at R50-FPN; the Python loader's time grows with the nodes it re-imports). It is
     # set past tf.Module's attribute tracking, or the saver adds a copy of its own.
-    ph, pw = preprocessing["padded_size"]
+    self._fixed_canvas = fixed_canvas
+    ph, pw = preprocessing["padded_size"] if fixed_canvas else (None, None)
     object.__setattr__(
         self, "_detect_fn",
         tf.function(model.detect,
@@ -118,14 +125,18 @@ class DetectionServer(tf.Module):
   # -- the shared graph -------------------------------------------------------------------------
 
   def _preprocess(self, image):
+    """uint8 [H, W, 3] -> (normalized image [h, w, 3] (padded to `padded_size` with a fixed
+    canvas), resized size [2], (y, x) scale [2], input size [2])."""
     p = self._pre
     resized, scale, size = resize_for_model(image,
                                             p["short_side"],
                                             p["max_long_side"],
                                             p["padded_size"],
-                                            antialias=p.get("resize_antialias", False))
+                                            antialias=p.get("resize_antialias", False),
+                                            method=p.get("resize_method", "tensorflow"))
+    canvas = p["padded_size"] if self._fixed_canvas else tf.shape(resized)[:2]
     padded = normalize_and_pad(resized, p["pixel_mean"], p["pixel_std"], p["channel_order"],
-                               p["padded_size"])
+                               [canvas[0], canvas[1]])
     return padded, size, scale, tf.shape(image)[:2]
 
   def _detect(self, decode_one, inputs, name, request_bytes):
@@ -135,16 +146,32 @@ class DetectionServer(tf.Module):
     batch = tf.shape(inputs)[0]
     with tf.control_dependencies(check_batch(name, batch, request_bytes, self._limits)):
       index = tf.range(batch)
-    ph, pw = self._pre["padded_size"]
-    padded, sizes, scales, hws = tf.map_fn(lambda a: self._preprocess(decode_one(a[0], a[1])),
-                                           (index, inputs),
-                                           fn_output_signature=(tf.TensorSpec([ph, pw, 3],
-                                                                              tf.float32),
-                                                                tf.TensorSpec([2], tf.float32),
-                                                                tf.TensorSpec([], tf.float32),
-                                                                tf.TensorSpec([2], tf.int32)))
-    if self._batch:
-      padded = tf.ensure_shape(padded, [self._batch, ph, pw, 3])
+    prepare = lambda a: self._preprocess(decode_one(a[0], a[1]))
+    rest = (tf.TensorSpec([2], tf.float32), tf.TensorSpec([2],
+                                                          tf.float32), tf.TensorSpec([2], tf.int32))
+    if self._fixed_canvas:
+      ph, pw = self._pre["padded_size"]
+      padded, sizes, scales, hws = tf.map_fn(prepare, (index, inputs),
+                                             fn_output_signature=(tf.TensorSpec([ph, pw, 3],
+                                                                                tf.float32), *rest))
+      if self._batch:
+        padded = tf.ensure_shape(padded, [self._batch, ph, pw, 3])
+    else:
+      # Images of several sizes: ragged, then zero-padded (the normalized value detectron2
+      # pads with) to the largest, rounded up to the FPN's stride.
+      def prepare_ragged(a):
+        image, *more = prepare(a)
+        return (tf.RaggedTensor.from_tensor(image), *more)
+
+      ragged, sizes, scales, hws = tf.map_fn(
+          prepare_ragged, (index, inputs),
+          fn_output_signature=(tf.RaggedTensorSpec([None, None, 3], tf.float32,
+                                                   ragged_rank=1), *rest))
+      padded = ragged.to_tensor()
+      shape = tf.shape(padded)
+      canvas = fit_canvas(shape[1:3], self._pre.get("size_divisibility", 32))
+      padded = tf.pad(padded,
+                      [[0, 0], [0, canvas[0] - shape[1]], [0, canvas[1] - shape[2]], [0, 0]])
     det = self._detect_fn(padded, sizes)
     num = det["num_detections"]
     d = det["scores"].shape[1]

@@ -3,7 +3,8 @@ r"""Exports a trained detector as a SavedModel for TF Serving or `tf.saved_model
   python -m export.export_saved_model --gin_file=F --checkpoint=C --export_dir=D \
       [--batch_size=N|dynamic] [--max_detections=100] [--score_threshold=0.05] \
       [--mask_output=rle|binary|probability] [--label_map=FILE] [--version=N] \
-      [--max_image_pixels=50000000] [--max_batch_size=64] [--max_request_bytes=268435456]
+      [--max_image_pixels=50000000] [--max_batch_size=64] [--max_request_bytes=268435456] \
+      [--fixed_canvas]
 
 Writes D/<version>/ (TF Serving's layout: the highest integer version is served), by default
 one more than the highest version already in D. The export is written under a temporary name
@@ -55,11 +56,13 @@ def export(checkpoint: str,
            mask_output: str = "rle",
            label_map=None,
            version=None,
-           limits: Optional[RequestLimits] = None) -> str:
+           limits: Optional[RequestLimits] = None,
+           fixed_canvas: bool = False) -> str:
   """Exports the gin-configured model restored from `checkpoint`; returns the version dir.
 
   Gin must already be parsed (the training run's files). `limits`: what one request may ask
-  (default `RequestLimits()`).
+  (default `RequestLimits()`). `fixed_canvas`: every image padded to `InputConfig.padded_size`
+  (one static shape, for TPU serving and XLA) instead of each request's tightest canvas.
   """
   limits = limits or RequestLimits()
   model, cfg = build_for_inference(checkpoint,
@@ -90,7 +93,9 @@ def export(checkpoint: str,
                        pixel_std=list(cfg.pixel_std),
                        channel_order=cfg.channel_order,
                        jpeg_dct_method=cfg.jpeg_dct_method,
-                       resize_antialias=cfg.resize_antialias)
+                       resize_antialias=cfg.resize_antialias,
+                       resize_method=cfg.resize_method,
+                       size_divisibility=cfg.size_divisibility)
   with tempfile.TemporaryDirectory() as scratch:
     cat_path = os.path.join(scratch, "categories.json")
     with open(cat_path, "w") as f:
@@ -99,16 +104,26 @@ def export(checkpoint: str,
     with open(info_path, "w") as f:
       json.dump(
           {
-              "checkpoint": checkpoint, "signatures": list(SIGNATURES),
-              "batch_size": batch_size or "dynamic", "max_detections": max_detections,
-              "score_threshold": score_threshold, "nms_threshold": model.nms_threshold,
-              "detection_masks_rle": "COCO compressed RLE counts, mask = pasted probability >= 0.5",
+              "checkpoint":
+                  checkpoint, "signatures":
+                      list(SIGNATURES), "batch_size":
+                          batch_size or "dynamic", "max_detections":
+                              max_detections, "score_threshold":
+                                  score_threshold, "nms_threshold":
+                                      model.nms_threshold,
+              "detection_masks_rle":
+                  "COCO compressed RLE counts, mask = pasted probability >= 0.5",
               "detection_masks": {
                   "rle": None, "binary": "uint8 {0, 1} (probability >= 0.5)",
                   "probability": "float32 probability"
-              }[mask_output], "limits": dataclasses.asdict(limits), "mask_resolution":
-                  (2 * model.mask_pool_size if model.mask_head is not None else None
-                  ), "preprocessing": preprocessing
+              }[mask_output], "limits":
+                  dataclasses.asdict(limits), "mask_resolution":
+                      (2 * model.mask_pool_size if model.mask_head is not None else None),
+              "preprocessing":
+                  preprocessing, "canvas":
+                      (f"fixed {cfg.padded_size[0]}x{cfg.padded_size[1]}" if fixed_canvas else
+                       f"fit: each request padded to its largest resized image, rounded up "
+                       f"to {cfg.size_divisibility}")
           },
           f,
           indent=1)
@@ -122,6 +137,7 @@ def export(checkpoint: str,
                              full_resolution_masks=None if mask_output == "rle" else mask_output,
                              batch_size=batch_size,
                              limits=limits,
+                             fixed_canvas=fixed_canvas,
                              assets={
                                  "categories_file": cat_path, "export_info_file": info_path,
                                  "gin_config_file": config_path
@@ -149,7 +165,7 @@ def main(argv):
     limits = RequestLimits(FLAGS.max_image_pixels, FLAGS.max_batch_size, FLAGS.max_request_bytes)
     checkpoint = resolve_checkpoint(FLAGS.checkpoint)
     path = export(checkpoint, FLAGS.export_dir, batch, FLAGS.max_detections, FLAGS.score_threshold,
-                  FLAGS.mask_output, FLAGS.label_map, FLAGS.version, limits)
+                  FLAGS.mask_output, FLAGS.label_map, FLAGS.version, limits, FLAGS.fixed_canvas)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     sys.exit(f"export failed: {e}")
   print(f"exported {checkpoint} -> {path} (signatures: {', '.join(SIGNATURES)})")
@@ -185,6 +201,10 @@ def console_main():
       "max_request_bytes", defaults.max_request_bytes,
       "Most bytes per request (encoded images or serialized examples; uint8 "
       "pixels for serving_default).")
+  flags.DEFINE_bool(
+      "fixed_canvas", False, "Pad every image to InputConfig.padded_size (one static shape, "
+      "for TPU serving and XLA); default: each request is padded only to its largest resized "
+      "image rounded up to InputConfig.size_divisibility, as evaluation and detectron2 pad.")
   app.run(main)
 
 
