@@ -341,7 +341,8 @@ def make_dataset(cfg: InputConfig,
                  seed: Optional[int] = None,
                  input_context: Optional[tf.distribute.InputContext] = None,
                  start_index: int = 0,
-                 files: Optional[Sequence[str]] = None) -> tf.data.Dataset:
+                 files: Optional[Sequence[str]] = None,
+                 group_canvases: bool = True) -> tf.data.Dataset:
   """Batched, prefetched dataset of fixed-shape feature dicts.
 
   Args:
@@ -356,6 +357,11 @@ def make_dataset(cfg: InputConfig,
       passes step * examples per step): they are skipped undecoded, so the run continues with
       the same examples, augmentations and RoI samples an uninterrupted run would have seen.
     files: the shards to read instead of the pattern's (repaired copies of damaged ones).
+    group_canvases: evaluation with `eval_canvas = "fit"`: batches gather images of one canvas
+      (each image then sees exactly its own canvas, detectron2's at batch 1, whatever the batch
+      size; batches come in the order their canvas fills them, deterministic). False: batches
+      in file order, each padded to its largest image (test-time augmentation zips the scales'
+      streams image by image).
   """
   pattern = cfg.train_pattern if training else cfg.val_pattern
   if files is None:
@@ -390,5 +396,15 @@ def make_dataset(cfg: InputConfig,
                 deterministic=True)
     # "fit": each image is padded to its own multiple of size_divisibility, the batch to its
     # largest (a multiple too); padding is 0 after normalization, as detectron2's.
-    ds = ds.padded_batch(batch_size, drop_remainder=False)
+    if cfg.eval_canvas == "fit" and group_canvases:
+
+      def canvas_key(features):
+        shape = tf.shape(features["images"], out_type=tf.int64)
+        return shape[0] * (1 << 20) + shape[1]
+
+      ds = ds.group_by_window(canvas_key,
+                              lambda _, window: window.padded_batch(batch_size),
+                              window_size=batch_size)
+    else:
+      ds = ds.padded_batch(batch_size, drop_remainder=False)
   return ds.prefetch(tf.data.AUTOTUNE)

@@ -50,7 +50,8 @@ def prediction_images(model,
 
   Returns uint8 [N, padded_h, padded_w, 3] in the model's resized frame (padding black).
   """
-  batch = next(iter(make_dataset(cfg, False, num_images, model.anchor_kwargs)))
+  batch = next(iter(make_dataset(cfg, False, num_images, model.anchor_kwargs,
+                                 group_canvases=False)))
   detect = evaluator.detect_function(model, any_canvas=cfg.eval_canvas == "fit")
   det = {k: v.numpy() for k, v in detect(batch["images"], batch["image_size"]).items()}
   images = batch["images"].numpy()
