@@ -47,16 +47,37 @@ def resize_for_model(image,
     "tensorflow", each axis's own for "pil", as detectron2 maps boxes back), size [2] float32
     (h, w)).
   """
-  h = tf.cast(tf.shape(image)[0], tf.float32)
-  w = tf.cast(tf.shape(image)[1], tf.float32)
+  shape = tf.shape(image)
+  h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  size, scale = resized_size(h, w, short_side, max_long_side, padded_size, short, method)
+  new = tf.cast(size, tf.int32)
+  if method == "pil":
+    resized = pil_resize.pil_bilinear_resize(tf.cast(image, tf.uint8), new[0], new[1])
+    return tf.cast(resized, tf.float32), scale, size
+  # uint8 straight into the resize (same values as casting first): a float copy at the input's
+  # resolution would cost 12 bytes per pixel, 145 MB for a 12 MP photo.
+  return tf.image.resize(image, new, antialias=antialias), scale, size
+
+
+def resized_size(h,
+                 w,
+                 short_side: int,
+                 max_long_side: int,
+                 padded_size: Sequence[int],
+                 short=None,
+                 method: str = "tensorflow"):
+  """The size `resize_for_model` gives an h x w image, without the image (the training
+  pipeline buckets images by it before decoding them).
+
+  Returns (size [2] float32 (h, w), scale [2] float32 (h / H, w / W)).
+  """
+  h, w = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
   if method == "pil":
     new = pil_resize.detectron2_output_size(h, w, short_side if short is None else short,
                                             max_long_side)
-    new = tf.minimum(new, tf.constant(padded_size, tf.int32))
-    resized = pil_resize.pil_bilinear_resize(tf.cast(image, tf.uint8), new[0], new[1])
-    size = tf.cast(new, tf.float32)
+    new = tf.minimum(new, tf.constant([int(padded_size[0]), int(padded_size[1])], tf.int32))
     scale = tf.cast(tf.cast(new, tf.float64) / tf.cast(tf.stack([h, w]), tf.float64), tf.float32)
-    return tf.cast(resized, tf.float32), scale, size
+    return tf.cast(new, tf.float32), scale
   if method != "tensorflow":
     raise ValueError(f"resize method must be one of {RESIZE_METHODS}, got {method!r}")
   short = tf.constant(float(short_side)) if short is None else short
@@ -64,10 +85,7 @@ def resize_for_model(image,
   scale = tf.minimum(scale, tf.minimum(padded_size[0] / h, padded_size[1] / w))
   new_h = tf.minimum(tf.round(h * scale), padded_size[0])
   new_w = tf.minimum(tf.round(w * scale), padded_size[1])
-  # uint8 straight into the resize (same values as casting first): a float copy at the input's
-  # resolution would cost 12 bytes per pixel, 145 MB for a 12 MP photo.
-  image = tf.image.resize(image, tf.cast([new_h, new_w], tf.int32), antialias=antialias)
-  return image, tf.stack([scale, scale]), tf.stack([new_h, new_w])
+  return tf.stack([new_h, new_w]), tf.stack([scale, scale])
 
 
 def normalize_and_pad(image, pixel_mean: Sequence[float], pixel_std: Sequence[float],

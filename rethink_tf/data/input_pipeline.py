@@ -5,18 +5,21 @@ Per-example randomness is stateless and keyed by (seed, example index), so a see
 yields the same batches on every run, however many parallel calls decode it.
 """
 
-from typing import Dict, Optional, Sequence
+import functools
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import gin
 import tensorflow as tf
 from official.vision.dataloaders import tf_example_decoder
 
+from rethink_tf.data import canvases as canvas_lib
 from rethink_tf.data.image_preprocessing import (
     RESIZE_METHODS,
     decode_image,
     fit_canvas,
     normalize_and_pad,
     resize_for_model,
+    resized_size,
 )
 from rethink_tf.layers.roi_align import roi_align_flat
 from rethink_tf.modeling import anchors as anchor_lib
@@ -60,6 +63,8 @@ class InputConfig:
                resize_method: str = "tensorflow",
                eval_canvas: str = "fit",
                size_divisibility: int = 32,
+               train_canvases: Optional[Sequence[Sequence[int]]] = None,
+               canvas_block_steps: int = 16,
                skip_damaged_records: bool = False):
     self.train_pattern, self.val_pattern = train_pattern, val_pattern
     self.val_annotations = val_annotations
@@ -102,6 +107,16 @@ class InputConfig:
                         f"{eval_canvas!r}")
     self.eval_canvas = eval_canvas
     self.size_divisibility = int(size_divisibility)
+    # Training canvases (`canvases.py`): None derives landscape, portrait and `padded_size`
+    # from the short side; a list of one canvas ([padded_size]) trains every image on it.
+    try:
+      self.train_canvases = canvas_lib.check(train_canvases, self.padded_size,
+                                             self.size_divisibility)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    # Canvas grouping works in blocks of this many global batches (a larger block leaves
+    # fewer images over for the largest canvas; its records are held in memory, undecoded).
+    self.canvas_block_steps = int(canvas_block_steps)
     self.shuffle_buffer, self.cache = shuffle_buffer, cache
     # Train past training records that fail their checksum, are cut short or do not parse
     # (`damaged_records.repair`: counted and reported); by default such a record stops the run.
@@ -148,10 +163,24 @@ class InputConfig:
                           "with rethink_tf.data.coco_tfrecord, then bind its path)")
     return self
 
+  def canvas_list(self) -> List[Tuple[int, int]]:
+    """The training canvases: bound, or derived from the short side (the top of the scale
+    jitter) and `padded_size` (`canvases.derived_canvases`)."""
+    if self.train_canvases is not None:
+      return list(self.train_canvases)
+    short = max(self.scale_jitter) if self.scale_jitter else self.short_side
+    return canvas_lib.derived_canvases(self.padded_size, short, self.size_divisibility)
+
   @property
   def num_classes(self) -> int:
     """Contiguous classes including background (0)."""
     return len(self.category_ids) + 1
+
+
+def _example_seeds(seed, index):
+  """The 3 stateless seeds of one training example (resize jitter, flip, RPN sampling)."""
+  return tf.random.experimental.stateless_split(
+      tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]), 3)
 
 
 def _pad_to(x, n, axis0_value=0):
@@ -167,35 +196,64 @@ class Parser:
 
   def __init__(self, cfg: InputConfig, anchor_kwargs: Dict, rpn_kwargs: Optional[Dict] = None):
     self.cfg = cfg
-    levels = anchor_lib.multilevel_anchors(cfg.padded_size, **anchor_kwargs)
-    self.anchors = tf.concat([levels[l] for l in sorted(levels)], 0)
+    self.anchor_kwargs = anchor_kwargs
+    self._anchors = {}
+    self.anchors = self.canvas_anchors(cfg.padded_size)
     self.rpn_kwargs = rpn_kwargs or {}
     keys = tf.constant(cfg.category_ids, tf.int64)
     vals = tf.range(1, len(cfg.category_ids) + 1, dtype=tf.int32)
     self.class_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, vals),
                                                  default_value=-1)
 
-  def _resize(self, image, seed, training):
+  def canvas_anchors(self, canvas):
+    """All levels' anchors of a canvas [A, 4], concatenated (the RPN head's output order)."""
+    canvas = tuple(int(s) for s in canvas)
+    if canvas not in self._anchors:
+      levels = anchor_lib.multilevel_anchors(canvas, **self.anchor_kwargs)
+      self._anchors[canvas] = tf.concat([levels[l] for l in sorted(levels)], 0)
+    return self._anchors[canvas]
+
+  def _jitter(self, seed, training):
+    """The example's short side (a float32 scalar), or None (the configured one)."""
     cfg = self.cfg
-    short = None
-    if training and cfg.scale_jitter:
-      lo, hi = cfg.scale_jitter
-      short = tf.cast(tf.random.stateless_uniform([], seed, lo, hi + 1, tf.int32), tf.float32)
-    return resize_for_model(image, cfg.short_side, cfg.max_long_side, cfg.padded_size, short,
-                            cfg.resize_antialias, cfg.resize_method)
+    if not (training and cfg.scale_jitter):
+      return None
+    lo, hi = cfg.scale_jitter
+    return tf.cast(tf.random.stateless_uniform([], seed, lo, hi + 1, tf.int32), tf.float32)
+
+  def _resize(self, image, seed, training, canvas=None):
+    cfg = self.cfg
+    return resize_for_model(image, cfg.short_side, cfg.max_long_side, canvas or cfg.padded_size,
+                            self._jitter(seed, training), cfg.resize_antialias, cfg.resize_method)
 
   def _normalize_and_pad(self, image, padded_size=None):
     cfg = self.cfg
     return normalize_and_pad(image, cfg.pixel_mean, cfg.pixel_std, cfg.channel_order, padded_size or
                              cfg.padded_size)
 
-  def parse_train(self, index, data, seed: int):
-    """One training example; `data` is the decoder's output (+ "groundtruth_keypoints"
-    [N, K, 3] in original pixels when `cfg.keypoint_names`)."""
+  def train_canvas(self, index, serialized, seed: int, canvases):
+    """The training canvas of a record (int32 index into `canvases`), from its
+    `image/height` and `image/width` features and its scale jitter: nothing is decoded."""
     cfg = self.cfg
+    hw = tf.io.parse_single_example(
+        serialized, {
+            "image/height": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+            "image/width": tf.io.FixedLenFeature([], tf.int64, default_value=0)
+        })
+    h, w = tf.cast(hw["image/height"], tf.float32), tf.cast(hw["image/width"], tf.float32)
+    size, _ = resized_size(h, w, cfg.short_side, cfg.max_long_side, cfg.padded_size,
+                           self._jitter(_example_seeds(seed, index)[0], True), cfg.resize_method)
+    return canvas_lib.canvas_index(size, canvases)
+
+  def parse_train(self, index, data, seed: int, canvas=None):
+    """One training example on `canvas` (default `padded_size`); `data` is the decoder's
+    output (+ "groundtruth_keypoints" [N, K, 3] in original pixels when
+    `cfg.keypoint_names`)."""
+    cfg = self.cfg
+    canvas = tuple(int(s) for s in (canvas or cfg.padded_size))
     seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    image, _, size = self._resize(data["image"], seeds[0], True)
+    seeds = _example_seeds(seed[0], seed[1])
+    image, _, size = self._resize(data["image"], seeds[0], True, canvas)
     boxes = data["groundtruth_boxes"] * tf.concat([size, size], 0)[None, :]
     classes = self.class_table.lookup(tf.cast(data["groundtruth_classes"], tf.int64))
     is_crowd = data["groundtruth_is_crowd"]
@@ -233,11 +291,11 @@ class Parser:
     own_valid = tf.concat([tf.ones(tf.shape(own)[:1], tf.bool), [False]], 0)
     own_crowd = tf.boolean_mask(boxes, crowd)[:cfg.max_crowd]
     crowd_valid = tf.concat([tf.ones(tf.shape(own_crowd)[:1], tf.bool), [False]], 0)
-    labels, targets = anchor_lib.rpn_targets(self.anchors, tf.concat([own, tf.zeros([1, 4])],
-                                                                     0), own_valid,
+    labels, targets = anchor_lib.rpn_targets(self.canvas_anchors(canvas),
+                                             tf.concat([own, tf.zeros([1, 4])], 0), own_valid,
                                              tf.concat([own_crowd, tf.zeros([1, 4])], 0),
                                              crowd_valid, seeds[2], **self.rpn_kwargs)
-    image = self._normalize_and_pad(image)
+    image = self._normalize_and_pad(image, canvas)
     extra = {}
     if cfg.keypoint_names:
       extra["gt_keypoints"] = tf.ensure_shape(
@@ -382,13 +440,34 @@ def make_dataset(cfg: InputConfig,
       ds = ds.cache()
     ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate()
-    if start_index:
-      ds = ds.skip(start_index)
-    if pipelines > 1:
-      ds = ds.shard(pipelines, input_context.input_pipeline_id)
-    ds = ds.map(lambda i, s: parser.parse_train(i, decoder.decode(s), seed),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
+    canvases = cfg.canvas_list()
+    if len(canvases) == 1:
+      if start_index:
+        ds = ds.skip(start_index)
+      if pipelines > 1:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
+      ds = ds.map(lambda i, s: parser.parse_train(i, decoder.decode(s), seed, canvases[0]),
+                  num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True)
+    else:
+      # One canvas per global batch, grouped on the whole stream before it is split between
+      # the input pipelines, so every replica of a step gets the same canvas.
+      group = batch_size * (input_context.num_replicas_in_sync if input_context else 1)
+      if start_index % group:
+        raise ValueError(f"start_index {start_index} is not a whole number of global batches "
+                         f"of {group}")
+      ds = canvas_lib.grouped_stream(ds, lambda i, s: parser.train_canvas(i, s, seed, canvases),
+                                     group, cfg.canvas_block_steps, len(canvases),
+                                     canvas_lib.largest(canvases), start_index // group)
+      if pipelines > 1:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
+
+      def parse(i, s, canvas):
+        data = decoder.decode(s)
+        return tf.switch_case(
+            canvas, [functools.partial(parser.parse_train, i, data, seed, c) for c in canvases])
+
+      ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
   else:
     ds = ds.map(lambda s: parser.parse_eval(decoder.decode(s)),

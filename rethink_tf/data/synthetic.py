@@ -15,7 +15,7 @@ import io
 import json
 import os
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import gin
@@ -100,6 +100,8 @@ def _mask_to_polygons(mask: np.ndarray) -> List[List[float]]:
 
 def _paint(img, mask, rng, colour):
   ys, xs = np.nonzero(mask)
+  if not ys.size:  # a shape that rasterizes to no pixel (a crowd member off a small image)
+    return
   y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
   tex = _fill(rng, y1 - y0, x1 - x0, colour)
   m = mask[y0:y1, x0:x1, None].astype(bool)
@@ -133,7 +135,7 @@ def _keypoints(poly: np.ndarray, visible: np.ndarray) -> List[float]:
 
 
 def make_image(rng,
-               size: int,
+               size,
                min_obj: int,
                max_obj: int,
                min_size: float,
@@ -141,10 +143,11 @@ def make_image(rng,
                crowd_prob: float,
                empty_prob: float,
                keypoints: bool = False):
-  """One image: uint8 [size, size, 3] and its annotations (category_id, polygons/RLE, crowd;
-  with `keypoints`, each object's `KEYPOINT_NAMES` as COCO keypoints). The keypoints draw no
-  random numbers: the images and other annotations are the same with or without them."""
-  h = w = size
+  """One image: uint8 [h, w, 3] (`size` = side, or (h, w)) and its annotations (category_id,
+  polygons/RLE, crowd; with `keypoints`, each object's `KEYPOINT_NAMES` as COCO keypoints).
+  The keypoints draw no random numbers: the images and other annotations are the same with or
+  without them."""
+  h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
   img = _background(rng, h, w)
   objects: List[Tuple[int, np.ndarray, np.ndarray]] = []  # (category, full mask, polygon)
   occupied = np.zeros((h, w), np.uint8)
@@ -225,20 +228,24 @@ def _rle_counts(mask: np.ndarray) -> List[int]:
   return counts
 
 
-def generate_split(output_dir: str,
-                   split: str,
-                   num_images: int,
-                   seed: int,
-                   image_size: int = 128,
-                   min_objects: int = 1,
-                   max_objects: int = 6,
-                   min_size: float = 10.0,
-                   max_size: float = 64.0,
-                   crowd_prob: float = 0.05,
-                   empty_prob: float = 0.05,
-                   keypoints: bool = False) -> Dict[str, str]:
+def generate_split(
+    output_dir: str,
+    split: str,
+    num_images: int,
+    seed: int,
+    image_size: int = 128,
+    min_objects: int = 1,
+    max_objects: int = 6,
+    min_size: float = 10.0,
+    max_size: float = 64.0,
+    crowd_prob: float = 0.05,
+    empty_prob: float = 0.05,
+    keypoints: bool = False,
+    image_sizes: Sequence[Sequence[int]] = ()) -> Dict[str, str]:
   """Writes `output_dir/{split}/*.jpg` and `output_dir/instances_{split}.json` (with
   `keypoints`, every object carries its `KEYPOINT_NAMES` and every category names them).
+  `image_sizes`: (h, w) of image i is image_sizes[i % len] (landscape and portrait images, as
+  real photos); empty: every image is image_size x image_size.
 
   Returns {"annotations": json path, "image_dir": directory}.
   """
@@ -248,21 +255,22 @@ def generate_split(output_dir: str,
   images, annotations = [], []
   ann_id = 1
   for i in range(num_images):
-    img, anns = make_image(rng, image_size, min_objects, max_objects, min_size, max_size,
-                           crowd_prob, empty_prob, keypoints)
+    h, w = tuple(image_sizes[i % len(image_sizes)]) if image_sizes else (image_size, image_size)
+    img, anns = make_image(rng, (h, w), min_objects, max_objects, min_size, max_size, crowd_prob,
+                           empty_prob, keypoints)
     image_id = i + 1
     name = f"{split}_{image_id:06d}.jpg"
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=92)
     with open(os.path.join(image_dir, name), "wb") as f:
       f.write(buf.getvalue())
-    images.append({"id": image_id, "file_name": name, "height": image_size, "width": image_size})
+    images.append({"id": image_id, "file_name": name, "height": h, "width": w})
     for a in anns:
       seg = a["segmentation"]
       if a["iscrowd"]:
-        rle = mask_utils.frPyObjects(seg, image_size, image_size)
+        rle = mask_utils.frPyObjects(seg, h, w)
       else:
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, image_size, image_size))
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
       x, y, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
       annotations.append({
           "id": ann_id, "image_id": image_id, "category_id": a["category_id"], "segmentation": seg,
@@ -305,7 +313,10 @@ class SyntheticDataset:
                max_objects: int = 6,
                cache_dir: Optional[str] = None,
                num_shards: int = 4,
-               keypoints: bool = False):
+               keypoints: bool = False,
+               image_sizes: Sequence[Sequence[int]] = ()):
+    """image_sizes: (h, w) of the images, cycled (e.g. landscape and portrait); empty: squares
+    of image_size."""
     self.params = dict(num_train=num_train,
                        num_val=num_val,
                        seed=seed,
@@ -314,6 +325,8 @@ class SyntheticDataset:
                        version=FORMAT_VERSION)
     if keypoints:  # only then: the cache key of every existing configuration stays the same
       self.params["keypoints"] = True
+    if image_sizes:  # the same
+      self.params["image_sizes"] = [[int(v) for v in hw] for hw in image_sizes]
     self.num_shards = num_shards
     key = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:10]
     self.root = os.path.join(cache_dir or default_cache_dir(), f"synthetic_shapes_{key}")
@@ -347,7 +360,8 @@ class SyntheticDataset:
                            seed,
                            p["image_size"],
                            max_objects=p["max_objects"],
-                           keypoints=p.get("keypoints", False))
+                           keypoints=p.get("keypoints", False),
+                           image_sizes=p.get("image_sizes", ()))
       counts = coco_tfrecord.convert(src["annotations"],
                                      src["image_dir"],
                                      os.path.join(self.root, split),

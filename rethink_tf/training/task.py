@@ -177,8 +177,16 @@ class DetectionTask:
     return step
 
   def train_function(self):
-    """A tf.function (iterator, num_steps) -> (the last step's global losses {loss_keys},
-    steps run, bool: its update was applied); it ends early after a step not applied."""
+    """A function (iterator, num_steps) -> (the last step's global losses {loss_keys},
+    steps run, bool: its update was applied); it ends early after a step not applied.
+
+    One training canvas: one tf.function whose loop takes its batches from the iterator in
+    the graph. Several (`InputConfig.canvas_list`): each batch is taken on the host and run by
+    a tf.function traced once per canvas (its static shape: one program, one XLA
+    compilation per canvas); `steps_in_call` counts the same way.
+    """
+    if len(self.input_cfg.canvas_list()) > 1:
+      return self._per_canvas_train_function()
     strategy, replica_step, loss_keys = self.strategy, self.replica_step(), self.loss_keys
     steps_in_call = self.steps_in_call
 
@@ -213,6 +221,39 @@ class DetectionTask:
         start = tf.identity(0)
       done, applied, losses = tf.while_loop(more, one_step, (start, tf.constant(True), losses))
       return losses, done, applied
+
+    return train_loop
+
+  def _per_canvas_train_function(self):
+    strategy, replica_step = self.strategy, self.replica_step()
+
+    # No autograph, as the in-graph loop: the model has no tensor-dependent Python control
+    # flow. Traced per input shape, i.e. once per canvas.
+    @tf.function(autograph=False)
+    def one_step(batch):
+      per_replica, per_replica_applied = strategy.run(replica_step, args=(batch,))
+      losses = {
+          k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+          for k, v in per_replica.items()
+      }
+      applied = tf.equal(
+          strategy.reduce(tf.distribute.ReduceOp.SUM,
+                          tf.cast(per_replica_applied, tf.int32),
+                          axis=None), strategy.num_replicas_in_sync)
+      return losses, applied
+
+    self.per_canvas_step = one_step  # its tracing count is one per canvas seen
+
+    def train_loop(iterator, num_steps):
+      self.steps_in_call.assign(0)
+      done, applied = 0, True
+      losses = {k: tf.constant(0.0) for k in self.loss_keys}
+      while done < int(num_steps) and applied:
+        losses, applied = one_step(next(iterator))
+        applied = bool(applied)
+        done += 1
+        self.steps_in_call.assign(done)
+      return losses, tf.constant(done), tf.constant(applied)
 
     return train_loop
 
