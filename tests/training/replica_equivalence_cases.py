@@ -63,3 +63,18 @@ def test_mirrored_and_one_device_losses_match_overrun_steps(tmp_path, mirrored_s
   losses_one, losses_two = run_steps(one, 3), run_steps(two, 3)
   assert losses_one[0]["total_loss"] != losses_one[2]["total_loss"]
   _assert_same_training(one, two, losses_one, losses_two)
+
+
+def test_two_replicas_equal_one_on_landscape_and_portrait_canvases(tmp_path, mirrored_strategy):
+  """Every replica of a step gets the same canvas, so the split still changes nothing."""
+  params = [
+      "SyntheticDataset.image_sizes = [(48, 96), (96, 48)]", "InputConfig.short_side = 32",
+      "InputConfig.max_long_side = 64", "InputConfig.canvas_block_steps = 2"
+  ]
+  one = _trainer(tmp_path, "one", distribute.get_strategy("one_device"), params)
+  two = _trainer(tmp_path, "two", mirrored_strategy, params)
+  shapes = {tuple(b["images"].shape[1:3]) for _, b in zip(range(4), one.task.dataset())}
+  assert {(32, 64), (64, 32)} <= shapes
+  copy_weights(one, two)
+  losses_one, losses_two = run_steps(one, 4), run_steps(two, 4)
+  _assert_same_training(one, two, losses_one, losses_two)

@@ -29,4 +29,4 @@ def test_replica_splits_train_identically():
                      timeout=900)
   summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:]
   assert r.returncode == 0, r.stdout[-6000:]
-  assert re.search(r"\b3 passed\b", summary) and "failed" not in summary, summary
+  assert re.search(r"\b4 passed\b", summary) and "failed" not in summary, summary
