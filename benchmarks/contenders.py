@@ -40,8 +40,10 @@ def our_gin(size: int,
             batch: int,
             norm: str,
             precision: str = "float32",
-            jit_compile: bool = False):
-  """Parses our gin files for the benchmark settings (R50-FPN, `norm` everywhere)."""
+            jit_compile: bool = False,
+            extra=()):
+  """Parses our gin files for the benchmark settings (R50-FPN, `norm` everywhere); `extra`
+  bindings come last (they win)."""
   from rethink_tf import config
   files = [
       "base/mask_rcnn_resnet_fpn.gin", f"norm/{norm.lower()}.gin", "init/scratch.gin",
@@ -52,7 +54,7 @@ def our_gin(size: int,
       f"InputConfig.max_long_side = {size}", f"InputConfig.padded_size = ({size}, {size})",
       f"TrainConfig.global_batch_size = {batch}", "TrainConfig.eval_image_summaries = 0",
       "InputConfig.flip = False", f"TrainConfig.precision = '{precision}'",
-      f"TrainConfig.jit_compile = {jit_compile}"
+      f"TrainConfig.jit_compile = {jit_compile}", *extra
   ])
 
 
@@ -120,7 +122,120 @@ def our_export(size, batch, export_dir, norm="BN"):
   return exporter.export(ckpt, export_dir, batch_size=batch, version=1)
 
 
+# -- COCO shapes ------------------------------------------------------------------------------
+
+# The paper's 800/1333 halved, so a CPU run stays short; images are generated at half their
+# COCO size, so each is enlarged to short side 400 as COCO's 640 x 480 photos are to 800.
+COCO_SHORT, COCO_LONG, COCO_CANVAS = 400, 667, 672
+
+
+def coco_image_sizes(scale: float = 0.5):
+  """(h, w) of the 100 COCO val2014 images of pycocotools' evaluation fixture, times `scale`."""
+  import json
+  with open(os.path.join(_ROOT, "benchmarks", "coco_val2014_100_sizes.json")) as f:
+    sizes = json.load(f)["sizes"]
+  return [(max(1, round(h * scale)), max(1, round(w * scale))) for h, w in sizes]
+
+
+def coco_shaped_gin(canvas: str):
+  """Gin bindings of the COCO-shaped runs: synthetic images of COCO's shapes, resized to
+  400/667; `canvas` "fit" (the derived landscape, portrait and square canvases) or "square"
+  (one 672 x 672 canvas, as before canvases existed)."""
+  params = [
+      f"SyntheticDataset.image_sizes = {coco_image_sizes()}", "SyntheticDataset.num_train = 200",
+      "SyntheticDataset.num_val = 50", f"InputConfig.short_side = {COCO_SHORT}",
+      f"InputConfig.max_long_side = {COCO_LONG}",
+      f"InputConfig.padded_size = ({COCO_CANVAS}, {COCO_CANVAS})"
+  ]
+  if canvas == "square":
+    params += [
+        f"InputConfig.train_canvases = [({COCO_CANVAS}, {COCO_CANVAS})]",
+        "InputConfig.eval_canvas = 'fixed'"
+    ]
+  return params
+
+
+def coco_shaped_pattern() -> str:
+  """The COCO-shaped synthetic training TFRecords (generated once, then cached)."""
+  from rethink_tf import config
+  from rethink_tf.data.synthetic import SyntheticDataset
+  config.parse_gin([gin_path("data/synthetic.gin")], coco_shaped_gin("fit")[:3])
+  return SyntheticDataset().prepare()["train_pattern"]
+
+
+def coco_shaped_pixels(batch: int, block_steps: int = 16) -> Dict[str, float]:
+  """Mean canvas pixels per image on the COCO shapes: our canvases as training groups them
+  (global batch `batch`), one evaluation image at its tightest canvas (detectron2's rule:
+  rounded up to 32), and one square canvas (ours before canvases, Model Garden's)."""
+  from rethink_tf.data import canvases as canvas_lib
+  from rethink_tf.data.image_preprocessing import resized_size
+  from rethink_tf.data.input_pipeline import InputConfig
+  cfg = InputConfig(short_side=COCO_SHORT,
+                    max_long_side=COCO_LONG,
+                    padded_size=(COCO_CANVAS, COCO_CANVAS))
+  sizes = np.stack([
+      resized_size(h, w, COCO_SHORT, COCO_LONG, cfg.padded_size)[0].numpy()
+      for h, w in coco_image_sizes()
+  ])
+  rng = np.random.default_rng(0)
+  block = batch * block_steps
+  stream = np.concatenate([sizes[rng.permutation(len(sizes))] for _ in range(block)])[:block * 4]
+  ratio, _ = canvas_lib.pixel_ratio(stream, cfg.canvas_list(), 32, batch, block_steps)
+  fit = np.ceil(stream / 32) * 32
+  d2 = float(np.mean(fit[:, 0] * fit[:, 1]))
+  return dict(ours_train_canvases=ratio * d2,
+              detectron2_rule=d2,
+              square=float(COCO_CANVAS**2),
+              image=float(np.mean(stream[:, 0] * stream[:, 1])))
+
+
+def our_coco_train(batch, canvas, norm="BN"):
+  """One training step on COCO-shaped images, on fitted canvases or one square."""
+  from rethink_tf.training import distribute
+  from rethink_tf.training.trainer import Trainer
+  our_gin(COCO_CANVAS, batch, norm, extra=coco_shaped_gin(canvas))
+  trainer = Trainer(tempfile.mkdtemp(prefix="bench_"), distribute.get_strategy("one_device"))
+  train_fn = trainer.task.train_function()
+  iterator = iter(trainer.task.dataset())
+  one = tf.constant(1)
+  work = lambda: train_fn(iterator, one)[0]["total_loss"].numpy()
+  return work, {
+      "params": _param_count(trainer.model),
+      "canvases": [list(c) for c in trainer.input_cfg.canvas_list()]
+  }
+
+
+def our_coco_infer(batch, canvas, norm="BN"):
+  """One inference batch of COCO-shaped images: on "fit", batches of one canvas each padded
+  to its images' size rounded up to 32 (the evaluation pipeline's grouping), else on the
+  672 x 672 square. Cycles over the validation images."""
+  from rethink_tf.data.input_pipeline import InputConfig, make_dataset
+  from rethink_tf.evaluation.evaluator import detect_function
+  from rethink_tf.modeling.build import build_model
+  our_gin(COCO_CANVAS, batch, norm, extra=coco_shaped_gin(canvas))
+  cfg = InputConfig().prepare(training=False)
+  model = build_model(num_classes=NUM_CLASSES, image_size=(COCO_CANVAS, COCO_CANVAS))
+  batches = [(b["images"], b["image_size"])
+             for b in make_dataset(cfg, False, batch, model.anchor_kwargs)
+             if b["images"].shape[0] == batch]
+  detect = detect_function(model, any_canvas=canvas == "fit")
+  state = {"i": 0}
+
+  def work():
+    images, sizes = batches[state["i"] % len(batches)]
+    state["i"] += 1
+    return detect(images, sizes)["masks"].numpy()
+
+  return work, {"params": 0, "batches": len(batches)}
+
+
 # -- Model Garden -------------------------------------------------------------------------------
+
+
+def mg_coco_train(batch):
+  """Model Garden at its own COCO setting (one square input, the long side resized to it)
+  on the COCO-shaped images."""
+  return mg_train(COCO_CANVAS, batch, coco_shaped_pattern())
 
 
 def mg_config(size, batch, pattern="", precision="float32"):

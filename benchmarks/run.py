@@ -20,6 +20,10 @@ Suites:
           step's consumption rate of the same config (from `train` in this run, else measured).
   eval    our evaluation loop (inference + mask pasting + RLE + COCOeval) images/s vs Model
           Garden's validation loop with its COCO evaluator, on the same validation images.
+  coco_shapes  training and inference images/s on synthetic images of COCO's shapes (the 100
+          val2014 sizes, 400/667): ours on canvases that fit the images vs ours on one 672 x 672
+          square (the same code) vs Model Garden at its square input; canvas pixels per image
+          (ours, detectron2's rule, the square).
 """
 
 import datetime
@@ -38,7 +42,7 @@ from benchmarks.worker import PREFIX
 
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUITES = ("train", "infer", "export", "input", "eval")
+SUITES = ("train", "infer", "export", "input", "eval", "coco_shapes")
 
 
 class Worker:
@@ -300,6 +304,36 @@ def suite_eval(log_dir, results):
                          })
 
 
+def suite_coco_shapes(log_dir, results):
+  from benchmarks import contenders
+  out = {}
+  for job in ("coco_train", "coco_infer"):
+    r = alternate(
+        {
+            f"ours_{FLAGS.our_bn}_fit": _spec(job, "ours", norm=FLAGS.our_bn, canvas="fit"),
+            f"ours_{FLAGS.our_bn}_square": _spec(job, "ours", norm=FLAGS.our_bn, canvas="square"),
+            "model_garden_BN": _spec(job, "model_garden")
+        },
+        log_dir,
+        warmup=4 if job == "coco_train" else 6)  # every canvas traced before timing
+    fit, square = r[f"ours_{FLAGS.our_bn}_fit"], r[f"ours_{FLAGS.our_bn}_square"]
+    mg = r["model_garden_BN"]
+    out[job] = dict(
+        figures=r,
+        ratios={
+            "fit/square images_per_s": _ratio(fit["images_per_s"], square["images_per_s"]),
+            "fit/model_garden images_per_s": _ratio(fit["images_per_s"], mg["images_per_s"]),
+            "fit/square peak_rss": _ratio(fit["peak_rss_mb"], square["peak_rss_mb"])
+        })
+  pixels = contenders.coco_shaped_pixels(FLAGS.batch)
+  figures = {f"{job[5:]} {name}": fig for job in out for name, fig in out[job]["figures"].items()}
+  ratios = {f"{job[5:]} {k}": v for job in out for k, v in out[job]["ratios"].items()}
+  ratios["train canvas pixels/detectron2's"] = (pixels["ours_train_canvases"] /
+                                                pixels["detectron2_rule"])
+  ratios["square pixels/detectron2's"] = pixels["square"] / pixels["detectron2_rule"]
+  results["coco_shapes"] = dict(figures=figures, pixels_per_image=pixels, ratios=ratios)
+
+
 def machine() -> Dict:
   info = dict(platform=platform.platform(), python=platform.python_version(), cpus=os.cpu_count())
   try:
@@ -343,7 +377,8 @@ def main(argv):
              infer=suite_infer,
              export=suite_export,
              input=suite_input,
-             eval=suite_eval)
+             eval=suite_eval,
+             coco_shapes=suite_coco_shapes)
   for suite in suites:
     print(f"== suite {suite}", flush=True)
     fns[suite](log_dir, results)

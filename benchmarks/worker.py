@@ -47,6 +47,14 @@ def build(spec):
     return c.our_eval(size, batch, spec["images"], spec["norm"])
   if job == "eval" and impl == "model_garden":
     return c.mg_eval(size, batch, spec["images"])
+  if job == "coco_train" and impl == "ours":
+    return c.our_coco_train(batch, spec["canvas"], spec["norm"])
+  if job == "coco_train" and impl == "model_garden":
+    return c.mg_coco_train(batch)
+  if job == "coco_infer" and impl == "ours":
+    return c.our_coco_infer(batch, spec["canvas"], spec["norm"])
+  if job == "coco_infer" and impl == "model_garden":
+    return c.mg_infer(c.COCO_CANVAS, batch)
   if job == "saved_model":
     return c.saved_model_call(spec["path"], size, batch, spec.get("photo"))
   if job == "matmul":
