@@ -6,7 +6,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from rethink_tf.data import pil_resize
+from rethink_tf.data import opencv_resize, pil_resize
 
 
 def decode_image(encoded, jpeg_dct_method: str = "", expand_animations: bool = True):
@@ -23,7 +23,7 @@ def decode_image(encoded, jpeg_dct_method: str = "", expand_animations: bool = T
                  any_format)
 
 
-RESIZE_METHODS = ("tensorflow", "pil")
+RESIZE_METHODS = ("tensorflow", "pil", "opencv")
 
 
 def resize_for_model(image,
@@ -39,12 +39,15 @@ def resize_for_model(image,
 
   method: "tensorflow" (`tf.image.resize`'s bilinear in float, `antialias` when shrinking;
     sizes round(side * scale)) or "pil" (detectron2's `ResizeShortestEdge`: its size rule and
-    Pillow's bilinear filter on the uint8 image, rounded to uint8; `pil_resize.py`).
+    Pillow's bilinear filter on the uint8 image, rounded to uint8; `pil_resize.py`) or
+    "opencv" (Detectron's `prep_im_for_blob`: its scale rule and OpenCV's bilinear resize by
+    that factor on the float image; `opencv_resize.py`).
   Args:
     image: [H, W, 3] uint8 (or float, "tensorflow" only) (H, W > 0).
   Returns:
     (image [h, w, 3] float32 resized, scale [2] float32 (h / H, w / W: one value twice for
-    "tensorflow", each axis's own for "pil", as detectron2 maps boxes back), size [2] float32
+    "tensorflow" and "opencv" (Detectron's factor), each axis's own for "pil", as detectron2
+    maps boxes back), size [2] float32
     (h, w)).
   """
   shape = tf.shape(image)
@@ -54,6 +57,10 @@ def resize_for_model(image,
   if method == "pil":
     resized = pil_resize.pil_bilinear_resize(tf.cast(image, tf.uint8), new[0], new[1])
     return tf.cast(resized, tf.float32), scale, size
+  if method == "opencv":
+    factor, _ = opencv_resize.detectron_scale(h, w, short_side if short is None else short,
+                                              max_long_side)
+    return opencv_resize.opencv_linear_resize(image, factor, new[0], new[1]), scale, size
   # uint8 straight into the resize (same values as casting first): a float copy at the input's
   # resolution would cost 12 bytes per pixel, 145 MB for a 12 MP photo.
   return tf.image.resize(image, new, antialias=antialias), scale, size
@@ -78,6 +85,12 @@ def resized_size(h,
     new = tf.minimum(new, tf.constant([int(padded_size[0]), int(padded_size[1])], tf.int32))
     scale = tf.cast(tf.cast(new, tf.float64) / tf.cast(tf.stack([h, w]), tf.float64), tf.float32)
     return tf.cast(new, tf.float32), scale
+  if method == "opencv":
+    factor, new = opencv_resize.detectron_scale(h, w, short_side if short is None else short,
+                                                max_long_side)
+    new = tf.minimum(new, tf.constant([int(padded_size[0]), int(padded_size[1])], tf.int32))
+    factor = tf.cast(factor, tf.float32)
+    return tf.cast(new, tf.float32), tf.stack([factor, factor])
   if method != "tensorflow":
     raise ValueError(f"resize method must be one of {RESIZE_METHODS}, got {method!r}")
   short = tf.constant(float(short_side)) if short is None else short

@@ -306,7 +306,9 @@ def detectron_spec(cfg: dict, tensors: Dict[str, np.ndarray], path: str) -> Dete
            detections_per_image=int(te["DETECTIONS_PER_IM"]))
   mean = np.asarray(config_value(cfg, "PIXEL_MEANS"), np.float64).reshape(-1)
   inputs = _test_size(int(te["SCALE"]), int(te["MAX_SIZE"]))
+  # Detectron resizes the float image by one factor with OpenCV (`utils/blob.py`).
   inputs.update(channel_order="BGR",
+                resize_method="opencv",
                 pixel_mean=tuple(float(v) for v in mean),
                 pixel_std=(1.0, 1.0, 1.0))
   num_classes = int(config_value(cfg, "MODEL.NUM_CLASSES"))

@@ -1,5 +1,6 @@
-"""detectron2's resize in the graph equals Pillow's `Image.resize(..., BILINEAR)` bit for bit
-and `ResizeShortestEdge.get_output_shape`'s sizes."""
+"""The source frameworks' resizes in the graph: detectron2's (Pillow's `Image.resize(...,
+BILINEAR)` bit for bit and `ResizeShortestEdge`'s sizes) and Detectron's (OpenCV's float
+resize by one factor)."""
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from rethink_tf.data import opencv_resize
 from rethink_tf.data.image_preprocessing import resize_for_model
 from rethink_tf.data.pil_resize import detectron2_output_size, pil_bilinear_resize
 
@@ -82,3 +84,27 @@ def test_pil_method_returns_per_axis_scales():
   resized, scale, size = resize_for_model(image, 256, 427, (448, 448), method="pil")
   assert resized.shape == (196, 427, 3) and tuple(size.numpy()) == (196, 427)
   np.testing.assert_allclose(scale.numpy(), [196 / 294, 427 / 640], rtol=1e-7)
+
+
+@pytest.mark.parametrize("shape, short, max_size",
+                         [((480, 640), 800, 1333), ((427, 640), 800, 1333), ((500, 375), 800, 1333),
+                          ((294, 640), 256, 427), ((3024, 4032), 800, 1333),
+                          ((33, 1000), 800, 1333)])
+def test_opencv_resize_is_detectrons(shape, short, max_size):
+  """Detectron's `prep_im_for_blob`: the scale rule and OpenCV's resize of the float image by
+  that factor. OpenCV's float kernels (Intel IPP in its wheels) round differently in the last
+  bits; the resize by the sizes' ratio (`tf.image.resize`) is off by tens of levels."""
+  import cv2
+  h, w = shape
+  image = np.random.default_rng(h + w).uniform(-120, 130, (h, w, 3)).astype(np.float32)
+  factor = short / min(h, w)
+  if np.round(factor * max(h, w)) > max_size:
+    factor = max_size / max(h, w)
+  theirs = cv2.resize(image, None, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
+  scale, size = opencv_resize.detectron_scale(h, w, short, max_size)
+  assert float(scale) == factor and tuple(size.numpy()) == theirs.shape[:2]
+  ours = opencv_resize.opencv_linear_resize(image, scale, size[0], size[1]).numpy()
+  assert np.abs(ours - theirs).max() <= 0.05
+  resized, scales, _ = resize_for_model(image, short, max_size, (4096, 4096), method="opencv")
+  np.testing.assert_array_equal(resized.numpy(), ours)
+  np.testing.assert_allclose(scales.numpy(), [factor, factor], rtol=1e-7)
