@@ -127,6 +127,8 @@ def our_export(size, batch, export_dir, norm="BN"):
 # The paper's 800/1333 halved, so a CPU run stays short; images are generated at half their
 # COCO size, so each is enlarged to short side 400 as COCO's 640 x 480 photos are to 800.
 COCO_SHORT, COCO_LONG, COCO_CANVAS = 400, 667, 672
+# Model Garden pads its square input to a multiple of 2^max_level = 64.
+MG_COCO_INPUT = 704
 
 
 def coco_image_sizes(scale: float = 0.5):
@@ -186,6 +188,7 @@ def coco_shaped_pixels(batch: int, block_steps: int = 16) -> Dict[str, float]:
   return dict(ours_train_canvases=ratio * d2,
               detectron2_rule=d2,
               square=float(COCO_CANVAS**2),
+              model_garden=float(MG_COCO_INPUT**2),
               image=float(np.mean(stream[:, 0] * stream[:, 1])))
 
 
@@ -233,9 +236,9 @@ def our_coco_infer(batch, canvas, norm="BN"):
 
 
 def mg_coco_train(batch):
-  """Model Garden at its own COCO setting (one square input, the long side resized to it)
-  on the COCO-shaped images."""
-  return mg_train(COCO_CANVAS, batch, coco_shaped_pattern())
+  """Model Garden at its own COCO setting (one square input, the long side resized to it,
+  704: its pad to a multiple of 64) on the COCO-shaped images."""
+  return mg_train(MG_COCO_INPUT, batch, coco_shaped_pattern())
 
 
 def mg_config(size, batch, pattern="", precision="float32"):

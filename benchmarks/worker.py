@@ -54,7 +54,7 @@ def build(spec):
   if job == "coco_infer" and impl == "ours":
     return c.our_coco_infer(batch, spec["canvas"], spec["norm"])
   if job == "coco_infer" and impl == "model_garden":
-    return c.mg_infer(c.COCO_CANVAS, batch)
+    return c.mg_infer(c.MG_COCO_INPUT, batch)
   if job == "saved_model":
     return c.saved_model_call(spec["path"], size, batch, spec.get("photo"))
   if job == "matmul":

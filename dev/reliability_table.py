@@ -183,6 +183,12 @@ CASES = {
         Case("a Cascade R-CNN with one IoU", "ValueError: one IoU per stage and at least 2 stages",
              "tests/modeling/test_cascade.py::test_one_stage_cascade_is_refused",
              "at least 2 stages"),
+        Case(
+            "`InputConfig.train_canvases` empty, not multiples of 32, without one canvas holding "
+            "the others, or whose largest is not `padded_size`",
+            "ConfigError naming the binding and the canvases at fault, before any model is built",
+            "tests/data/test_canvases.py::test_bad_canvases_are_refused_by_name",
+            "holding all the others"),
     ],
     "Weights": [
         Case("a Detectron pickle that would run code", "refused by the restricted unpickler",
