@@ -246,15 +246,17 @@ def multilevel_roi_align(features: Dict[int, tf.Tensor],
                           part, output_size, sampling_ratio, aligned, max_adaptive_samples)
 
   b, n = boxes.shape[0], boxes.shape[1]
-  if max_chunk_bytes and b is not None and n is not None:
+  if max_chunk_bytes and n is not None:
     slots = sampling_ratio or max_adaptive_samples
-    chunk = roi_chunk(b, n, output_size * slots, c, max_chunk_bytes)
+    # A batch known only at run time (a served model, evaluation on any canvas): the budget
+    # holds per image.
+    chunk = roi_chunk(b or 1, n, output_size * slots, c, max_chunk_bytes)
     if chunk < n:
-      parts = tf.transpose(tf.reshape(boxes, [b, n // chunk, chunk, 4]), [1, 0, 2, 3])
+      parts = tf.transpose(tf.reshape(boxes, [-1, n // chunk, chunk, 4]), [1, 0, 2, 3])
       pooled = tf.map_fn(pool,
                          parts,
                          fn_output_signature=tf.TensorSpec([b, chunk, output_size, output_size, c],
                                                            maps[0].dtype))
       return tf.reshape(tf.transpose(pooled, [1, 0, 2, 3, 4, 5]),
-                        [b, n, output_size, output_size, c])
+                        [-1, n, output_size, output_size, c])
   return pool(boxes)

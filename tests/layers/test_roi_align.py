@@ -91,3 +91,12 @@ def test_chunked_multilevel_equals_all_at_once(roi_ref):
   xla = tf.function(lambda f, b: multilevel_roi_align(f, b, 7, 2, max_chunk_bytes=per_box),
                     jit_compile=True)(feats, boxes)
   np.testing.assert_allclose(xla.numpy(), full.numpy(), atol=1e-4)  # XLA fuses multiply-adds
+  # A batch and canvas known only at run time (evaluation on any canvas, a served model) is
+  # chunked too, with the budget per image.
+  any_shape = {l: tf.TensorSpec([None, None, None, c]) for l in feats}
+  pool = tf.function(lambda f, b: multilevel_roi_align(f, b, 7, 2, max_chunk_bytes=per_box),
+                     input_signature=[any_shape, tf.TensorSpec([None, 6, 4])])
+  graph = pool.get_concrete_function().graph
+  assert any("While" in op.type for op in graph.get_operations())  # the chunk loop
+  # (the shape-agnostic graph orders its float sums differently: within 1e-5)
+  np.testing.assert_allclose(pool(feats, boxes).numpy(), full.numpy(), atol=2e-5)
