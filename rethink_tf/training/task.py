@@ -187,7 +187,7 @@ class DetectionTask:
     """
     if len(self.input_cfg.canvas_list()) > 1:
       return self._per_canvas_train_function()
-    strategy, replica_step, loss_keys = self.strategy, self.replica_step(), self.loss_keys
+    loss_keys, global_step = self.loss_keys, self._global_step()
     steps_in_call = self.steps_in_call
 
     # No autograph: the loop is an explicit tf.while_loop, and the model's code has no
@@ -202,15 +202,7 @@ class DetectionTask:
         return tf.logical_and(done < num_steps, applied)
 
       def one_step(done, applied, losses):
-        per_replica, per_replica_applied = strategy.run(replica_step, args=(next(iterator),))
-        losses = {
-            k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-            for k, v in per_replica.items()
-        }
-        applied = tf.equal(
-            strategy.reduce(tf.distribute.ReduceOp.SUM,
-                            tf.cast(per_replica_applied, tf.int32),
-                            axis=None), strategy.num_replicas_in_sync)
+        losses, applied = global_step(next(iterator))
         # Counted once the step's results exist (the body's outputs wait for its updates).
         with tf.control_dependencies([applied] + list(losses.values())):
           counted = steps_in_call.assign(done + 1)
@@ -224,13 +216,11 @@ class DetectionTask:
 
     return train_loop
 
-  def _per_canvas_train_function(self):
+  def _global_step(self):
+    """batch (per replica) -> (the step's global losses, bool: every replica applied it)."""
     strategy, replica_step = self.strategy, self.replica_step()
 
-    # No autograph, as the in-graph loop: the model has no tensor-dependent Python control
-    # flow. Traced per input shape, i.e. once per canvas.
-    @tf.function(autograph=False)
-    def one_step(batch):
+    def global_step(batch):
       per_replica, per_replica_applied = strategy.run(replica_step, args=(batch,))
       losses = {
           k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
@@ -242,6 +232,12 @@ class DetectionTask:
                           axis=None), strategy.num_replicas_in_sync)
       return losses, applied
 
+    return global_step
+
+  def _per_canvas_train_function(self):
+    # No autograph, as the in-graph loop: the model has no tensor-dependent Python control
+    # flow. Traced per input shape, i.e. once per canvas.
+    one_step = tf.function(self._global_step(), autograph=False)
     self.per_canvas_step = one_step  # its tracing count is one per canvas seen
 
     def train_loop(iterator, num_steps):

@@ -23,6 +23,18 @@ SIZES = [(48, 96), (96, 48), (72, 64)]
 LANDSCAPE, PORTRAIT, SQUARE = (32, 64), (64, 32), (64, 64)
 
 
+def _config(synthetic_dataset, **bindings):
+  return InputConfig(synthetic=synthetic_dataset,
+                     short_side=32,
+                     max_long_side=64,
+                     padded_size=(64, 64),
+                     max_instances=4,
+                     max_crowd=2,
+                     mask_crop_size=8,
+                     shuffle_buffer=24,
+                     **bindings).prepare()
+
+
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
   ds = synthetic.SyntheticDataset(num_train=24,
@@ -31,15 +43,7 @@ def cfg(tmp_path_factory):
                                   image_sizes=SIZES,
                                   max_objects=3,
                                   cache_dir=str(tmp_path_factory.mktemp("syn")))
-  return InputConfig(synthetic=ds,
-                     short_side=32,
-                     max_long_side=64,
-                     padded_size=(64, 64),
-                     max_instances=4,
-                     max_crowd=2,
-                     mask_crop_size=8,
-                     shuffle_buffer=24,
-                     canvas_block_steps=4).prepare()
+  return _config(ds, canvas_block_steps=4)
 
 
 def _batches(cfg, n, per_replica=2, **kwargs):
@@ -133,15 +137,7 @@ def test_two_pipelines_take_halves_of_the_same_global_batches(cfg):
 
 
 def test_one_bound_canvas_is_one_static_shape(cfg):
-  one = InputConfig(synthetic=cfg.synthetic,
-                    short_side=32,
-                    max_long_side=64,
-                    padded_size=(64, 64),
-                    max_instances=4,
-                    max_crowd=2,
-                    mask_crop_size=8,
-                    shuffle_buffer=24,
-                    train_canvases=[(64, 64)]).prepare()
+  one = _config(cfg.synthetic, train_canvases=[(64, 64)])
   ds = make_dataset(one, True, 2, ANCHORS, seed=7)
   assert ds.element_spec["images"].shape.as_list() == [2, 64, 64, 3]
 
