@@ -1,5 +1,7 @@
 """tf.data input pipeline: decode, resize, flip, scale jitter, normalize, pad to static shapes,
-RPN targets. Output shapes depend only on the configuration, never on the data.
+RPN targets. A training batch has one of the configuration's canvases (`canvases.py`, chosen from
+the records' sizes, never their pixels); evaluation images are padded to their own size rounded
+up to 32 (or one fixed canvas).
 
 Per-example randomness is stateless and keyed by (seed, example index), so a seeded pipeline
 yields the same batches on every run, however many parallel calls decode it.
@@ -197,7 +199,11 @@ class Parser:
   def __init__(self, cfg: InputConfig, anchor_kwargs: Dict, rpn_kwargs: Optional[Dict] = None):
     self.cfg = cfg
     self.anchor_kwargs = anchor_kwargs
+    # Made here, eagerly, for every canvas: a tensor made while a tf.data function is traced
+    # belongs to that function's graph and could not be reused by another.
     self._anchors = {}
+    for canvas in [cfg.padded_size] + cfg.canvas_list():
+      self.canvas_anchors(canvas)
     self.anchors = self.canvas_anchors(cfg.padded_size)
     self.rpn_kwargs = rpn_kwargs or {}
     keys = tf.constant(cfg.category_ids, tf.int64)
@@ -208,10 +214,13 @@ class Parser:
   def canvas_anchors(self, canvas):
     """All levels' anchors of a canvas [A, 4], concatenated (the RPN head's output order)."""
     canvas = tuple(int(s) for s in canvas)
-    if canvas not in self._anchors:
-      levels = anchor_lib.multilevel_anchors(canvas, **self.anchor_kwargs)
-      self._anchors[canvas] = tf.concat([levels[l] for l in sorted(levels)], 0)
-    return self._anchors[canvas]
+    if canvas in self._anchors:
+      return self._anchors[canvas]
+    levels = anchor_lib.multilevel_anchors(canvas, **self.anchor_kwargs)
+    anchors = tf.concat([levels[l] for l in sorted(levels)], 0)
+    if tf.executing_eagerly():
+      self._anchors[canvas] = anchors
+    return anchors
 
   def _jitter(self, seed, training):
     """The example's short side (a float32 scalar), or None (the configured one)."""
@@ -401,7 +410,9 @@ def make_dataset(cfg: InputConfig,
                  start_index: int = 0,
                  files: Optional[Sequence[str]] = None,
                  group_canvases: bool = True) -> tf.data.Dataset:
-  """Batched, prefetched dataset of fixed-shape feature dicts.
+  """Batched, prefetched dataset of feature dicts, every batch of one static shape (with
+  several training canvases or evaluation's fitted ones, the element spec leaves H, W and the
+  anchor count open; each batch's tensors have its canvas's).
 
   Args:
     batch_size: batch per replica (the global batch divided by the number of replicas).
