@@ -2,7 +2,6 @@
 is traced once per canvas), and a resumed run continues as an uninterrupted one."""
 
 import numpy as np
-import tensorflow as tf
 
 from rethink_tf import config
 from rethink_tf.training import distribute
@@ -42,15 +41,3 @@ def test_xla_step_is_compiled_once_per_canvas_and_resumes(tmp_path):
   for a, b in zip(uninterrupted[4:], again):
     for k in a:
       np.testing.assert_array_equal(a[k].numpy(), b[k].numpy(), err_msg=k)
-
-
-def test_host_loop_counts_its_steps(tmp_path):
-  """Several canvases: the batches are taken on the host, and `steps_in_call` counts the steps
-  run (what an input error inside the call reports)."""
-  trainer = _trainer(tmp_path / "losses")
-  train = trainer.task.train_function()
-  it = iter(trainer.task.dataset())
-  losses, done, applied = train(it, tf.constant(6))
-  assert int(done) == 6 and bool(applied)
-  assert all(np.isfinite(float(v)) for v in losses.values())
-  assert int(trainer.task.steps_in_call.numpy()) == 6
