@@ -76,9 +76,9 @@ def _param_count(model) -> int:
 
 def our_trainer(size, batch, norm, precision="float32", jit_compile=False):
   from rethink_tf.training import distribute
-  from rethink_tf.training.trainer import Trainer
+  from rethink_tf.training.task import detection_trainer
   our_gin(size, batch, norm, precision, jit_compile)
-  return Trainer(tempfile.mkdtemp(prefix="bench_"), distribute.get_strategy("one_device"))
+  return detection_trainer(tempfile.mkdtemp(prefix="bench_"), distribute.get_strategy("one_device"))
 
 
 def our_train(size, batch, norm="BN", precision="float32", jit_compile=False):
@@ -195,16 +195,16 @@ def coco_shaped_pixels(batch: int, block_steps: int = 16) -> Dict[str, float]:
 def our_coco_train(batch, canvas, norm="BN"):
   """One training step on COCO-shaped images, on fitted canvases or one square."""
   from rethink_tf.training import distribute
-  from rethink_tf.training.trainer import Trainer
+  from rethink_tf.training.task import detection_trainer
   our_gin(COCO_CANVAS, batch, norm, extra=coco_shaped_gin(canvas))
-  trainer = Trainer(tempfile.mkdtemp(prefix="bench_"), distribute.get_strategy("one_device"))
+  trainer = detection_trainer(tempfile.mkdtemp(prefix="bench_"), distribute.get_strategy("one_device"))
   train_fn = trainer.task.train_function()
   iterator = iter(trainer.task.dataset())
   one = tf.constant(1)
   work = lambda: train_fn(iterator, one)[0]["total_loss"].numpy()
   return work, {
       "params": _param_count(trainer.model),
-      "canvases": [list(c) for c in trainer.input_cfg.canvas_list()]
+      "canvases": [list(c) for c in trainer.task.input_cfg.canvas_list()]
   }
 
 
@@ -414,7 +414,7 @@ def our_eval(size, batch, num_images, norm="BN"):
   from rethink_tf.data.input_pipeline import InputConfig
   from rethink_tf.evaluation.evaluator import run_evaluation
   from rethink_tf.modeling.build import build_model
-  from rethink_tf.modeling.detector import apply_input_convention
+  from rethink_tf.detector import apply_input_convention
   pattern, ann = eval_subset(num_images)
   our_gin(size, batch, norm)
   cfg = apply_input_convention(InputConfig(val_pattern=pattern, val_annotations=ann))

@@ -31,7 +31,7 @@ def main(argv):
   del argv
   from rethink_tf.data import input_pipeline as ip
   trainer = contenders.our_trainer(FLAGS.size, 2, "BN")
-  cfg = trainer.input_cfg
+  cfg = trainer.task.input_cfg
   parser = ip.Parser(cfg, trainer.model.anchor_kwargs)
   decoder = ip._decoder(include_mask=True)  # the pipeline's own decoder
   files = sorted(tf.io.gfile.glob(cfg.train_pattern))

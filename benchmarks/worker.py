@@ -73,8 +73,8 @@ def build(spec):
     return (lambda: None), {
         "train_forward_flops":
             flops.our_train_forward_flops(trainer.model, batch, size,
-                                          trainer.input_cfg.max_instances,
-                                          trainer.input_cfg.mask_crop_size)
+                                          trainer.task.input_cfg.max_instances,
+                                          trainer.task.input_cfg.mask_crop_size)
     }
   raise ValueError(f"unknown benchmark job {job!r} for {impl!r}")
 

@@ -175,7 +175,7 @@ CASES = {
             "test_keypoint_head_without_keypoint_data_is_refused_before_training",
             "InputConfig.keypoint_names names 0 keypoints"),
         Case(
-            "`TrainConfig.cascade_start_step` on a model without cascade stages",
+            "`build_model.cascade_start_step` on a model without cascade stages",
             "ConfigError before any step, naming the binding that adds the stages",
             "tests/training/test_warm_start.py::"
             "test_a_cascade_start_step_without_cascade_stages_is_refused",

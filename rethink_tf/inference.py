@@ -5,8 +5,8 @@ from typing import Tuple
 import tf_keras
 
 from rethink_tf.data.input_pipeline import InputConfig
-from rethink_tf.modeling.detector import apply_input_convention, build_detector
-from rethink_tf.training.run_files import resolve_checkpoint  # noqa: F401 (part of this API)
+from rethink_tf.detector import apply_input_convention, build_detector
+from rethink_tf.run_files import resolve_checkpoint  # noqa: F401 (part of this API)
 
 
 def build_for_inference(checkpoint: str, **model_overrides) -> Tuple[tf_keras.Model, InputConfig]:

@@ -12,7 +12,8 @@ Writes, in --model_dir:
                             adds, as the paper's Fig. 2), steps, batch, validation top-1 and the
                             pixel convention the trainer applies to the detector's inputs;
   `train/`, `eval/`         TensorBoard scalars (loss, top-1, learning rate);
-  `ckpt-*`                  full training state, so a killed job resumes where it stopped.
+  `ckpt-*`                  full training state, so a killed job resumes where it stopped (a
+                            SIGTERM saves one at the current step and stops cleanly).
 `backbone.json` is written last, under a temporary name renamed when complete: its presence
 means the checkpoint is complete.
 """
@@ -26,6 +27,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from rethink_tf import config  # noqa: E402
 from rethink_tf.training.pretraining import pretrain  # noqa: E402
+from rethink_tf.training.trainer import CheckpointWriteError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -35,8 +37,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.model_dir:
     sys.exit("--model_dir is required")
-  config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
-  pretrain(FLAGS.model_dir)
+  try:
+    config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    pretrain(FLAGS.model_dir)  # None after a SIGTERM: the same command resumes
+  except (config.ConfigError, FloatingPointError, CheckpointWriteError) as e:
+    sys.exit(f"error: {e}")
 
 
 def console_main():

@@ -22,10 +22,12 @@ from absl import app, flags, logging  # noqa: E402
 
 from rethink_tf import config  # noqa: E402
 from rethink_tf.flags import define_common_flags  # noqa: E402
-from rethink_tf.modeling.init import InitError  # noqa: E402
+from rethink_tf.checkpoint.init import InitError  # noqa: E402
 from rethink_tf.training import distribute  # noqa: E402
 from rethink_tf.training.input_damage import DamagedInputError  # noqa: E402
-from rethink_tf.training.trainer import CheckpointWriteError, Trainer  # noqa: E402
+from rethink_tf.evaluation.evaluator import final_summary  # noqa: E402
+from rethink_tf.training.task import detection_trainer  # noqa: E402
+from rethink_tf.training.trainer import CheckpointWriteError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -41,17 +43,16 @@ def main(argv):
   try:
     config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
-    metrics = Trainer(FLAGS.model_dir, strategy,
-                      allow_config_change=FLAGS.allow_config_change).train()
+    metrics = detection_trainer(FLAGS.model_dir,
+                                strategy,
+                                allow_config_change=FLAGS.allow_config_change).train()
   except (config.ConfigError, InitError, FloatingPointError, CheckpointWriteError,
           DamagedInputError) as e:
     # Configuration mistakes and the expected failures of a long run: the message names the
     # binding, file or checkpoint and says what to do; a traceback would bury it.
     sys.exit(f"error: {e}")
   if metrics:
-    names = (("bbox", "box"), ("segm", "mask"), ("keypoints", "keypoint"))
-    summary = ", ".join(f"{name} AP {metrics[k]['AP']:.3f}" for k, name in names if k in metrics)
-    print(f"final: {summary} after {(time.time() - t0) / 60:.1f} min", flush=True)
+    print(f"final: {final_summary(metrics)} after {(time.time() - t0) / 60:.1f} min", flush=True)
     print(json.dumps(metrics))
 
 

@@ -11,10 +11,11 @@ import pytest
 import tensorflow as tf
 
 from rethink_tf import config
-from rethink_tf.modeling import init as init_lib
+from rethink_tf.checkpoint import init as init_lib
 from rethink_tf.training import distribute
 from rethink_tf.training.schedules import nx_schedule
-from rethink_tf.training.trainer import TrainConfig, Trainer
+from rethink_tf.training.task import detection_trainer
+from rethink_tf.training.train_config import TrainConfig
 
 from conftest import REPO_ROOT
 
@@ -121,7 +122,7 @@ def test_header_names_figure_and_paper_result(path):
     assert paper.startswith(PAPER_AP[name]), paper
   if "_pretrained" in name:  # the command binds converted weights and says how to make them
     assert "init_config.checkpoint=" in text.splitlines()[0]
-    assert re.search(r"^# Weights: python -m rethink_tf.modeling.convert_weights ", text, re.M)
+    assert re.search(r"^# Weights: python -m rethink_tf.checkpoint.convert_weights ", text, re.M)
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=NAMES)
@@ -145,7 +146,7 @@ def test_preset_binds_the_described_recipe(path):
   assert q("build_model.num_keypoints") if keypoints else ("build_model.num_keypoints"
                                                            not in gin.config_str())
   if keypoints:
-    from rethink_tf.modeling.keypoints import COCO_PERSON_KEYPOINTS
+    from rethink_tf.data.keypoints import COCO_PERSON_KEYPOINTS
     assert q("build_model.num_keypoints") == 17 and q("build_model.mask_on") is False
     assert tuple(q("InputConfig.keypoint_names")) == COCO_PERSON_KEYPOINTS
     assert tuple(q("InputConfig.category_ids")) == (1,)
@@ -155,7 +156,7 @@ def test_preset_binds_the_described_recipe(path):
     assert tuple(q("build_model.cascade_ious")) == (0.5, 0.6, 0.7)
     total = nx_schedule(global_batch_size=TrainConfig().global_batch_size).total_steps
     start = total - 270_000 * 16 // TrainConfig().global_batch_size
-    assert q("TrainConfig.cascade_start_step") == start == 135_000
+    assert q("build_model.cascade_start_step") == start == 135_000
   else:
     assert "cascade" not in gin.config_str()
   if name.endswith("_tta"):  # detectron2's TEST.AUG scales around the 800 base scale
@@ -213,7 +214,7 @@ def test_preset_family_trains_one_step(family, tmp_path):
   ckpt = str(tmp_path / "backbone" / "ckpt")
   params = SMOKE + ([f"init_config.checkpoint = '{ckpt}'"] if pretrained else [])
   _parse(f"gin_configs/paper/{name}.gin", params)
-  t = Trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
+  t = detection_trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
   model = t.model
   if pretrained:  # a converted backbone on disk; the init mode must restore exactly it
     rng = np.random.default_rng(0)
@@ -237,15 +238,15 @@ def test_preset_family_trains_one_step(family, tmp_path):
   assert bool(applied)
   values = {k: float(v) for k, v in losses.items()}
   assert all(np.isfinite(v) for v in values.values()), values
-  assert ("mask_loss" in values) == (model.mask_head is not None)
+  assert ("mask_loss" in values) == (model.roi_heads.branch("mask") is not None)
   assert int(t.optimizer.iterations.numpy()) == 1
   # Every trainable backbone/RPN/box variable moved (the mask head may see no foreground RoI
   # in one 64 px image, then only its kernels move, by weight decay).
-  for layer in (model.backbone, model.rpn_head, model.box_head, model.box_predictor):
+  for layer in (model.backbone, model.rpn_head, model.roi_heads.box_head, model.roi_heads.box_predictor):
     for v in layer.trainable_variables:
       assert not np.array_equal(before[v.ref()], v.numpy()), v.name
   if name.startswith("vgg16"):
-    assert model.fpn is None and model.mask_head is None and model.backbone.norm is None
+    assert model.fpn is None and model.roi_heads.branch("mask") is None and model.backbone.norm is None
     frozen = [
         v for b in model.backbone.blocks[:model.backbone.freeze_at] for c in b for v in c.variables
     ]

@@ -74,7 +74,7 @@ def category_names(category_ids: Sequence[int],
   return [str(int(c)) for c in category_ids], [int(c) for c in category_ids]
 
 
-# Written beside a checkpoint by `rethink_tf.modeling.convert_detector`: the classes in the
+# Written beside a checkpoint by `rethink_tf.checkpoint.convert_detector`: the classes in the
 # model's order, {"categories": [{"id", "name", "contiguous_id"}, ...]}.
 CHECKPOINT_CATEGORIES = "categories.json"
 

@@ -24,9 +24,9 @@ from rethink_tf.data.image_preprocessing import (
     resized_size,
 )
 from rethink_tf.layers.roi_align import roi_align_flat
-from rethink_tf.modeling import anchors as anchor_lib
-from rethink_tf.modeling import keypoints as keypoint_lib
-from rethink_tf.run_config import ConfigError
+from rethink_tf.layers import anchors as anchor_lib
+from rethink_tf.data import keypoints as keypoint_lib
+from rethink_tf.errors import ConfigError
 
 # torchvision/detectron2 ImageNet statistics (RGB, 0-255); detectron2's scratch configs use them.
 PIXEL_MEAN = (123.675, 116.28, 103.53)

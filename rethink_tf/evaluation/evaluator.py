@@ -11,7 +11,7 @@ from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.evaluation import coco_evaluator
 from rethink_tf.evaluation.tta import TestTimeAugmentation, detect_tta
 from rethink_tf.modeling import postprocess
-from rethink_tf.training import run_files
+from rethink_tf import run_files
 
 # Boxes to input-image pixels and masks to RLE strings, compiled (one trace per batch shape):
 # eagerly, the per-detection loop would dispatch every op of every mask from Python.
@@ -182,12 +182,26 @@ def run_evaluation(model,
   results = predict_coco_results(model, cfg, batch_size, tta=tta, total_images=len(gt.getImgIds()))
   if results_path:
     run_files.write_text(results_path, json.dumps(results))
-  iou_types = ("bbox", "segm") if model.mask_head is not None else ("bbox",)
+  iou_types = ("bbox", "segm") if model.roi_heads.branch("mask") is not None else ("bbox",)
   metrics = {iou: coco_evaluator.evaluate(gt, results, iou) for iou in iou_types}
-  if getattr(model, "keypoint_head", None) is not None:
+  if model.roi_heads.branch("keypoint") is not None:
     boxes_only = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
     metrics["keypoints"] = coco_evaluator.evaluate(gt,
                                                    boxes_only,
                                                    "keypoints",
                                                    kpt_oks_sigmas=cfg.keypoint_oks_sigmas or None)
   return metrics
+
+
+def format_metrics(metrics: Dict[str, Dict[str, float]]) -> str:
+  """'box AP 0.601 (AP50 0.850) | mask AP 0.567 (AP50 0.840)'; masks and keypoints only when
+  evaluated."""
+  names = {"bbox": "box", "segm": "mask", "keypoints": "keypoint"}
+  return " | ".join(
+      f"{names[k]} AP {v['AP']:.3f} (AP50 {v['AP50']:.3f})" for k, v in metrics.items())
+
+
+def final_summary(metrics: Dict[str, Dict[str, float]]) -> str:
+  """'box AP 0.586, mask AP 0.589' of the metrics evaluated."""
+  names = {"bbox": "box", "segm": "mask", "keypoints": "keypoint"}
+  return ", ".join(f"{names[k]} AP {metrics[k]['AP']:.3f}" for k in names if k in metrics)

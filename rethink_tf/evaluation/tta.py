@@ -104,13 +104,13 @@ def detect_tta(model, batches: Sequence[Dict[str, tf.Tensor]],
   fns = _functions(model)
   boxes, probs = zip(*(fns["boxes"](batches[i], flipped) for i, flipped in augmentations))
   det = fns["nms"](tf.concat(boxes, 1), tf.concat(probs, 1))
-  if model.mask_head is not None:
+  if model.roi_heads.branch("mask") is not None:
     masks = [
         fns["masks"](batches[i], flipped, det["boxes"], det["classes"])
         for i, flipped in augmentations
     ]
     det["masks"] = tf.add_n(masks) / len(masks)
-  if model.keypoint_head is not None:
+  if model.roi_heads.branch("keypoint") is not None:
     i, flipped = augmentations[0]
     det["keypoints"] = fns["keypoints"](batches[i], flipped, det["boxes"])
   return det
@@ -147,14 +147,16 @@ def _functions(model):
 
   def aug_masks(batch, flipped, boxes, classes):
     feats, _ = features(batch, flipped)
-    masks = model.mask_probs(feats, to_frame(boxes, batch, flipped), classes)
+    masks = model.roi_heads.branch_outputs("mask", feats, to_frame(boxes, batch, flipped),
+                                           classes)["masks"]
     return tf.reverse(masks, axis=[-1]) if flipped else masks  # box-relative, unflipped
 
   def aug_keypoints(batch, flipped, boxes):
     if flipped:
       raise ValueError("keypoints come from the first, unflipped augmentation")
     feats, _ = features(batch, False)
-    points = model.keypoint_points(feats, to_frame(boxes, batch, False))
+    points = model.roi_heads.branch_outputs("keypoint", feats, to_frame(boxes, batch,
+                                                                        False))["keypoints"]
     scale_xy = tf.reverse(tf.cast(batch["scale"], tf.float32), [-1])[:, None, None, :]
     return tf.concat([points[..., :2] / scale_xy, points[..., 2:]], -1)
 

@@ -5,20 +5,23 @@
 conv5 (the paper's no-normalization experiment).
 """
 
+import dataclasses
+import inspect
 from typing import Optional, Sequence
 
 import gin
 
-from rethink_tf.modeling.cascade import CASCADE_BOX_WEIGHTS
+from rethink_tf.errors import ConfigError
+from rethink_tf.modeling import backbone as backbone_lib
 from rethink_tf.modeling.fpn import FPN
 from rethink_tf.modeling.mask_rcnn import MaskRCNN
-from rethink_tf.modeling.resnet import ResNet
-from rethink_tf.modeling.roi_heads import BoxHead, BoxPredictor, KeypointHead, MaskHead
-from rethink_tf.modeling.roi_sampling import ROI_BOX_WEIGHTS
+from rethink_tf.modeling.roi_heads.box import BoxHead, BoxPredictor
+from rethink_tf.modeling.roi_heads.cascade import CASCADE_BOX_WEIGHTS, CascadeRoIHeads
+from rethink_tf.modeling.roi_heads.keypoint import KeypointHead
+from rethink_tf.modeling.roi_heads.mask import MaskHead
+from rethink_tf.modeling.roi_heads.sampling import ROI_BOX_WEIGHTS
+from rethink_tf.modeling.roi_heads.standard import RoIHeads
 from rethink_tf.modeling.rpn import RPNHead
-from rethink_tf.modeling.vgg import VGG16
-
-BACKBONES = ("resnet", "vgg16")
 
 
 @gin.configurable
@@ -64,6 +67,7 @@ def build_model(num_classes: int = 81,
                 keypoint_head_num_conv: int = 8,
                 cascade_ious: Sequence[float] = (),
                 cascade_box_weights: Sequence[Sequence[float]] = CASCADE_BOX_WEIGHTS,
+                cascade_start_step: int = 0,
                 head_norm: Optional[str] = "same",
                 keypoint_head_norm: Optional[str] = "same",
                 class_agnostic_box_regression: bool = False,
@@ -90,6 +94,13 @@ def build_model(num_classes: int = 81,
   `cascade_ious` (e.g. (0.5, 0.6, 0.7)) makes the box head Cascade R-CNN's: one stage per IoU,
   each with its own box head (same architecture) and class-agnostic box predictor, stage k
   coding boxes with `cascade_box_weights[k]`; empty: the plain Mask R-CNN box head.
+  `cascade_start_step`: stages 2.. train (and take part in inference) from this training step
+  on; before it the model trains and evaluates as its stage 1 (the paper's X152 recipe adds
+  cascade for the last 270k iterations). A model without cascade stages refuses it.
+
+  This is the gin edge: the defaults live here only; the parts below take every setting
+  explicitly. A new RoI head is a `RoIBranch` module and its line in `branches` below; a new
+  backbone registers itself in `modeling/backbone/`.
 
   Conventions of other implementations, each a binding whose default is this project's
   (docs/architecture.md names the source line each follows; `convert_detector` sets them):
@@ -103,8 +114,8 @@ def build_model(num_classes: int = 81,
   `box_plus_one` (Detectron's "+1" box widths, its rounded anchors and proposal filter;
   inference only).
   """
-  if backbone not in BACKBONES:
-    raise ValueError(f"build_model.backbone {backbone!r} is not one of {BACKBONES}")
+  if backbone not in backbone_lib.names():
+    raise ValueError(f"build_model.backbone {backbone!r} is not one of {backbone_lib.names()}")
   if fpn_norm == "same":
     fpn_norm = norm
   if head_norm == "same":
@@ -114,20 +125,25 @@ def build_model(num_classes: int = 81,
   if box_plus_one and cascade_ious:
     raise ValueError("build_model.box_plus_one (Detectron's box convention) has no Cascade "
                      "R-CNN: Detectron has none; leave cascade_ious empty")
+  if len(cascade_ious) == 1:
+    raise ValueError("build_model.cascade_ious needs one IoU per stage and at least 2 stages "
+                     f"(got {tuple(cascade_ious)}); leave it empty for the plain box head")
+  if cascade_start_step and not cascade_ious:
+    raise ConfigError(
+        f"build_model.cascade_start_step = {cascade_start_step} but the model has no cascade "
+        "stages: bind build_model.cascade_ious = (0.5, 0.6, 0.7)")
   kw = dict(gn_num_groups=gn_num_groups)
-  if backbone == "resnet":
-    body = ResNet(depth=depth,
-                  groups=groups,
-                  width_per_group=width_per_group,
-                  norm=norm,
-                  freeze_at=freeze_at,
-                  width_multiplier=width_multiplier,
-                  block_counts=block_counts,
-                  stride_in_1x1=stride_in_1x1,
-                  name="backbone",
-                  **kw)
-  else:
-    body = VGG16(freeze_at=freeze_at, width_multiplier=width_multiplier, norm=norm, name="backbone")
+  body = backbone_lib.build(
+      backbone,
+      backbone_lib.BackboneSettings(norm=norm,
+                                    gn_num_groups=gn_num_groups,
+                                    freeze_at=freeze_at,
+                                    width_multiplier=width_multiplier,
+                                    depth=depth,
+                                    groups=groups,
+                                    width_per_group=width_per_group,
+                                    block_counts=block_counts,
+                                    stride_in_1x1=stride_in_1x1))
   if use_fpn:
     fpn = FPN(fpn_channels, norm=fpn_norm, name="fpn", **kw)
     min_level, max_level, rpn_channels = 2, 6, fpn_channels
@@ -139,84 +155,102 @@ def build_model(num_classes: int = 81,
     (level, rpn_channels), = body.out_channels.items()
     min_level = max_level = level
   rpn = RPNHead(rpn_channels, num_anchors=len(aspect_ratios) * len(anchor_scales), name="rpn")
-  box_head = BoxHead(box_head_type,
-                     head_conv_dim,
-                     head_fc_dim,
-                     norm=head_norm,
-                     num_conv=box_head_num_conv,
-                     name="box_head",
-                     **kw)
-  if len(cascade_ious) == 1:
-    raise ValueError("build_model.cascade_ious needs one IoU per stage and at least 2 stages "
-                     f"(got {tuple(cascade_ious)}); leave it empty for the plain box head")
+
+  def box_head(name):
+    return BoxHead(box_head_type,
+                   head_conv_dim,
+                   head_fc_dim,
+                   norm=head_norm,
+                   num_conv=box_head_num_conv,
+                   name=name,
+                   **kw)
+
   cascade = bool(cascade_ious)
   box_predictor = BoxPredictor(num_classes,
                                class_agnostic=cascade or class_agnostic_box_regression,
                                name="box_predictor")
-  cascade_heads = [(BoxHead(box_head_type,
-                            head_conv_dim,
-                            head_fc_dim,
-                            norm=head_norm,
-                            num_conv=box_head_num_conv,
-                            name=f"box_head_stage{k + 1}",
-                            **kw),
-                    BoxPredictor(num_classes,
-                                 class_agnostic=True,
-                                 name=f"box_predictor_stage{k + 1}"))
-                   for k in range(1, len(cascade_ious))]
-  mask_head = None
+  # The branches beside the box head, in the order they run (and their losses are listed).
+  branches = []
   if mask_on:
-    mask_head = MaskHead(num_classes,
-                         mask_head_conv_dim or head_conv_dim,
-                         mask_head_num_conv,
-                         norm=head_norm,
-                         name="mask_head",
-                         **kw)
-  keypoint_head = None
+    branches.append(
+        MaskHead(num_classes,
+                 mask_head_conv_dim or head_conv_dim,
+                 mask_head_num_conv,
+                 norm=head_norm,
+                 pool_size=mask_pool_size,
+                 sampling_ratio=mask_sampling_ratio,
+                 name="mask_head",
+                 **kw))
   if num_keypoints:
-    keypoint_head = KeypointHead(num_keypoints,
-                                 keypoint_head_conv_dim,
-                                 keypoint_head_num_conv,
-                                 norm=keypoint_head_norm,
-                                 name="keypoint_head",
-                                 **kw)
+    branches.append(
+        KeypointHead(num_keypoints,
+                     keypoint_head_conv_dim,
+                     keypoint_head_num_conv,
+                     norm=keypoint_head_norm,
+                     pool_size=keypoint_pool_size,
+                     sampling_ratio=keypoint_sampling_ratio,
+                     name="keypoint_head",
+                     **kw))
+  plus_one = 1.0 if box_plus_one else 0.0
+  heads_kwargs = dict(roi_levels=list(range(min_level, min(max_level, 5) + 1)),
+                      samples_per_image=roi_samples_per_image,
+                      positive_fraction=roi_positive_fraction,
+                      branch_rois_per_image=mask_rois_per_image,
+                      box_pooler=(box_pool_size, box_sampling_ratio),
+                      pooler_kwargs=dict(aligned=roi_align_aligned,
+                                         level_epsilon=roi_level_epsilon,
+                                         box_plus_one=plus_one,
+                                         max_adaptive_samples=max_adaptive_samples),
+                      box_plus_one=plus_one,
+                      roi_chunk_mb=roi_chunk_mb,
+                      name="roi_heads")
+  if cascade:
+    later = [(box_head(f"box_head_stage{k + 1}"),
+              BoxPredictor(num_classes, class_agnostic=True, name=f"box_predictor_stage{k + 1}"))
+             for k in range(1, len(cascade_ious))]
+    roi_heads = CascadeRoIHeads(box_head("box_head"),
+                                box_predictor,
+                                branches,
+                                later_stages=later,
+                                stage_ious=tuple(cascade_ious),
+                                stage_box_weights=cascade_box_weights,
+                                start_step=cascade_start_step,
+                                **heads_kwargs)
+  else:
+    roi_heads = RoIHeads(box_head("box_head"),
+                         box_predictor,
+                         branches,
+                         fg_iou=0.5,
+                         box_weights=ROI_BOX_WEIGHTS,
+                         **heads_kwargs)
   return MaskRCNN(body,
                   fpn,
                   rpn,
-                  box_head,
-                  box_predictor,
-                  mask_head,
-                  keypoint_head,
+                  roi_heads,
                   num_classes=num_classes,
                   image_size=image_size,
                   min_level=min_level,
                   max_level=max_level,
+                  aspect_ratios=aspect_ratios,
                   anchor_size=anchor_size,
                   anchor_scales=anchor_scales,
-                  aspect_ratios=aspect_ratios,
-                  rpn_pre_nms_topk_train=rpn_pre_nms_topk_train,
-                  rpn_post_nms_topk_train=rpn_post_nms_topk_train,
-                  rpn_pre_nms_topk_test=rpn_pre_nms_topk_test,
-                  rpn_post_nms_topk_test=rpn_post_nms_topk_test,
+                  anchor_offset=anchor_offset,
+                  rpn_topk_train=(rpn_pre_nms_topk_train, rpn_post_nms_topk_train),
+                  rpn_topk_test=(rpn_pre_nms_topk_test, rpn_post_nms_topk_test),
                   rpn_nms_threshold=rpn_nms_threshold,
-                  roi_samples_per_image=roi_samples_per_image,
-                  roi_positive_fraction=roi_positive_fraction,
-                  mask_rois_per_image=mask_rois_per_image,
+                  box_plus_one=box_plus_one,
                   detections_per_image=detections_per_image,
                   score_threshold=score_threshold,
-                  nms_threshold=nms_threshold,
-                  roi_chunk_mb=roi_chunk_mb,
-                  box_pool_size=box_pool_size,
-                  mask_pool_size=mask_pool_size,
-                  keypoint_pool_size=keypoint_pool_size,
-                  box_sampling_ratio=box_sampling_ratio,
-                  mask_sampling_ratio=mask_sampling_ratio,
-                  keypoint_sampling_ratio=keypoint_sampling_ratio,
-                  max_adaptive_samples=max_adaptive_samples,
-                  roi_align_aligned=roi_align_aligned,
-                  roi_level_epsilon=roi_level_epsilon,
-                  anchor_offset=anchor_offset,
-                  box_plus_one=box_plus_one,
-                  cascade_heads=cascade_heads,
-                  cascade_ious=tuple(cascade_ious) or (0.5,),
-                  cascade_box_weights=cascade_box_weights if cascade else (ROI_BOX_WEIGHTS,))
+                  nms_threshold=nms_threshold)
+
+
+def build_backbone() -> backbone_lib.Backbone:
+  """The backbone `build_model` builds under the current gin bindings, alone (pre-training
+  trains it as a classifier, so its checkpoint fits the detector)."""
+  settings = {
+      k: p.default for k, p in inspect.signature(build_model).parameters.items()
+  }
+  settings.update(gin.get_bindings("build_model"))
+  fields = [f.name for f in dataclasses.fields(backbone_lib.BackboneSettings)]
+  return backbone_lib.build(settings["backbone"],
+                            backbone_lib.BackboneSettings(**{k: settings[k] for k in fields}))

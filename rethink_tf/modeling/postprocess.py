@@ -6,7 +6,7 @@ import tensorflow as tf
 from rethink_tf.layers import box_ops
 from rethink_tf.layers.mask_rle import encode_masks
 from rethink_tf.layers.paste_masks import paste_masks
-from rethink_tf.modeling.roi_sampling import ROI_BOX_WEIGHTS
+from rethink_tf.modeling.roi_heads.sampling import ROI_BOX_WEIGHTS
 
 
 def class_boxes(proposals,

@@ -7,6 +7,7 @@ import tf_keras
 
 from rethink_tf.layers import box_ops
 from rethink_tf.layers.nms import batched_nms_padded
+from rethink_tf.modeling.losses import Reducer, normalizer, smooth_l1
 
 
 @tf_keras.utils.register_keras_serializable(package="rethink_tf")
@@ -123,3 +124,23 @@ def _detectron_keep(boxes, size):
       < size[..., 1]
   ]),
                        axis=0)
+
+
+RPN_SMOOTH_L1_BETA = 1.0 / 9.0  # Detectron RPN
+
+
+def rpn_losses(rpn_scores, rpn_deltas, rpn_labels, rpn_box_targets, global_sum: Reducer = None):
+  """Objectness BCE and box smooth-L1, both normalized by the number of sampled anchors.
+
+  Args: rpn_scores [B, A]; rpn_deltas [B, A, 4]; rpn_labels [B, A] in {1, 0, -1};
+    rpn_box_targets [B, A, 4].
+  """
+  rpn_scores = tf.cast(rpn_scores, tf.float32)
+  sampled = tf.cast(rpn_labels >= 0, tf.float32)
+  norm = normalizer(tf.reduce_sum(sampled), global_sum)
+  labels = tf.cast(rpn_labels > 0, tf.float32)
+  bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=rpn_scores)
+  cls_loss = tf.reduce_sum(bce * sampled) / norm
+  box = smooth_l1(tf.cast(rpn_deltas, tf.float32) - rpn_box_targets, RPN_SMOOTH_L1_BETA)
+  box_loss = tf.reduce_sum(tf.reduce_sum(box, -1) * labels) / norm
+  return cls_loss, box_loss

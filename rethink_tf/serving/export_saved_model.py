@@ -118,7 +118,7 @@ def export(checkpoint: str,
                   "probability": "float32 probability"
               }[mask_output], "limits":
                   dataclasses.asdict(limits), "mask_resolution":
-                      (2 * model.mask_pool_size if model.mask_head is not None else None),
+                      (2 * model.roi_heads.poolers["mask"][0] if model.roi_heads.branch("mask") is not None else None),
               "preprocessing":
                   preprocessing, "canvas":
                       (f"fixed {cfg.padded_size[0]}x{cfg.padded_size[1]}" if fixed_canvas else

@@ -47,16 +47,16 @@ def summarize(model) -> dict:
   if model.fpn is not None:
     modules["fpn"] = _count(model.fpn.variables)
   modules.update(rpn=_count(model.rpn_head.variables),
-                 box_head=_count(model.box_head.variables),
-                 box_predictor=_count(model.box_predictor.variables))
-  if model.mask_head is not None:
-    modules.update(_head_and_predictor("mask", model.mask_head, model.mask_head.predictor))
-  for k, (head, predictor) in enumerate(zip(model.cascade_box_heads, model.cascade_box_predictors)):
+                 box_head=_count(model.roi_heads.box_head.variables),
+                 box_predictor=_count(model.roi_heads.box_predictor.variables))
+  if model.roi_heads.branch("mask") is not None:
+    modules.update(_head_and_predictor("mask", model.roi_heads.branch("mask"), model.roi_heads.branch("mask").predictor))
+  for k, (head, predictor) in enumerate(zip(model.roi_heads.cascade_box_heads, model.roi_heads.cascade_box_predictors)):
     modules[f"box_head_stage{k + 2}"] = _count(head.variables)
     modules[f"box_predictor_stage{k + 2}"] = _count(predictor.variables)
-  if model.keypoint_head is not None:
+  if model.roi_heads.branch("keypoint") is not None:
     modules.update(
-        _head_and_predictor("keypoint", model.keypoint_head, model.keypoint_head.score_lowres))
+        _head_and_predictor("keypoint", model.roi_heads.branch("keypoint"), model.roi_heads.branch("keypoint").score_lowres))
   return {
       "modules": modules, "total": _count(model.variables),
       "trainable": _count(model.trainable_variables)

@@ -1,12 +1,14 @@
-"""What happens between training steps, one hook per concern (detectron2's `hooks.py`).
+"""What happens between training steps, one hook per concern (detectron2's `hooks.py`); the
+hooks here serve any task (the detection task adds its own in `detection_hooks.py`).
 
-The loop (`trainer.py`) calls, in the order the hooks were given: `before_train()` once,
-`after_step(step, result)` after every call of the compiled loop (`step` is the step reached,
-`result` its `StepResult`), and `after_train()` once at the end, also when training stops with
-an error. `steps_to_next(step)` bounds the steps of the next loop call, so a compiled call of
-several steps never runs past a hook's event. Every worker of a multi-worker job runs every
-hook (checkpoint saves and the preemption vote are collectives); what lands on disk is the
-chief's.
+The loop (`trainer.py`) restores the task, then calls, in the order the hooks were given:
+`before_train()` once, `after_step(step, result)` after every call of the compiled loop (`step`
+is the step reached, `result` its `StepResult`), and `after_train()` once at the end, also when
+training stops with an error. `steps_to_next(step)` bounds the steps of the next loop call, so a
+compiled call of several steps never runs past a hook's event. `on_error(step, error)` sees an
+error of a step or a hook (`step`: the last completed one) and may return the exception to raise
+instead. Every worker of a multi-worker job runs every hook (checkpoint saves and the preemption
+vote are collectives); what lands on disk is the chief's.
 """
 
 import collections
@@ -21,15 +23,11 @@ from typing import Dict, Optional
 import gin
 import tensorflow as tf
 
-from rethink_tf import run_config
-from rethink_tf.evaluation import visualize
-from rethink_tf.evaluation.evaluator import run_evaluation
-from rethink_tf.training import distribute, divergence, run_files
+from rethink_tf import run_files
+from rethink_tf.training import distribute, divergence
+from rethink_tf.training.run_config import OPERATIVE_CONFIG_FILE
 
-EVAL_METRICS_FILE = "eval_metrics.jsonl"
 SCHEDULE_FILE = "schedule.json"
-OPERATIVE_CONFIG_FILE = "operative_config.gin"
-CONFIG_CHANGES_FILE = "config_changes.txt"
 
 # losses: {name: scalar tensor} of the call's last step; done: steps the call ran; applied:
 # whether that last step's update was applied (False: a non-finite loss or gradient).
@@ -41,9 +39,18 @@ class CheckpointWriteError(OSError):
 
 
 class Hook:
-  """Base class: every method does nothing. `trainer` is set by the Trainer."""
+  """Base class: every method does nothing. `trainer` is set by the Trainer (`bind`)."""
 
   trainer = None
+
+  def bind(self, trainer):
+    """Called once by the Trainer that runs this hook."""
+    self.trainer = trainer
+
+  def on_error(self, step: int, error: Exception) -> Optional[Exception]:
+    """The exception to raise instead of `error` (raised by the step after `step`, or by a
+    hook after it), or None."""
+    return None
 
   def before_train(self):
     pass
@@ -59,44 +66,23 @@ class Hook:
     return None
 
 
-def _to_next(step: int, period: int) -> Optional[int]:
+def steps_until(step: int, period: int) -> Optional[int]:
+  """Steps from `step` to the next multiple of `period` (None: period 0, no event)."""
   return period - step % period if period else None
 
 
-class RunConfigGuard(Hook):
-  """Refuses (ConfigError) to continue a run in model_dir that was trained with another
-  operative config, unless `allow_config_change`; allowed changes are printed and appended
-  to `config_changes.txt`. Writes the run's `config.gin`, `schedule.json` and, once the model
-  is traced, `operative_config.gin`."""
-
-  def __init__(self, allow_config_change: bool = False):
-    self.allow_config_change = allow_config_change
+class RunRecord(Hook):
+  """Writes the run's `config.gin`, `schedule.json` (the task's `run_record()`, for tools that
+  plot it) and, once the model is traced, `operative_config.gin` (which a resumed run is
+  compared with: `run_config.py`)."""
 
   def before_train(self):
     t = self.trainer
-    path = os.path.join(t.model_dir, OPERATIVE_CONFIG_FILE)
-    if tf.io.gfile.exists(path):
-      with tf.io.gfile.GFile(path) as f:
-        previous = f.read()
-      changes = run_config.check_run_config(previous, gin.operative_config_str(), t.model_dir,
-                                            self.allow_config_change)
-      if changes and t.is_chief:
-        latest = tf.train.latest_checkpoint(t.model_dir)
-        lines = [f"config changed when resuming from {latest} (--allow_config_change):"]
-        lines += [f"  {k}: {a} -> {b}" for k, a, b in changes]
-        print("\n".join(lines), flush=True)
-        with open(os.path.join(t.model_dir, CONFIG_CHANGES_FILE), "a") as f:
-          f.write("\n".join(lines) + "\n")
     if t.is_chief:
       run_files.write_text(os.path.join(t.model_dir, "config.gin"), gin.config_str())
-      s = t.schedule  # for tools that plot it: LR scalars are too coarse to place a decay
-      run_files.write_text(
-          os.path.join(t.model_dir, SCHEDULE_FILE),
-          json.dumps({
-              "total_steps": s.total_steps, "boundaries": list(s.boundaries), "base_lr": s.base_lr,
-              "warmup_steps": s.warmup_steps, "decay_factor": s.decay_factor,
-              "global_batch_size": t.cfg.global_batch_size
-          }))
+      record = t.task.run_record()
+      if record is not None:
+        run_files.write_text(os.path.join(t.model_dir, SCHEDULE_FILE), json.dumps(record))
     self._written = False
 
   def after_step(self, step, result):
@@ -115,8 +101,8 @@ class RunConfigGuard(Hook):
 
 
 class Checkpointer(Hook):
-  """Restores or initializes the model, saves every `every_steps` and at the end, and turns
-  SIGTERM (preemption) into a save at the current step followed by a clean stop.
+  """Saves the task's checkpoint every `every_steps` and at the end, and turns SIGTERM
+  (preemption) into a save at the current step followed by a clean stop.
 
   Every worker takes part in a save (a collective); only the chief's lands in model_dir, the
   others write to a scratch directory they delete afterwards. A checkpoint becomes the latest
@@ -125,26 +111,28 @@ class Checkpointer(Hook):
   removes the new checkpoint's partial files and raises CheckpointWriteError.
   """
 
-  def __init__(self, trainer, every_steps: int, keep: int):
-    self.every_steps = every_steps
+  def __init__(self, every_steps: int, keep: int):
+    self.every_steps, self.keep = every_steps, keep
+    self._sigterm = threading.Event()
+    self._previous_handler = None
+
+  def bind(self, trainer):
+    super().bind(trainer)
     _, task_type, task_id = distribute.worker_info(trainer.strategy)
     self.directory = (trainer.model_dir if trainer.is_chief else os.path.join(
         trainer.model_dir, f".{task_type}_{task_id}_scratch"))
     self.manager = tf.train.CheckpointManager(trainer.task.checkpoint,
                                               self.directory,
-                                              max_to_keep=keep)
-    self._sigterm = threading.Event()
-    self._previous_handler = None
+                                              max_to_keep=self.keep)
 
   def before_train(self):
-    self.trainer.start_step = self.trainer.restore_or_initialize()
     # Main thread only: signal handlers cannot be installed elsewhere.
     if threading.current_thread() is threading.main_thread():
       self._previous_handler = signal.signal(signal.SIGTERM,
                                              lambda signum, frame: self._sigterm.set())
 
   def steps_to_next(self, step):
-    return _to_next(step, self.every_steps)
+    return steps_until(step, self.every_steps)
 
   def after_step(self, step, result):
     t = self.trainer
@@ -208,39 +196,31 @@ class Checkpointer(Hook):
     return int(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)) > 0
 
 
-class CascadeStart(Hook):
-  """Turns Cascade R-CNN's later stages on once the step reaches `start_step` (also right
-  after a resume; the flag is checkpointed with the model)."""
+class ModelSteps(Hook):
+  """Tells the model the training step, so what its parts switch on at a step (a stage that
+  starts late, say) happens there, also right after a resume (their state is checkpointed with
+  the model). The model's `set_step(step)` returns a line to print when something changed and
+  `steps_to_next_change(step)` bounds the loop calls; a model without them is left alone."""
 
-  def __init__(self, model, start_step: int):
-    if start_step and model.num_stages == 1:
-      raise run_config.ConfigError(
-          f"TrainConfig.cascade_start_step = {start_step} but the model has no cascade "
-          "stages: bind build_model.cascade_ious = (0.5, 0.6, 0.7)")
-    self.model, self.start_step = model, start_step
+  def _model(self):
+    model = self.trainer.model
+    return model if hasattr(model, "set_step") else None
 
   def before_train(self):
     self._set(self.trainer.start_step)
 
   def steps_to_next(self, step):
-    if self.model.num_stages > 1 and step < self.start_step:
-      return self.start_step - step
-    return None
+    model = self._model()
+    return model.steps_to_next_change(step) if model is not None else None
 
   def after_step(self, step, result):
     self._set(step)
 
   def _set(self, step: int):
-    if self.model.num_stages == 1:
-      return
-    active = step >= self.start_step
-    if bool(self.model.cascade_active.numpy()) != active:
-      self.model.cascade_active.assign(active)
-      state = "train from" if active else "wait for"
-      print(
-          f"cascade: stages 2-{self.model.num_stages} {state} step {self.start_step} "
-          f"(now {step})",
-          flush=True)
+    model = self._model()
+    change = model.set_step(step) if model is not None else None
+    if change:
+      print(change, flush=True)
 
 
 class DivergenceGuard(Hook):
@@ -248,8 +228,8 @@ class DivergenceGuard(Hook):
   `allowed` skipped steps allow, else a FloatingPointError naming the step, every loss term
   and the last good checkpoint (nothing is saved after the bad step)."""
 
-  def __init__(self, allowed: int):
-    self.allowed = allowed
+  def __init__(self, allowed: int, advice: Optional[str] = None):
+    self.allowed, self.advice = allowed, advice
 
   def after_step(self, step, result):
     if bool(result.applied):
@@ -257,8 +237,9 @@ class DivergenceGuard(Hook):
     t = self.trainer
     values = {k: float(v) for k, v in result.losses.items()}
     skipped = int(t.task.skipped_steps.numpy())
+    kwargs = {"advice": self.advice} if self.advice else {}
     message = divergence.nonfinite_message(step, values, skipped, self.allowed,
-                                           tf.train.latest_checkpoint(t.model_dir))
+                                           tf.train.latest_checkpoint(t.model_dir), **kwargs)
     with t.summary_writer("train").as_default(step=step):
       tf.summary.scalar("skipped_nonfinite_steps", skipped)
     if skipped > self.allowed:
@@ -267,24 +248,21 @@ class DivergenceGuard(Hook):
 
 
 class Progress(Hook):
-  """Prints the schedule, then every `every_steps` (and at the first and last step) the
-  losses, LR, steps/s, images/s and ETA; writes them as TensorBoard scalars under `train/`."""
+  """Prints the task's schedule, then every `every_steps` (and at the first and last step) the
+  losses it is given, LR, steps/s, images/s and ETA; writes them as TensorBoard scalars under
+  `train/` (each loss as `<scalar_prefix><name>`)."""
 
-  def __init__(self, every_steps: int):
-    self.every_steps = every_steps
+  def __init__(self, every_steps: int, scalar_prefix: str = "losses/"):
+    self.every_steps, self.scalar_prefix = every_steps, scalar_prefix
 
   def before_train(self):
-    t, s = self.trainer, self.trainer.schedule
-    print(
-        f"schedule: {s.total_steps} steps at global batch {t.cfg.global_batch_size}, "
-        f"LR {s.base_lr:g} decayed x{s.decay_factor:g} at {list(s.boundaries)}, warmup "
-        f"{s.warmup_steps} steps; {t.strategy.num_replicas_in_sync} replica(s)",
-        flush=True)
+    t = self.trainer
+    print(f"{t.task.describe()}; {t.strategy.num_replicas_in_sync} replica(s)", flush=True)
     self._t_start = self._t_window = time.time()
     self._steps_window = 0
 
   def steps_to_next(self, step):
-    return _to_next(step, self.every_steps)
+    return steps_until(step, self.every_steps)
 
   def after_step(self, step, result):
     t = self.trainer
@@ -298,67 +276,29 @@ class Progress(Hook):
     sps = self._steps_window / max(time.time() - self._t_window, 1e-9)
     # The first window includes tracing and compilation; later ones measure the steps.
     rate = sps if not first else (step - t.start_step) / max(time.time() - self._t_start, 1e-9)
-    lr = t.schedule.lr_at(step)
-    images = sps * t.cfg.global_batch_size
+    lr = t.task.learning_rate(step)
+    images = sps * t.task.global_batch_size
     with t.summary_writer("train").as_default(step=step):
       for k, v in values.items():
-        tf.summary.scalar(f"losses/{k}", v)
+        tf.summary.scalar(f"{self.scalar_prefix}{k}", v)
       tf.summary.scalar("learning_rate", lr)
       tf.summary.scalar("steps_per_sec", sps)
       tf.summary.scalar("images_per_sec", images)
-    mask = f" mask {values['mask_loss']:.3f}" if "mask_loss" in values else ""
     print(
-        f"step {step}/{t.end_step} | loss {values['total_loss']:.4f} (rpn "
-        f"{values['rpn_cls_loss']:.3f}/{values['rpn_box_loss']:.3f} cls "
-        f"{values['fast_rcnn_cls_loss']:.3f} box {values['fast_rcnn_box_loss']:.3f}{mask}) | "
-        f"lr {lr:.5f} | {sps:.2f} steps/s {images:.1f} img/s | "
-        f"ETA {format_eta((t.end_step - step) / max(rate, 1e-9))}",
+        f"step {step}/{t.end_step} | {format_losses(values)} | lr {lr:.5f} | {sps:.2f} steps/s "
+        f"{images:.1f} img/s | ETA {format_eta((t.end_step - step) / max(rate, 1e-9))}",
         flush=True)
     self._t_window, self._steps_window = time.time(), 0
 
 
-class Evaluation(Hook):
-  """COCO evaluation on the host (chief only) every `every_steps` and at the schedule's end:
-  TensorBoard scalars `bbox/AP`, ... and prediction images under `eval/`, a line in
-  `eval_metrics.jsonl`, the metrics in `trainer.metrics`."""
-
-  def __init__(self, every_steps: int, batch_size: int, image_summaries: int):
-    self.every_steps, self.batch_size = every_steps, batch_size
-    self.image_summaries = image_summaries
-
-  def steps_to_next(self, step):
-    return _to_next(step, self.every_steps)
-
-  def after_step(self, step, result):
-    t = self.trainer
-    if t.is_chief and ((self.every_steps and step % self.every_steps == 0) or
-                       step == t.schedule.total_steps):
-      t.metrics = self.evaluate(step)
-
-  def evaluate(self, step: int) -> Dict[str, Dict[str, float]]:
-    t = self.trainer
-    metrics = run_evaluation(t.model, t.input_cfg, self.batch_size)
-    writer = t.summary_writer("eval")
-    with writer.as_default(step=step):
-      for iou_type, stats in metrics.items():
-        for k, v in stats.items():
-          tf.summary.scalar(f"{iou_type}/{k}", v)
-      if self.image_summaries:
-        pictures = visualize.prediction_images(t.model, t.input_cfg, self.image_summaries)
-        tf.summary.image("predictions", pictures, max_outputs=len(pictures))
-    writer.flush()
-    run_files.append_line(os.path.join(t.model_dir, EVAL_METRICS_FILE),
-                          json.dumps({"step": step, **metrics}))
-    print(f"eval @ step {step}: {format_metrics(metrics)}", flush=True)
-    return metrics
-
-
-def format_metrics(metrics: Dict[str, Dict[str, float]]) -> str:
-  """'box AP 0.601 (AP50 0.850) | mask AP 0.567 (AP50 0.840)'; masks and keypoints only when
-  evaluated."""
-  names = {"bbox": "box", "segm": "mask", "keypoints": "keypoint"}
-  return " | ".join(
-      f"{names[k]} AP {v['AP']:.3f} (AP50 {v['AP50']:.3f})" for k, v in metrics.items())
+def format_losses(values: Dict[str, float]) -> str:
+  """'loss 2.8570 (rpn_cls 0.693 rpn_box 0.012 ...)': the total (`total_loss`, else the first
+  value) then every other term, without its `_loss` suffix."""
+  total_key = "total_loss" if "total_loss" in values else next(iter(values))
+  terms = " ".join(f"{k[:-5] if k.endswith('_loss') else k} {v:.3f}"
+                   for k, v in values.items()
+                   if k != total_key)
+  return f"loss {values[total_key]:.4f}" + (f" ({terms})" if terms else "")
 
 
 def format_eta(seconds: float) -> str:

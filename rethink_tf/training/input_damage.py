@@ -1,7 +1,8 @@
 """What a training run does about damaged input records.
 
 By default an unreadable record stops the run with one line naming the shard, the record and its
-byte offset, after a checkpoint at the last completed step (`stop`): TensorFlow's own error
+byte offset, after a checkpoint at the last completed step (the `DamagedRecordStop` hook turns
+the loop's DataLossError into it): TensorFlow's own error
 names no file, and the deterministic stream would die at the same record after every restart,
 so the message says how to find every damaged record and the two ways on. With
 `InputConfig.skip_damaged_records` the `SkipDamagedRecords` hook replaces damaged training
@@ -26,12 +27,22 @@ class DamagedInputError(RuntimeError):
   """A training or validation record could not be read; a checkpoint holds the last step."""
 
 
+class DamagedRecordStop(Hook):
+  """Replaces a DataLossError (an unreadable training or validation record) by the one-line
+  `DamagedInputError` of `stop`."""
+
+  def on_error(self, step, error):
+    if isinstance(error, tf.errors.DataLossError):
+      return stop(self.trainer, step, error)
+    return None
+
+
 def stop(trainer, step: int, error: Exception) -> DamagedInputError:
   """Saves a checkpoint at `step` (the last completed one) and returns the one-line error that
   names the damaged record (the trainer raises it)."""
   trainer.checkpointer.save(step)
   saved = trainer.checkpointer.manager.latest_checkpoint
-  cfg = trainer.input_cfg
+  cfg = trainer.task.input_cfg
   train_files = trainer.task.train_files or sorted(tf.io.gfile.glob(cfg.train_pattern))
   split, pattern = "training", cfg.train_pattern
   problems = damaged_records.locate(train_files, error)
@@ -62,13 +73,13 @@ class SkipDamagedRecords(Hook):
     self.skipped: List[Problem] = []
 
   def _enabled(self) -> bool:
-    return bool(self.trainer.input_cfg.skip_damaged_records)
+    return bool(self.trainer.task.input_cfg.skip_damaged_records)
 
   def before_train(self):
     t = self.trainer
     if not self._enabled():
       return
-    files = sorted(tf.io.gfile.glob(t.input_cfg.train_pattern))
+    files = sorted(tf.io.gfile.glob(t.task.input_cfg.train_pattern))
     directory = os.path.join(t.model_dir, REPAIRED_DIR)
     if not t.is_chief:  # every worker reads all records; each writes its own copies
       _, task_type, task_id = distribute.worker_info(t.strategy)

@@ -1,5 +1,6 @@
 """The classification pre-training stage (the miniature study's "ImageNet"): config, model,
-input stream and loop. Entry point: `python -m rethink_tf.pretrain` (its docstring lists what is
+input stream and its task on the generic training loop (strategies, SIGTERM saves and resume
+come with it). Entry point: `python -m rethink_tf.pretrain` (its docstring lists what is
 written).
 
 The backbone is the one `build_model` binds in the same gin files (depth, width, blocks, norm),
@@ -13,20 +14,22 @@ is to COCO's 800 px.
 import json
 import math
 import os
-import sys
 import time
+from typing import List, Optional
 
 import gin
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from rethink_tf.checkpoint import init as init_lib
 from rethink_tf.data import synthetic_classification
 from rethink_tf.data.input_pipeline import PIXEL_MEAN, PIXEL_STD
-from rethink_tf.modeling import init as init_lib
-from rethink_tf.modeling.build import build_model
-from rethink_tf.training import divergence
+from rethink_tf.modeling.build import build_backbone
+from rethink_tf.training import distribute, divergence
+from rethink_tf.training import hooks as hooks_lib
 from rethink_tf.training import optimizer as opt_lib
+from rethink_tf.training.trainer import Trainer
 
 BACKBONE_PREFIX = "backbone"
 
@@ -93,8 +96,13 @@ def _normalize(images):
   return (tf.cast(images, tf.float32) - tf.constant(PIXEL_MEAN)) / tf.constant(PIXEL_STD)
 
 
-def _train_dataset(images: np.ndarray, labels: np.ndarray, cfg: PretrainConfig, start_step: int):
-  """Shuffled, augmented (flip, shift by up to 1/8 of the size) batches from `start_step` on."""
+def _train_dataset(images: np.ndarray,
+                   labels: np.ndarray,
+                   cfg: PretrainConfig,
+                   start_step: int,
+                   input_context: Optional[tf.distribute.InputContext] = None):
+  """Shuffled, augmented (flip, shift by up to 1/8 of the size) batches from `start_step` on
+  (this input pipeline's share of each global batch)."""
   size, pad = cfg.image_size, cfg.image_size // 8
 
   def augment(image, label, seed):
@@ -109,7 +117,13 @@ def _train_dataset(images: np.ndarray, labels: np.ndarray, cfg: PretrainConfig, 
   seeds = tf.data.Dataset.random(seed=cfg.seed).batch(2)
   ds = tf.data.Dataset.zip((ds, seeds)).map(lambda x, s: augment(x[0], x[1], s),
                                             num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(2)
+  batch = cfg.batch_size
+  if input_context is not None and input_context.num_input_pipelines > 1:
+    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    batch = input_context.get_per_replica_batch_size(cfg.batch_size)
+  elif input_context is not None:
+    batch = input_context.get_per_replica_batch_size(cfg.batch_size)
+  return ds.batch(batch, drop_remainder=True).prefetch(2)
 
 
 def _accuracy(model, images: np.ndarray, labels: np.ndarray, batch: int = 250) -> float:
@@ -120,9 +134,143 @@ def _accuracy(model, images: np.ndarray, labels: np.ndarray, batch: int = 250) -
   return correct / len(images)
 
 
-def pretrain(model_dir: str, cfg: PretrainConfig = None) -> dict:
-  """Runs (or resumes) the classification stage; returns the metadata written to backbone.json."""
+class ClassificationTask:
+  """The classifier of `backbone`, its optimizer, data and step under `strategy` (the task
+  interface of `trainer.py`); the loss is the global batch's mean cross-entropy."""
+
+  def __init__(self, strategy: tf.distribute.Strategy, cfg: PretrainConfig, backbone,
+               train_data):
+    self.strategy, self.cfg = strategy, cfg
+    self.backbone, self.train_data = backbone, train_data
+    if cfg.batch_size % strategy.num_replicas_in_sync:
+      raise ValueError(f"PretrainConfig.batch_size {cfg.batch_size} is not divisible by "
+                       f"{strategy.num_replicas_in_sync} replicas")
+    with strategy.scope():
+      self.model = Classifier(backbone, len(synthetic_classification.CLASS_NAMES))
+      self.model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]))
+      self.optimizer = tf_keras.optimizers.SGD(learning_rate=_LearningRate(cfg),
+                                               momentum=cfg.momentum)
+      self.optimizer.build(self.model.trainable_variables)
+      self.skipped_steps = tf.Variable(0,
+                                       dtype=tf.int64,
+                                       trainable=False,
+                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    self.steps_in_call = tf.Variable(0, trainable=False, name="steps_in_call")
+    self.decay_vars = opt_lib.decayed_variables(self.model)
+    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+    self.loss_keys: List[str] = ["loss", "top1"]
+
+  total_steps = property(lambda self: self.cfg.steps)
+  global_batch_size = property(lambda self: self.cfg.batch_size)
+
+  def learning_rate(self, step: int) -> float:
+    return float(self.cfg.lr_at(step))
+
+  def describe(self) -> str:
+    c = self.cfg
+    return (f"pre-training: {c.steps} steps at batch {c.batch_size}, LR {c.base_lr:g} after "
+            f"{c.warmup_steps} warmup steps, cosine decay")
+
+  def run_record(self):
+    return None
+
+  def restore_or_initialize(self, model_dir: str) -> int:
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      print(f"resumed from {latest}", flush=True)
+    return int(self.optimizer.iterations.numpy())
+
+  def dataset(self, start_step: int = 0):
+    images, labels = self.train_data
+    return self.strategy.distribute_datasets_from_function(
+        lambda ctx: _train_dataset(images, labels, self.cfg, start_step, ctx))
+
+  def train_function(self):
+    """(iterator, num_steps) -> (last step's {loss, top1}, steps run, applied); stops after a
+    step that was not applied (a non-finite loss or gradient)."""
+    strategy, model, optimizer, cfg = self.strategy, self.model, self.optimizer, self.cfg
+    replicas = strategy.num_replicas_in_sync
+    decay_vars, skipped, steps_in_call = self.decay_vars, self.skipped_steps, self.steps_in_call
+
+    def replica_step(images, labels):
+      with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, logits)) / cfg.batch_size
+        loss = ce + opt_lib.weight_decay_loss(decay_vars, cfg.weight_decay) / replicas
+      grads = tape.gradient(loss, model.trainable_variables)
+      finite = divergence.all_finite(loss, grads)
+      if replicas > 1:
+        bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                             1.0 - tf.cast(finite, tf.float32))
+        finite = tf.equal(bad, 0.0)
+      applied = divergence.apply_gradients_if(optimizer, zip(grads, model.trainable_variables),
+                                              finite, skipped)
+      correct = tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), labels), tf.float32)
+      return {"loss": ce, "top1": tf.reduce_sum(correct) / cfg.batch_size}, applied
+
+    def global_step(batch):
+      per_replica, applied = strategy.run(replica_step, args=batch)
+      values = {
+          k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+          for k, v in per_replica.items()
+      }
+      applied = tf.equal(
+          strategy.reduce(tf.distribute.ReduceOp.SUM, tf.cast(applied, tf.int32), axis=None),
+          replicas)
+      return values, applied
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+      values = {k: tf.constant(0.0) for k in ("loss", "top1")}
+
+      def more(done, applied, values):
+        return tf.logical_and(done < num_steps, applied)
+
+      def one_step(done, applied, values):
+        values, applied = global_step(next(iterator))
+        with tf.control_dependencies([applied] + list(values.values())):
+          counted = steps_in_call.assign(done + 1)
+        with tf.control_dependencies([counted]):
+          return done + 1, tf.identity(applied), values
+
+      with tf.control_dependencies([steps_in_call.assign(0)]):
+        start = tf.identity(0)
+      done, applied, values = tf.while_loop(more, one_step, (start, tf.constant(True), values))
+      return values, done, applied
+
+    return train_loop
+
+
+class ValidationAccuracy(hooks_lib.Hook):
+  """Top-1 on the held-out set every `every_steps` and at the end: `eval/top1`, a printed
+  line, and `trainer.metrics = {"top1": ...}`."""
+
+  def __init__(self, every_steps: int, images: np.ndarray, labels: np.ndarray):
+    self.every_steps, self.images, self.labels = every_steps, images, labels
+
+  def steps_to_next(self, step):
+    return self.every_steps - step % self.every_steps if self.every_steps else None
+
+  def after_step(self, step, result):
+    t = self.trainer
+    if (self.every_steps and step % self.every_steps == 0) or step == t.task.total_steps:
+      top1 = _accuracy(t.model, self.images, self.labels)
+      with t.summary_writer("eval").as_default(step=step):
+        tf.summary.scalar("top1", top1)
+      print(f"pretrain step {step}: validation top-1 {top1:.3f}", flush=True)
+      t.metrics = {"top1": top1}
+
+
+def pretrain(model_dir: str,
+             cfg: Optional[PretrainConfig] = None,
+             strategy: Optional[tf.distribute.Strategy] = None) -> Optional[dict]:
+  """Runs (or resumes) the classification stage; returns the metadata written to backbone.json,
+  or None when a SIGTERM stopped it (run it again to resume). A non-finite step raises
+  FloatingPointError naming it."""
   cfg = cfg or PretrainConfig()
+  strategy = strategy or distribute.get_strategy("one_device")
   meta_path = os.path.join(model_dir, BACKBONE_PREFIX + ".json")
   if os.path.exists(meta_path):
     with open(meta_path) as f:
@@ -140,75 +288,21 @@ def pretrain(model_dir: str, cfg: PretrainConfig = None) -> dict:
       f"{len(synthetic_classification.CLASS_NAMES)} classes, {cfg.image_size} px "
       f"({time.time() - t:.1f}s)",
       flush=True)
-
-  detector = build_model(num_classes=2, image_size=(cfg.image_size, cfg.image_size))
-  backbone = detector.backbone
-  model = Classifier(backbone, len(synthetic_classification.CLASS_NAMES))
-  model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]))
-  optimizer = tf_keras.optimizers.SGD(learning_rate=_LearningRate(cfg), momentum=cfg.momentum)
-  optimizer.build(model.trainable_variables)
-  decay_vars = opt_lib.decayed_variables(model)
-  ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
-  manager = tf.train.CheckpointManager(ckpt, model_dir, max_to_keep=2)
-  if manager.latest_checkpoint:
-    ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    print(f"resumed from {manager.latest_checkpoint}", flush=True)
-  start = int(optimizer.iterations.numpy())
-  skipped = tf.Variable(0, dtype=tf.int64, trainable=False)
-
-  @tf.function
-  def train_step(images, labels):
-    with tf.GradientTape() as tape:
-      logits = model(images, training=True)
-      ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-      loss = ce + opt_lib.weight_decay_loss(decay_vars, cfg.weight_decay)
-    grads = tape.gradient(loss, model.trainable_variables)
-    # A non-finite step is never applied; the loop below stops the run at it.
-    divergence.apply_gradients_if(optimizer, zip(grads, model.trainable_variables),
-                                  divergence.all_finite(loss, grads), skipped)
-    top1 = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), labels), tf.float32))
-    return ce, top1
-
-  train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-  eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
-  data = iter(_train_dataset(train_x, train_y, cfg, start))
-  val_top1 = None
-  t0, s0 = time.time(), start
-  for step in range(start + 1, cfg.steps + 1):
-    images, labels = next(data)
-    ce, top1 = train_step(images, labels)
-    if int(skipped.numpy()):
-      sys.exit("pre-training: " + divergence.nonfinite_message(
-          step, {"loss": float(ce)},
-          int(skipped.numpy()),
-          0,
-          manager.latest_checkpoint,
-          advice="lower PretrainConfig.base_lr or lengthen PretrainConfig.warmup_steps"))
-    if step % cfg.log_every_steps == 0 or step == cfg.steps:
-      rate = (step - s0) / max(time.time() - t0, 1e-9)
-      lr = float(cfg.lr_at(step))
-      with train_writer.as_default(step=step):
-        tf.summary.scalar("loss", ce)
-        tf.summary.scalar("top1", top1)
-        tf.summary.scalar("learning_rate", lr)
-        tf.summary.scalar("steps_per_sec", rate)
-      eta = (cfg.steps - step) / max(rate, 1e-9)
-      print(
-          f"pretrain step {step}/{cfg.steps} loss {float(ce):.3f} top1 {float(top1):.3f} "
-          f"lr {lr:.4f} {rate:.2f} steps/s {rate * cfg.batch_size:.0f} img/s ETA "
-          f"{int(eta // 60)}m{int(eta % 60):02d}s",
-          flush=True)
-    if step % cfg.eval_every_steps == 0 or step == cfg.steps:
-      val_top1 = _accuracy(model, val_x, val_y)
-      with eval_writer.as_default(step=step):
-        tf.summary.scalar("top1", val_top1)
-      print(f"pretrain step {step}: validation top-1 {val_top1:.3f}", flush=True)
-    if step % cfg.checkpoint_every_steps == 0 or step == cfg.steps:
-      manager.save(checkpoint_number=step)
-  if val_top1 is None:  # resumed at the last step
-    val_top1 = _accuracy(model, val_x, val_y)
-  train_writer.flush()
-  eval_writer.flush()
+  with strategy.scope():
+    backbone = build_backbone()
+  task = ClassificationTask(strategy, cfg, backbone, (train_x, train_y))
+  hooks = [
+      hooks_lib.DivergenceGuard(
+          0, advice="lower PretrainConfig.base_lr or lengthen PretrainConfig.warmup_steps"),
+      hooks_lib.Progress(cfg.log_every_steps, scalar_prefix=""),
+      hooks_lib.Checkpointer(cfg.checkpoint_every_steps, keep=2),
+      ValidationAccuracy(cfg.eval_every_steps, val_x, val_y),
+  ]
+  trainer = Trainer(task, hooks, model_dir)
+  metrics = trainer.train()
+  if trainer.preempted:
+    return None
+  val_top1 = metrics["top1"] if metrics else _accuracy(task.model, val_x, val_y)
 
   init_lib.save_backbone(backbone, os.path.join(model_dir, BACKBONE_PREFIX))
   meta = {
@@ -225,7 +319,7 @@ def pretrain(model_dir: str, cfg: PretrainConfig = None) -> dict:
       "channel_order": "RGB",
       "pixel_mean": list(PIXEL_MEAN),
       "pixel_std": list(PIXEL_STD),
-      "stride_in_1x1": bool(getattr(backbone, "stride_in_1x1", False)),
+      **backbone.weight_convention(),
   }
   with open(meta_path + ".tmp", "w") as f:
     json.dump(meta, f, indent=1)

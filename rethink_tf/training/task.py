@@ -1,26 +1,29 @@
-"""The detection task of one training run: its model, optimizer, data and replica step.
+"""The detection task of one training run: its model, optimizer, data, replica step and the
+hooks it runs with (`detection_trainer` puts them together).
 
 Model Garden's `Task` and detectron2's `SimpleTrainer.run_step` split training the same way:
-this module knows what one step computes (the losses, their keys, the weight-decay groups,
-the non-finite guard); `trainer.py` decides when steps run and the hooks what happens between
-them. Built inside `strategy.scope()`; the step is written for one replica.
+this module knows what one step computes (the model's losses, the weight-decay groups the model
+declares, the non-finite guard); `trainer.py` decides when steps run and the hooks what happens
+between them. Built inside `strategy.scope()`; the step is written for one replica.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras
 
+from rethink_tf import run_files
+from rethink_tf.checkpoint import init as init_lib
+from rethink_tf.checkpoint import legacy_layout
+from rethink_tf.checkpoint import warm_start as warm_start_lib
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
-from rethink_tf.modeling import cascade as cascade_lib
-from rethink_tf.modeling import init as init_lib
-from rethink_tf.modeling import warm_start as warm_start_lib
-from rethink_tf.modeling.detector import apply_input_convention, build_detector, init_choice
-from rethink_tf.training import divergence, run_files
+from rethink_tf.detector import apply_input_convention, build_detector, init_choice
+from rethink_tf.training import detection_hooks, distribute, divergence, input_damage, run_config
+from rethink_tf.training import hooks as hooks_lib
 from rethink_tf.training import optimizer as opt_lib
-from rethink_tf.training.losses import loss_names, mask_rcnn_losses
 from rethink_tf.training.schedules import nx_schedule
 from rethink_tf.training.train_config import TrainConfig
+from rethink_tf.training.trainer import Trainer
 
 
 class DetectionTask:
@@ -34,8 +37,10 @@ class DetectionTask:
   def __init__(self,
                strategy: tf.distribute.Strategy,
                config: TrainConfig,
-               input_config: Optional[InputConfig] = None):
+               input_config: Optional[InputConfig] = None,
+               allow_config_change: bool = False):
     self.strategy, self.cfg = strategy, config
+    self.allow_config_change = allow_config_change
     self.input_cfg = apply_input_convention((input_config or InputConfig()).prepare())
     replicas = strategy.num_replicas_in_sync
     if config.global_batch_size % replicas:
@@ -61,12 +66,14 @@ class DetectionTask:
                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     finally:
       tf_keras.mixed_precision.set_global_policy(previous_policy)
-    # Weight decay of Cascade R-CNN's later stages waits for them to start training (their
-    # gradients are zero before; decay alone would shrink their initialization).
-    later = {id(v) for v in cascade_lib.later_stage_variables(self.model)}
+    # Weight decay in the groups the model declares is gated (a part that starts training
+    # late keeps its initialization until then); the rest is decayed ungated.
     decayed = opt_lib.decayed_variables(self.model)
-    self.decay_vars = [v for v in decayed if id(v) not in later]
-    self.cascade_decay_vars = [v for v in decayed if id(v) in later]
+    grouped = [(vs, gate) for vs, gate in self.model.decay_groups()]
+    in_group = {id(v) for vs, _ in grouped for v in vs}
+    self.decay_vars = [v for v in decayed if id(v) not in in_group]
+    self.gated_decay = [([v for v in decayed if id(v) in {id(u) for u in vs}], gate)
+                        for vs, gate in grouped]
     # Steps completed by the running compiled call (not checkpointed): after an input error
     # inside the call, the weights are those of step + this.
     self.steps_in_call = tf.Variable(0, trainable=False, name="steps_in_call")
@@ -75,16 +82,64 @@ class DetectionTask:
     self.checkpoint = tf.train.Checkpoint(model=self.model,
                                           optimizer=self.optimizer,
                                           skipped_nonfinite_steps=self.skipped_steps)
-    self.loss_keys: List[str] = loss_names(self.model.mask_head is not None,
-                                           self.model.keypoint_head is not None,
-                                           self.model.num_stages) + ["weight_decay_loss"]
+    self.loss_keys: List[str] = self.model.loss_names() + ["weight_decay_loss"]
+
+  @property
+  def total_steps(self) -> int:
+    return self.schedule.total_steps
+
+  @property
+  def global_batch_size(self) -> int:
+    return self.cfg.global_batch_size
+
+  def learning_rate(self, step: int) -> float:
+    return self.schedule.lr_at(step)
+
+  def describe(self) -> str:
+    s = self.schedule
+    return (f"schedule: {s.total_steps} steps at global batch {self.cfg.global_batch_size}, "
+            f"LR {s.base_lr:g} decayed x{s.decay_factor:g} at {list(s.boundaries)}, warmup "
+            f"{s.warmup_steps} steps")
+
+  def run_record(self) -> dict:
+    """The schedule as `schedule.json` records it (LR scalars are too coarse to place a
+    decay)."""
+    s = self.schedule
+    return {
+        "total_steps": s.total_steps, "boundaries": list(s.boundaries), "base_lr": s.base_lr,
+        "warmup_steps": s.warmup_steps, "decay_factor": s.decay_factor,
+        "global_batch_size": self.cfg.global_batch_size
+    }
+
+  def default_hooks(self) -> List[hooks_lib.Hook]:
+    """The detection run's hooks, in call order: the divergence guard precedes every save,
+    the checkpoint precedes the model's step switches and the evaluation (a preempted run
+    stops right after its save)."""
+    cfg = self.cfg
+    return [
+        hooks_lib.RunRecord(),
+        input_damage.SkipDamagedRecords(),
+        input_damage.DamagedRecordStop(),
+        hooks_lib.DivergenceGuard(cfg.skip_nonfinite_steps),
+        hooks_lib.Progress(cfg.log_every_steps),
+        hooks_lib.Checkpointer(cfg.checkpoint_every_steps, cfg.keep_checkpoints),
+        hooks_lib.ModelSteps(),
+        detection_hooks.Evaluation(cfg.eval_every_steps, cfg.eval_batch_size,
+                                   cfg.eval_image_summaries)
+    ]
 
   def restore_or_initialize(self, model_dir: str) -> int:
-    """Resumes from the latest checkpoint in model_dir, else warm-starts or applies the init
-    mode. Returns the step training continues from."""
+    """Resumes from the latest checkpoint in model_dir (once its operative config is checked
+    against this one: `run_config.verify_resume`), else warm-starts or applies the init mode.
+    Returns the step training continues from."""
+    run_config.verify_resume(model_dir, self.allow_config_change,
+                             distribute.worker_info(self.strategy)[0])
     latest = tf.train.latest_checkpoint(model_dir)
     if latest:
-      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      tf.train.Checkpoint(model=legacy_layout.restore_root(self.model, latest),
+                          optimizer=self.optimizer,
+                          skipped_nonfinite_steps=self.skipped_steps).restore(
+                              latest).assert_existing_objects_matched()
       step = int(self.optimizer.iterations.numpy())
       print(f"resumed from {latest} at step {step}", flush=True)
       return step
@@ -133,7 +188,7 @@ class DetectionTask:
     are not finite on any replica is not applied (`divergence`). Runs under `strategy.run`;
     `train_function` wraps it in the compiled loop."""
     model, optimizer = self.model, self.optimizer
-    decay_vars, cascade_decay_vars = self.decay_vars, self.cascade_decay_vars
+    decay_vars, gated_decay = self.decay_vars, self.gated_decay
     replicas = self.strategy.num_replicas_in_sync
     loss_scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
 
@@ -144,12 +199,12 @@ class DetectionTask:
       # Each replica's loss is its share of the global-batch loss (normalizers are global
       # counts); weight decay is split evenly. Gradients are summed over replicas.
       with tf.GradientTape() as tape:
-        losses = mask_rcnn_losses(model(batch, training=True), batch,
-                                  global_sum if replicas > 1 else None)
+        losses = model.compute_losses(model(batch, training=True), batch,
+                                      global_sum if replicas > 1 else None)
         decay = opt_lib.weight_decay_loss(decay_vars)
-        if cascade_decay_vars:
-          decay += (opt_lib.weight_decay_loss(cascade_decay_vars) *
-                    tf.cast(model.cascade_active, tf.float32))
+        for variables, gate in gated_decay:
+          if variables:
+            decay += opt_lib.weight_decay_loss(variables) * gate
         losses["weight_decay_loss"] = decay / replicas
         loss = losses["total_loss"] + losses["weight_decay_loss"]
         if loss_scaled:
@@ -262,3 +317,20 @@ def _abbreviate(names, limit: int = 4) -> str:
     groups[key] = groups.get(key, 0) + 1
   items = [f"{k} ({v})" for k, v in groups.items()]
   return "[" + ", ".join(items[:limit]) + (", ..." if len(items) > limit else "") + "]"
+
+
+def detection_trainer(model_dir: str,
+                      strategy: tf.distribute.Strategy,
+                      config: Optional[TrainConfig] = None,
+                      input_config: Optional[InputConfig] = None,
+                      allow_config_change: bool = False,
+                      extra_hooks: Sequence[hooks_lib.Hook] = ()) -> Trainer:
+  """The gin-bound detection run in `model_dir`: its task with the default hooks (then
+  `extra_hooks`) on the generic loop."""
+  cfg = config or TrainConfig()
+  task = DetectionTask(strategy, cfg, input_config, allow_config_change)
+  return Trainer(task,
+                 task.default_hooks() + list(extra_hooks),
+                 model_dir,
+                 steps_per_loop=cfg.steps_per_loop,
+                 stop_at_step=cfg.stop_at_step)

@@ -1,5 +1,5 @@
 """Settings of a training run: batch, precision and compilation (the task), checkpoint,
-evaluation and logging periods (the hooks), warm start and the cascade start."""
+evaluation and logging periods (the hooks) and warm start."""
 
 from typing import Optional
 
@@ -27,7 +27,6 @@ class TrainConfig:
                precision: str = "float32",
                eval_image_summaries: int = 4,
                skip_nonfinite_steps: int = 0,
-               cascade_start_step: int = 0,
                warm_start_checkpoint: Optional[str] = None,
                warm_start_keeps_step: bool = True):
     self.global_batch_size = global_batch_size
@@ -45,14 +44,10 @@ class TrainConfig:
     # Steps with a non-finite loss or gradient are never applied; the run stops at the first
     # one, or once more than this many were skipped (counted over the whole run).
     self.skip_nonfinite_steps = skip_nonfinite_steps
-    # Cascade R-CNN models: stages 2.. train (and take part in inference) from this step on;
-    # before it the model trains and evaluates as its stage 1 (the paper's X152 recipe adds
-    # cascade for the last 270k iterations). A model without cascade stages refuses it.
-    self.cascade_start_step = cascade_start_step
     # A new run (no checkpoint in model_dir yet) starts from another run's checkpoint: the
     # variables that fit are restored, the others keep their init (modeling/warm_start.py);
     # with warm_start_keeps_step the schedule continues at that checkpoint's step (e.g. a
-    # plain run's step 135k continued as Cascade R-CNN).
+    # plain run's step 135k continued with more box stages).
     self.warm_start_checkpoint = warm_start_checkpoint
     self.warm_start_keeps_step = warm_start_keeps_step
     if precision not in PRECISIONS:

@@ -1,70 +1,73 @@
-"""The training loop: iterates the task's compiled steps and calls the hooks between them.
+"""The training loop: restores a task, runs its compiled steps and calls the hooks between them.
 
-The loop is separate from the model and from the strategy (detectron2 `TrainerBase.train`,
-Model Garden Orbit): the entry point creates the strategy, `task.py` builds the model inside
-`strategy.scope()` and owns the replica step, `hooks.py` holds everything periodic or
-conditional (checkpoints and preemption, evaluation, progress and summaries, the cascade
-start, the run-config guard, divergence), `input_damage.py` what an unreadable record does, and
-pycocotools runs on the host.
+The loop knows no model (detectron2 `TrainerBase.train`, Model Garden Orbit): a task
+(`DetectionTask` in `task.py`, `ClassificationTask` in `pretraining.py`) builds its model inside
+`strategy.scope()` and owns its step, data and checkpoint; hooks (`hooks.py`) hold everything
+periodic or conditional. The task's `default_hooks()` are the usual list; any other list works.
+
+A task provides:
+  strategy, model, optimizer, checkpoint (tf.train.Checkpoint of the training state);
+  total_steps, global_batch_size, loss_keys (the keys its steps return);
+  steps_in_call: int variable, the steps the running compiled call has completed;
+  restore_or_initialize(model_dir) -> the step training continues from;
+  dataset(start_step) -> a distributed dataset from that step on;
+  train_function() -> (iterator, num_steps) -> (losses of the last step, steps run, applied);
+  learning_rate(step) -> float; describe() -> one line about the schedule.
 """
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
-from rethink_tf.data.input_pipeline import InputConfig
-from rethink_tf.training import distribute, input_damage
+from rethink_tf.training import distribute
 from rethink_tf.training import hooks as hooks_lib
 from rethink_tf.training.hooks import CheckpointWriteError  # noqa: F401 (part of this API)
-from rethink_tf.training.task import DetectionTask
-from rethink_tf.training.train_config import TrainConfig
 
 
 class Trainer:
-  """Runs training for the schedule bound in gin; resumes automatically from `model_dir`.
+  """Trains `task` from its latest checkpoint in `model_dir` to `total_steps` (or
+  `stop_at_step`), `steps_per_loop` steps per compiled call at most.
 
-  Attributes: task (DetectionTask: model, optimizer, data, step), model, optimizer,
-  input_cfg, schedule (the task's), cfg (TrainConfig), hooks (in call order), checkpointer
-  (the Checkpointer hook), is_chief, start_step / end_step (of the current `train` call),
-  preempted (True once a SIGTERM stopped the run), completed (True once the loop reached
-  end_step), metrics (the last evaluation's, or None).
+  Attributes: task, model_dir, strategy, hooks (in call order), is_chief, start_step /
+  end_step (of the current `train` call), preempted (True once a SIGTERM stopped the run),
+  completed (True once the loop reached end_step), metrics (the last evaluation's, or None).
   """
 
   def __init__(self,
+               task,
+               hooks: Sequence[hooks_lib.Hook],
                model_dir: str,
-               strategy: tf.distribute.Strategy,
-               config: Optional[TrainConfig] = None,
-               input_config: Optional[InputConfig] = None,
-               allow_config_change: bool = False,
-               extra_hooks: Optional[List[hooks_lib.Hook]] = None):
-    self.model_dir, self.strategy = model_dir, strategy
-    self.cfg = cfg = config or TrainConfig()
-    self.task = DetectionTask(strategy, cfg, input_config)
-    self.model, self.optimizer = self.task.model, self.task.optimizer
-    self.input_cfg, self.schedule = self.task.input_cfg, self.task.schedule
-    self.is_chief = distribute.worker_info(strategy)[0]
-    self.checkpointer = hooks_lib.Checkpointer(self, cfg.checkpoint_every_steps,
-                                               cfg.keep_checkpoints)
-    # Called in this order; the divergence guard precedes every save, the checkpoint precedes
-    # the cascade switch and the evaluation (a preempted run stops right after its save).
-    self.hooks = [
-        hooks_lib.RunConfigGuard(allow_config_change),
-        input_damage.SkipDamagedRecords(),
-        hooks_lib.DivergenceGuard(cfg.skip_nonfinite_steps),
-        hooks_lib.Progress(cfg.log_every_steps), self.checkpointer,
-        hooks_lib.CascadeStart(self.model, cfg.cascade_start_step),
-        hooks_lib.Evaluation(cfg.eval_every_steps, cfg.eval_batch_size, cfg.eval_image_summaries)
-    ] + list(extra_hooks or [])
+               *,
+               steps_per_loop: int = 1,
+               stop_at_step: Optional[int] = None):
+    self.task, self.model_dir = task, model_dir
+    self.strategy = task.strategy
+    self.steps_per_loop, self.stop_at_step = steps_per_loop, stop_at_step
+    self.is_chief = distribute.worker_info(self.strategy)[0]
+    self.hooks: List[hooks_lib.Hook] = list(hooks)
     for hook in self.hooks:
-      hook.trainer = self
+      hook.bind(self)
     self.start_step = self.end_step = 0
     self.preempted = self.completed = False
     self.metrics: Optional[Dict[str, Dict[str, float]]] = None
-    self._writers = {}
+    self._writers: Dict[str, tf.summary.SummaryWriter] = {}
+
+  @property
+  def model(self):
+    return self.task.model
+
+  @property
+  def optimizer(self):
+    return self.task.optimizer
+
+  @property
+  def checkpointer(self) -> Optional["hooks_lib.Checkpointer"]:
+    """The Checkpointer among the hooks (None without one)."""
+    return next((h for h in self.hooks if isinstance(h, hooks_lib.Checkpointer)), None)
 
   def restore_or_initialize(self) -> int:
-    """Resumes from the latest checkpoint in model_dir, else applies the init mode."""
+    """Resumes from the latest checkpoint in model_dir, else the task's initialization."""
     return self.task.restore_or_initialize(self.model_dir)
 
   def summary_writer(self, name: str):
@@ -75,34 +78,39 @@ class Trainer:
     return self._writers[name]
 
   def train(self) -> Optional[Dict[str, Dict[str, float]]]:
-    """Trains to the end of the schedule (or `stop_at_step`); returns the last eval metrics.
+    """Trains to the end (or `stop_at_step`); returns the last evaluation's metrics.
 
-    On SIGTERM (preemption) the run saves a checkpoint at the current step after the running
-    loop call and returns None with `self.preempted` set; starting the same command again
-    resumes there, on the examples an uninterrupted run would have seen next.
+    The checkpoint is restored before any hook runs. On SIGTERM (preemption) the run saves a
+    checkpoint at the current step after the running loop call and returns None with
+    `self.preempted` set; starting the same command again resumes there. An error of a step or
+    of a hook goes to every hook's `on_error` in order; the first exception one returns is
+    raised instead (e.g. a one-line error that names a damaged record).
     """
     tf.io.gfile.makedirs(self.model_dir)
-    total = self.schedule.total_steps
-    self.end_step = min(total, self.cfg.stop_at_step or total)
+    total = self.task.total_steps
+    self.end_step = min(total, self.stop_at_step or total)
     self.preempted = self.completed = False
     self.metrics = None
+    self.start_step = self.restore_or_initialize()
     try:
       for hook in self.hooks:
         hook.before_train()
       step = self.start_step
       if step >= self.end_step:
-        print(f"nothing to do: checkpoint is at step {step}, the run ends at {self.end_step}")
+        print(f"nothing to do: checkpoint is at step {step}, the run ends at {self.end_step}",
+              flush=True)
         return None
       iterator = iter(self.task.dataset(start_step=step))
       train_loop = self.task.train_function()
       while step < self.end_step:
         events = [h.steps_to_next(step) for h in self.hooks]
-        n = min([self.cfg.steps_per_loop, self.end_step - step] +
+        n = min([self.steps_per_loop, self.end_step - step] +
                 [max(1, e) for e in events if e is not None])
         try:
           losses, done, applied = train_loop(iterator, tf.constant(n))
-        except tf.errors.DataLossError as e:  # an unreadable record (input_damage.py)
-          raise input_damage.stop(self, step + int(self.task.steps_in_call.numpy()), e) from None
+        except Exception as e:  # pylint: disable=broad-except
+          self._route_error(step + int(self.task.steps_in_call.numpy()), e)
+          raise
         step += int(done)
         result = hooks_lib.StepResult(losses, int(done), bool(applied))
         try:
@@ -110,8 +118,9 @@ class Trainer:
             hook.after_step(step, result)
             if self.preempted:
               return None
-        except tf.errors.DataLossError as e:  # evaluation's records
-          raise input_damage.stop(self, step, e) from None
+        except Exception as e:  # pylint: disable=broad-except
+          self._route_error(step, e)
+          raise
       self.completed = True
       return self.metrics
     finally:
@@ -119,3 +128,11 @@ class Trainer:
         hook.after_train()
       for writer in self._writers.values():
         writer.flush()
+
+  def _route_error(self, step: int, error: Exception):
+    """Raises the first exception a hook's `on_error(step, error)` returns (`step`: the last
+    completed step); returns when none does (the caller re-raises `error`)."""
+    for hook in self.hooks:
+      replacement = hook.on_error(step, error)
+      if replacement is not None:
+        raise replacement from None

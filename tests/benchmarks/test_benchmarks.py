@@ -32,13 +32,13 @@ def test_model_garden_and_ours_share_the_settings():
   assert ours.rpn_topk[False] == (m.roi_generator.test_pre_nms_top_k,
                                   m.roi_generator.test_num_proposals)
   assert ours.rpn_nms_threshold == m.roi_generator.nms_iou_threshold
-  assert ours.roi_samples_per_image == m.roi_sampler.num_sampled_rois
-  assert ours.roi_positive_fraction == m.roi_sampler.foreground_fraction
-  assert ours.mask_rois_per_image == m.mask_sampler.num_sampled_masks == 128
-  assert len(ours.box_head.convs) == m.detection_head.num_convs == 4
-  assert ours.box_head.fcs[0].units == m.detection_head.fc_dims == 1024
-  assert len(ours.box_head.fcs) == m.detection_head.num_fcs
-  assert len(ours.mask_head.convs) == m.mask_head.num_convs == 4
+  assert ours.roi_heads.samples_per_image == m.roi_sampler.num_sampled_rois
+  assert ours.roi_heads.positive_fraction == m.roi_sampler.foreground_fraction
+  assert ours.roi_heads.branch_rois_per_image == m.mask_sampler.num_sampled_masks == 128
+  assert len(ours.roi_heads.box_head.convs) == m.detection_head.num_convs == 4
+  assert ours.roi_heads.box_head.fcs[0].units == m.detection_head.fc_dims == 1024
+  assert len(ours.roi_heads.box_head.fcs) == m.detection_head.num_fcs
+  assert len(ours.roi_heads.branch("mask").convs) == m.mask_head.num_convs == 4
   assert ours.fpn._cfg["out_channels"] == m.decoder.fpn.num_filters == 256
   assert ours.detections_per_image == (contenders.mg_config(
       512, 2).task.model.detection_generator.max_num_detections)

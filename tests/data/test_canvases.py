@@ -12,7 +12,7 @@ from rethink_tf.data import canvases as canvas_lib
 from rethink_tf.data import synthetic
 from rethink_tf.data.image_preprocessing import resized_size
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
-from rethink_tf.run_config import ConfigError
+from rethink_tf.errors import ConfigError
 
 from conftest import TESTDATA
 

@@ -3,7 +3,7 @@ cell anchors, against each source's rule."""
 
 import numpy as np
 
-from rethink_tf.modeling import anchors as anchor_lib
+from rethink_tf.layers import anchors as anchor_lib
 
 
 def test_detectron_cell_anchors_are_py_faster_rcnns():

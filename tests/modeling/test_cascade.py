@@ -9,9 +9,9 @@ import tensorflow as tf
 from rethink_tf import config
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.layers import box_ops
-from rethink_tf.modeling import cascade, postprocess
+from rethink_tf.modeling import postprocess
+from rethink_tf.modeling.roi_heads import cascade
 from rethink_tf.modeling.build import build_model
-from rethink_tf.training.losses import loss_names, mask_rcnn_losses
 
 
 def test_later_stage_labels_at_its_iou_with_its_box_coding():
@@ -66,43 +66,47 @@ def _stage_scores(model, feats, image_size):
   """Every stage's (boxes, probs), run by hand from the model's parts."""
   _, _, rois, valid = model.proposals(feats, image_size, False)
   out, deltas = [], None
-  for k in range(model.num_stages):
-    head, predictor = cascade.stage(model, k)
+  for k in range(model.roi_heads.num_stages):
+    head, predictor = model.roi_heads.stage(k)
     if k:
-      rois = cascade.refine_boxes(rois, deltas, model.cascade_box_weights[k - 1], image_size)
-    logits, deltas = predictor(head(model.pool_rois(feats, rois, "box", training=False)))
+      rois = cascade.refine_boxes(rois, deltas, model.roi_heads.cascade_box_weights[k - 1], image_size)
+    logits, deltas = predictor(head(model.roi_heads.pool_rois(feats, rois, "box", training=False)))
     out.append(
         postprocess.class_boxes(rois, valid, logits, deltas, image_size,
-                                model.cascade_box_weights[k]))
+                                model.roi_heads.cascade_box_weights[k]))
   return out
 
 
 def test_inactive_cascade_is_its_first_stage_and_active_averages_the_stages():
   config.parse_gin(["gin_configs/testing/tiny.gin"], ["build_model.cascade_ious = (0.5, 0.6, 0.7)"])
   model = build_model(num_classes=4, image_size=(64, 64))
-  assert model.num_stages == 3 and model.box_predictor.class_agnostic
+  assert model.roi_heads.num_stages == 3 and model.roi_heads.box_predictor.class_agnostic
   batch = next(iter(make_dataset(InputConfig().prepare(), True, 2, model.anchor_kwargs, seed=0)))
 
   def losses_and_grads():
     with tf.GradientTape() as tape:
-      losses = mask_rcnn_losses(model(batch, training=True), batch)
+      losses = model.compute_losses(model(batch, training=True), batch)
     variables = model.trainable_variables
     grads = dict(zip([v.ref() for v in variables], tape.gradient(losses["total_loss"], variables)))
     return {k: float(v) for k, v in losses.items()}, grads
 
-  model.cascade_active.assign(False)
+  model.roi_heads.cascade_active.assign(False)
   losses, grads = losses_and_grads()
   later = [
-      v for layer in model.cascade_box_heads + model.cascade_box_predictors
+      v for layer in model.roi_heads.cascade_box_heads + model.roi_heads.cascade_box_predictors
       for v in layer.trainable_variables
   ]
-  assert list(losses) == loss_names(True, False, 3)
+  assert list(losses) == [
+      "rpn_cls_loss", "rpn_box_loss", "fast_rcnn_cls_loss", "fast_rcnn_box_loss",
+      "fast_rcnn_cls_loss_stage2", "fast_rcnn_box_loss_stage2", "fast_rcnn_cls_loss_stage3",
+      "fast_rcnn_box_loss_stage3", "mask_loss", "total_loss"
+  ]
   assert all(np.isfinite(v) for v in losses.values()), losses
   for k in (2, 3):
     assert losses[f"fast_rcnn_cls_loss_stage{k}"] == 0.0
     assert losses[f"fast_rcnn_box_loss_stage{k}"] == 0.0
   assert later and all(not np.any(grads[v.ref()].numpy()) for v in later)
-  assert np.any(grads[model.box_head.fcs[0].kernel.ref()].numpy())
+  assert np.any(grads[model.roi_heads.box_head.fcs[0].kernel.ref()].numpy())
 
   feats = model.features(batch["images"], False)
   image_size = tf.cast(batch["image_size"], tf.float32)
@@ -111,12 +115,12 @@ def test_inactive_cascade_is_its_first_stage_and_active_averages_the_stages():
   np.testing.assert_allclose(boxes.numpy(), stages[0][0].numpy(), atol=1e-4)
   np.testing.assert_allclose(probs.numpy(), stages[0][1].numpy(), atol=1e-6)
 
-  model.cascade_active.assign(True)
+  model.roi_heads.cascade_active.assign(True)
   losses, grads = losses_and_grads()
   for k in (2, 3):
     assert losses[f"fast_rcnn_cls_loss_stage{k}"] > 0
   assert all(
-      np.any(grads[v.ref()].numpy()) for v in model.cascade_box_predictors[1].trainable_variables)
+      np.any(grads[v.ref()].numpy()) for v in model.roi_heads.cascade_box_predictors[1].trainable_variables)
   boxes, probs = model.box_predictions(feats, image_size)
   np.testing.assert_allclose(boxes.numpy(), stages[2][0].numpy(), atol=1e-4)
   mean = sum(p.numpy() for _, p in stages) / 3

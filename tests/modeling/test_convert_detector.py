@@ -112,14 +112,14 @@ def test_stages_equal_detectron2(model, stages):
       worst[f"rpn deltas p{level}"] = _close(deltas[level].numpy(), d[..., [1, 0, 3, 2]],
                                              f"{p} RPN deltas")
     proposals = tf.constant(_xyxy_to_yxyx(stages[f"{p}/proposals/boxes"])[None])
-    pooled = model.pool_rois(feats, proposals, "box", training=False)
-    logits, box_deltas = model.box_predictor(model.box_head(pooled, training=False))
+    pooled = model.roi_heads.pool_rois(feats, proposals, "box", training=False)
+    logits, box_deltas = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled, training=False))
     ref = stages[f"{p}/box_head/class_logits"]  # background last
     worst["class logits"] = _close(logits.numpy()[0], np.roll(ref, 1, axis=1), f"{p} logits")
     ref = stages[f"{p}/box_head/box_deltas"].reshape(-1, 3, 4)[..., [1, 0, 3, 2]]
     worst["box deltas"] = _close(box_deltas.numpy()[0, :, 1:], ref, f"{p} box deltas")
     boxes = tf.constant(_xyxy_to_yxyx(stages[f"{p}/detections/boxes"])[None])
-    mask_logits = model.mask_head(model.pool_rois(feats, boxes, "mask", training=False),
+    mask_logits = model.roi_heads.branch("mask")(model.roi_heads.pool_rois(feats, boxes, "mask", training=False),
                                   training=False).numpy()[0]
     ref = stages[f"{p}/mask_head/mask_logits"].transpose(0, 2, 3, 1)
     worst["mask logits"] = _close(mask_logits[..., 1:], ref, f"{p} mask logits")
@@ -423,7 +423,7 @@ def test_cli_exits_1_with_one_line_and_no_traceback(tmp_path, categories_json):
     weights, cfg = cases[name]
     out = tmp_path / f"cli_{name}"
     r = subprocess.run([
-        sys.executable, "-m", "rethink_tf.modeling.convert_detector", "--format=detectron2",
+        sys.executable, "-m", "rethink_tf.checkpoint.convert_detector", "--format=detectron2",
         f"--input={weights}", f"--config={cfg}", f"--categories={categories_json}",
         f"--output={out}"
     ],
@@ -538,16 +538,16 @@ def test_cascade_and_keypoint_heads_convert_by_detectron2_names(tmp_path, catego
   out = str(tmp_path / "cascade_keypoints")
   _, _, model = convert_detector.convert("detectron2", _write_pkl(tmp_path / "m.pkl", tensors), out,
                                          str(tmp_path / "config.yaml"), categories_json)
-  assert model.num_stages == 3 and bool(model.cascade_active.numpy())
-  stage3 = model.cascade_box_predictors[1]
+  assert model.roi_heads.num_stages == 3 and bool(model.roi_heads.cascade_active.numpy())
+  stage3 = model.roi_heads.cascade_box_predictors[1]
   src = tensors["roi_heads.box_predictor.2.bbox_pred.weight"]
   np.testing.assert_array_equal(stage3.bbox_pred.kernel.numpy(), src.T[:, [1, 0, 3, 2]])
   src = tensors["roi_heads.box_predictor.2.cls_score.bias"]
   np.testing.assert_array_equal(stage3.cls_score.bias.numpy(), np.roll(src, 1))
-  np.testing.assert_array_equal(model.cascade_box_heads[1].fcs[0].bias.numpy(),
+  np.testing.assert_array_equal(model.roi_heads.cascade_box_heads[1].fcs[0].bias.numpy(),
                                 d2["roi_heads.box_head.fc1.bias"] + 2)
   x = rng.normal(size=(64, 14, 14)).astype(np.float32)
-  ours = model.keypoint_head(tf.constant(x.transpose(1, 2, 0)[None, None]),
+  ours = model.roi_heads.branch("keypoint")(tf.constant(x.transpose(1, 2, 0)[None, None]),
                              training=False).numpy()[0, 0]  # [K, 56, 56]
   t = lambda n: tensors[f"roi_heads.keypoint_head.{n}"]
   h = np.maximum(_conv2d(x, t("conv_fcn1.weight"), 1) + t("conv_fcn1.bias")[:, None, None], 0)

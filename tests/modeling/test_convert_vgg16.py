@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from safetensors.numpy import save_file
 
-from rethink_tf.modeling import convert_weights, weight_import
-from rethink_tf.modeling import init as init_lib
+from rethink_tf.checkpoint import convert_weights, weight_import
+from rethink_tf.checkpoint import init as init_lib
 from rethink_tf.modeling.build import build_model
 
 WIDTH = 0.125  # channels 8, 16, 32, 64, 64: the real layout, narrower
@@ -120,7 +120,7 @@ def test_vgg16_conversion_matches_reference(layout, tmp_path):
                       anchor_scales=(1.0, 2.0))
   model.detect(tf.zeros([1, 64, 64, 3]), tf.constant([[64.0, 64.0]]))
   init_lib.restore_pretrained(model, prefix)
-  fc7 = model.box_head(tf.constant(ours[:, None]), training=False).numpy()[:, 0]
+  fc7 = model.roi_heads.box_head(tf.constant(ours[:, None]), training=False).numpy()[:, 0]
   np.testing.assert_allclose(fc7, reference_fc7(sd, ref), rtol=1e-4, atol=1e-4 * np.abs(fc7).max())
   convention = init_lib.input_convention(prefix)
   assert convention["channel_order"] == ("RGB" if fmt == "torchvision" else "BGR")

@@ -15,8 +15,8 @@ import pytest
 from backbone_recipe import ROOT, assert_features_match, recipe
 from safetensors.numpy import save_file
 
-from rethink_tf.modeling import convert_weights, weight_import
-from rethink_tf.modeling.init import input_convention
+from rethink_tf.checkpoint import convert_weights, weight_import
+from rethink_tf.checkpoint.init import input_convention
 
 from conftest import REPO_ROOT
 
@@ -114,7 +114,7 @@ def test_cli_writes_checkpoint_and_check_features(tmp_path):
   np.savez(tmp_path / "w.npz", **w)
   np.save(tmp_path / "x.npy", ref["input_nchw"].transpose(0, 2, 3, 1))
   out = subprocess.run([
-      sys.executable, "-m", "rethink_tf.modeling.convert_weights", "--format=torchvision",
+      sys.executable, "-m", "rethink_tf.checkpoint.convert_weights", "--format=torchvision",
       f"--input={tmp_path / 'w.npz'}", f"--output={tmp_path / 'ckpt'}", "--depth=50", "--norm=GN",
       f"--check_input={tmp_path / 'x.npy'}", f"--check_output={tmp_path / 'feats.npz'}"
   ],

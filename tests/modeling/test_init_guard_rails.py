@@ -5,10 +5,10 @@ import tensorflow as tf
 
 from rethink_tf import config
 from rethink_tf.data.input_pipeline import InputConfig
-from rethink_tf.modeling import init as init_lib
-from rethink_tf.modeling.detector import build_detector
-from rethink_tf.modeling.init import InitError, InitMode
-from rethink_tf.modeling.resnet import ResNet
+from rethink_tf.checkpoint import init as init_lib
+from rethink_tf.detector import build_detector
+from rethink_tf.checkpoint.init import InitError, InitMode
+from rethink_tf.modeling.backbone.resnet import ResNet
 
 
 def test_scratch_with_frozen_bn_is_refused():
@@ -89,21 +89,21 @@ def test_restore_backbone_round_trip_and_mismatch(tmp_path):
 def test_pretrained_mode_restores_the_backbone_before_step_zero(tmp_path):
   """init/pretrained.gin + a backbone checkpoint: the trainer starts from those weights."""
   from rethink_tf.training import distribute
-  from rethink_tf.training.trainer import Trainer
+  from rethink_tf.training.task import detection_trainer
   config.parse_gin(["gin_configs/testing/tiny.gin"])
-  donor = Trainer(str(tmp_path / "donor"), distribute.get_strategy("one_device"))
+  donor = detection_trainer(str(tmp_path / "donor"), distribute.get_strategy("one_device"))
   prefix = init_lib.save_backbone(donor.model.backbone, str(tmp_path / "backbone"))
   # Another seed: without the restore, the backbone would differ from the donor's.
   config.parse_gin(
       ["gin_configs/testing/tiny.gin"],
       ["init_config.mode='pretrained'", f"init_config.checkpoint='{prefix}'", "TrainConfig.seed=1"])
-  t = Trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
+  t = detection_trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
   assert t.restore_or_initialize() == 0
   for a, b in zip(donor.model.backbone.variables, t.model.backbone.variables):
     assert (a.numpy() == b.numpy()).all()
   # The heads were not part of the checkpoint: they keep their own random init.
-  assert not (donor.model.box_head.variables[0].numpy()
-              == t.model.box_head.variables[0].numpy()).all()
+  assert not (donor.model.roi_heads.box_head.variables[0].numpy()
+              == t.model.roi_heads.box_head.variables[0].numpy()).all()
 
 
 def test_pretrained_input_convention_and_layout_are_enforced(tmp_path):
@@ -111,9 +111,9 @@ def test_pretrained_input_convention_and_layout_are_enforced(tmp_path):
   import json
 
   from rethink_tf.training import distribute
-  from rethink_tf.training.trainer import Trainer
+  from rethink_tf.training.task import detection_trainer
   config.parse_gin(["gin_configs/testing/tiny.gin"])
-  donor = Trainer(str(tmp_path / "donor"), distribute.get_strategy("one_device"))
+  donor = detection_trainer(str(tmp_path / "donor"), distribute.get_strategy("one_device"))
   prefix = init_lib.save_backbone(donor.model.backbone, str(tmp_path / "backbone"))
   meta = {
       "channel_order": "BGR", "pixel_mean": [102.9801, 115.9465, 122.7717],
@@ -123,20 +123,20 @@ def test_pretrained_input_convention_and_layout_are_enforced(tmp_path):
     json.dump(meta, f)
   pretrained = ["init_config.mode='pretrained'", f"init_config.checkpoint='{prefix}'"]
   config.parse_gin(["gin_configs/testing/tiny.gin"], pretrained)
-  t = Trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
-  assert t.input_cfg.channel_order == "BGR"
-  assert t.input_cfg.pixel_mean == tuple(meta["pixel_mean"])
-  assert t.input_cfg.pixel_std == (1.0, 1.0, 1.0)
+  t = detection_trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
+  assert t.task.input_cfg.channel_order == "BGR"
+  assert t.task.input_cfg.pixel_mean == tuple(meta["pixel_mean"])
+  assert t.task.input_cfg.pixel_std == (1.0, 1.0, 1.0)
   config.parse_gin(["gin_configs/testing/tiny.gin"],
                    pretrained + ["build_model.stride_in_1x1=True"])
   with pytest.raises(InitError, match="stride_in_1x1"):
-    Trainer(str(tmp_path / "run2"), distribute.get_strategy("one_device"))
+    detection_trainer(str(tmp_path / "run2"), distribute.get_strategy("one_device"))
 
 
 def test_training_with_detectron_box_convention_is_refused():
   """Detectron's "+1" boxes exist for converted models at inference; training encodes
   continuous boxes, so a run binding it stops before building anything else."""
-  from rethink_tf.run_config import ConfigError
+  from rethink_tf.errors import ConfigError
   config.parse_gin(["gin_configs/testing/tiny.gin"], ["build_model.box_plus_one = True"])
   with pytest.raises(ConfigError, match="box_plus_one"):
     build_detector(InputConfig(padded_size=(64, 64)), training=True)

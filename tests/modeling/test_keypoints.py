@@ -6,14 +6,15 @@ import pytest
 import tensorflow as tf
 
 from rethink_tf.evaluation.coco_evaluator import detections_to_coco, evaluate, load_coco
-from rethink_tf.modeling import keypoints as kp
+from rethink_tf.data import keypoints as kp_flip
+from rethink_tf.modeling.roi_heads import keypoint as kp
 
 S = 56
 
 
 def test_flip_swaps_left_and_right_and_mirrors_x():
-  perm = kp.flip_permutation(kp.COCO_PERSON_KEYPOINTS)
-  names = kp.COCO_PERSON_KEYPOINTS
+  perm = kp_flip.flip_permutation(kp_flip.COCO_PERSON_KEYPOINTS)
+  names = kp_flip.COCO_PERSON_KEYPOINTS
   assert names[perm[names.index("left_eye")]] == "right_eye"
   assert names[perm[names.index("right_ankle")]] == "left_ankle"
   assert perm[names.index("nose")] == names.index("nose")
@@ -23,13 +24,13 @@ def test_flip_swaps_left_and_right_and_mirrors_x():
       [rng.uniform(0, 100,
                    (3, 17, 2)), rng.integers(0, 3, (3, 17, 1))], -1).astype(np.float32)
   points[..., :2] *= points[..., 2:] > 0  # unlabeled keypoints are (0, 0, 0)
-  flipped = kp.flip_keypoints(tf.constant(points), 100.0, perm).numpy()
+  flipped = kp_flip.flip_keypoints(tf.constant(points), 100.0, perm).numpy()
   i, j = names.index("left_wrist"), names.index("right_wrist")
   labeled = points[:, i, 2] > 0
   np.testing.assert_allclose(flipped[labeled, j, 0], 100.0 - points[labeled, i, 0])
   np.testing.assert_allclose(flipped[:, j, 1:], points[:, i, 1:])
   assert (flipped[points[:, perm, 2] == 0][:, :2] == 0).all()
-  np.testing.assert_allclose(kp.flip_keypoints(tf.constant(flipped), 100.0, perm).numpy(),
+  np.testing.assert_allclose(kp_flip.flip_keypoints(tf.constant(flipped), 100.0, perm).numpy(),
                              points,
                              atol=1e-4)
 
@@ -102,7 +103,7 @@ def _person_gt():
   gt = {
       "images": [{"id": 1, "height": 400, "width": 400}, {"id": 2, "height": 400, "width": 400}],
       "categories": [{"id": 1, "name": "person",
-                      "keypoints": list(kp.COCO_PERSON_KEYPOINTS)}], "annotations": anns
+                      "keypoints": list(kp_flip.COCO_PERSON_KEYPOINTS)}], "annotations": anns
   }
   return gt, rois, points
 

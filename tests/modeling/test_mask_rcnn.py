@@ -9,8 +9,9 @@ import tensorflow as tf
 
 from rethink_tf import config
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
-from rethink_tf.modeling import anchors as anchor_lib
+from rethink_tf.layers import anchors as anchor_lib
 from rethink_tf.modeling import mask_rcnn
+from rethink_tf.modeling.roi_heads import mask as mask_branch
 from rethink_tf.modeling.build import build_model
 
 TINY = "gin_configs/testing/tiny.gin"
@@ -34,8 +35,8 @@ def test_training_outputs_have_static_shapes(tiny):
   anchors = sum(
       int(a.shape[0])
       for a in anchor_lib.multilevel_anchors(cfg.padded_size, **model.anchor_kwargs).values())
-  s, r = model.roi_samples_per_image, model.mask_rois_per_image
-  size = model.mask_head.predictor.filters  # mask logits per class, one channel each
+  s, r = model.roi_heads.samples_per_image, model.roi_heads.branch_rois_per_image
+  size = model.roi_heads.branch("mask").predictor.filters  # mask logits per class, one channel each
   assert size == CLASSES
   want = {
       "rpn_scores": (2, anchors),
@@ -54,7 +55,7 @@ def test_training_outputs_have_static_shapes(tiny):
   assert {k: tuple(v.shape) for k, v in out.items()} == want
   # Sampled RoIs: at most the positive fraction are foreground, every foreground has a class.
   fg = out["roi_classes"].numpy() > 0
-  assert (fg.sum(axis=1) <= int(s * model.roi_positive_fraction)).all() and fg.any()
+  assert (fg.sum(axis=1) <= int(s * model.roi_heads.positive_fraction)).all() and fg.any()
   np.testing.assert_array_equal(out["num_fg_rois"].numpy(), fg.sum(axis=1))
   # Mask targets are binary and weighted only on foreground RoIs.
   targets = out["mask_targets"].numpy()
@@ -88,8 +89,8 @@ def test_masks_are_those_of_the_detected_class(tiny):
   model, batch, _ = tiny
   feats = model.features(batch["images"], False)
   det = model.detect(batch["images"], batch["image_size"])
-  pooled = model.pool_rois(feats, det["boxes"], "mask", training=False)
-  logits = model.mask_head(pooled, training=False).numpy()  # [B, D, 28, 28, K]
+  pooled = model.roi_heads.pool_rois(feats, det["boxes"], "mask", training=False)
+  logits = model.roi_heads.branch("mask")(pooled, training=False).numpy()  # [B, D, 28, 28, K]
   classes = det["classes"].numpy()
   want = 1 / (1 + np.exp(-np.take_along_axis(logits, classes[:, :, None, None, None], 4)[..., 0]))
   np.testing.assert_allclose(det["masks"].numpy(), want, rtol=1e-4, atol=1e-5)
@@ -98,7 +99,7 @@ def test_masks_are_those_of_the_detected_class(tiny):
 def test_select_class_gathers_the_class_channel():
   logits = tf.reshape(tf.range(2 * 3 * 2 * 2 * 4, dtype=tf.float32), [2, 3, 2, 2, 4])
   classes = tf.constant([[0, 3, 1], [2, 2, 0]])
-  picked = mask_rcnn._select_class(logits, classes).numpy()
+  picked = mask_branch.select_class(logits, classes).numpy()
   for b in range(2):
     for r in range(3):
       np.testing.assert_array_equal(picked[b, r], logits.numpy()[b, r, :, :, classes[b, r]])
@@ -130,7 +131,7 @@ def test_faster_rcnn_has_no_mask_terms():
   config.parse_gin([TINY], ["build_model.mask_on = False"])
   cfg = InputConfig().prepare()
   model = build_model(num_classes=CLASSES, image_size=cfg.padded_size)
-  assert model.mask_head is None
+  assert model.roi_heads.branch("mask") is None
   batch = next(iter(make_dataset(cfg, True, 2, model.anchor_kwargs, seed=0)))
   out = model(batch, training=True)
   assert not any(k.startswith("mask") for k in out)

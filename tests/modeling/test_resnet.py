@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from rethink_tf.modeling.fpn import FPN
-from rethink_tf.modeling.resnet import ResNet
+from rethink_tf.modeling.backbone.resnet import ResNet
 
 
 def test_resnet50_parameter_count_equals_torchvision():

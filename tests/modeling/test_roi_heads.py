@@ -7,7 +7,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from rethink_tf.modeling.roi_heads import BoxHead, BoxPredictor, KeypointHead, MaskHead
+from rethink_tf.modeling.roi_heads.box import BoxHead, BoxPredictor
+from rethink_tf.modeling.roi_heads.keypoint import KeypointHead
+from rethink_tf.modeling.roi_heads.mask import MaskHead
 
 RNG = np.random.default_rng(0)
 

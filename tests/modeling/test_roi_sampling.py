@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from rethink_tf.modeling.roi_sampling import _per_image_uniform
+from rethink_tf.modeling.roi_heads.sampling import _per_image_uniform
 
 
 def test_noise_depends_on_the_image_seed_only():

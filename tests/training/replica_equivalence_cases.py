@@ -10,7 +10,7 @@ import tf_keras
 
 from rethink_tf import config
 from rethink_tf.training import distribute
-from rethink_tf.training.trainer import Trainer
+from rethink_tf.training.task import detection_trainer
 
 from conftest import copy_weights, run_steps
 
@@ -19,7 +19,7 @@ RTOL = 1e-5
 
 def _trainer(tmp_path, name, strategy, params):
   config.parse_gin(["gin_configs/testing/tiny.gin"], ["TrainConfig.global_batch_size = 2", *params])
-  return Trainer(str(tmp_path / name), strategy)
+  return detection_trainer(str(tmp_path / name), strategy)
 
 
 def _assert_same_training(one, two, losses_one, losses_two):

@@ -5,7 +5,7 @@ import numpy as np
 
 from rethink_tf import config
 from rethink_tf.training import distribute
-from rethink_tf.training.trainer import Trainer
+from rethink_tf.training.task import detection_trainer
 
 # Landscape, portrait and near-square synthetic images; at short side 32 / long side 64 the
 # canvases are 32 x 64, 64 x 32 and 64 x 64 (the last only for images left over in a block).
@@ -17,13 +17,13 @@ CANVAS_PARAMS = [
 
 def _trainer(model_dir, *params):
   config.parse_gin(["gin_configs/testing/tiny.gin"], CANVAS_PARAMS + list(params))
-  return Trainer(str(model_dir), distribute.get_strategy("one_device"))
+  return detection_trainer(str(model_dir), distribute.get_strategy("one_device"))
 
 
 def test_xla_step_is_compiled_once_per_canvas_and_resumes(tmp_path):
   trainer = _trainer(tmp_path / "run", "TrainConfig.jit_compile = True",
                      "TrainConfig.stop_at_step = 8", "TrainConfig.checkpoint_every_steps = 4")
-  assert trainer.input_cfg.canvas_list() == [(32, 64), (64, 32), (64, 64)]
+  assert trainer.task.input_cfg.canvas_list() == [(32, 64), (64, 32), (64, 64)]
   seen = {
       tuple(b["images"].shape[1:3]) for _, b in zip(range(8),
                                                     trainer.task.dataset().__iter__())

@@ -15,7 +15,7 @@ from conftest import REPO_ROOT, TINY_CASCADE_KEYPOINTS, TINY_TRAIN
 
 # The tiny config (20 steps of batch 2 on 64 px images) + cascade from step 10 + keypoints.
 PARAMS = TINY_CASCADE_KEYPOINTS + [
-    "TrainConfig.cascade_start_step = 10", "TrainConfig.eval_every_steps = 20",
+    "build_model.cascade_start_step = 10", "TrainConfig.eval_every_steps = 20",
     "TrainConfig.checkpoint_every_steps = 5", "TrainConfig.eval_image_summaries = 0"
 ]
 GIN_ARGS = [f"--gin_param={p}" for p in PARAMS]

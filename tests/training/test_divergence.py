@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from rethink_tf import config
 from rethink_tf.training import distribute
+from rethink_tf.modeling.mask_rcnn import MaskRCNN
 from rethink_tf.training import task as task_lib
-from rethink_tf.training import trainer as trainer_lib
 
 # Loops of up to 4 steps, checkpoints at 4 and 8, logs every 5: the first poisoned step (3)
 # is in the middle of a loop call, the second (7) too.
@@ -25,15 +25,15 @@ POISONED_STEPS = (3, 7)
 
 def _trainer(model_dir):
   config.parse_gin(["gin_configs/testing/tiny.gin"], PARAMS)
-  return trainer_lib.Trainer(model_dir, distribute.get_strategy("one_device"))
+  return task_lib.detection_trainer(model_dir, distribute.get_strategy("one_device"))
 
 
 def _poison_losses(monkeypatch, holder):
   """Makes the box loss (and so the total) NaN at POISONED_STEPS (1-based step numbers)."""
-  real = task_lib.mask_rcnn_losses
+  real = MaskRCNN.compute_losses
 
-  def poisoned(outputs, batch, global_sum=None):
-    losses = dict(real(outputs, batch, global_sum))
+  def poisoned(self, outputs, batch, global_sum=None):
+    losses = dict(real(self, outputs, batch, global_sum))
     step = holder["trainer"].optimizer.iterations + 1
     bad = tf.reduce_any(tf.equal(step, tf.constant(POISONED_STEPS, tf.int64)))
     nan = tf.where(bad, tf.constant(float("nan")), tf.constant(0.0))
@@ -41,7 +41,7 @@ def _poison_losses(monkeypatch, holder):
     losses["total_loss"] += nan
     return losses
 
-  monkeypatch.setattr(task_lib, "mask_rcnn_losses", poisoned)
+  monkeypatch.setattr(MaskRCNN, "compute_losses", poisoned)
 
 
 def test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoint(
@@ -78,7 +78,7 @@ def test_nan_loss_is_skipped_then_stops_naming_step_terms_and_last_good_checkpoi
   # The last good checkpoint restores and training continues (no poison this time).
   monkeypatch.undo()
   config.parse_gin(["gin_configs/testing/tiny.gin"], PARAMS)
-  resumed = trainer_lib.Trainer(model_dir, distribute.get_strategy("one_device"))
+  resumed = task_lib.detection_trainer(model_dir, distribute.get_strategy("one_device"))
   resumed.train()
   out = capsys.readouterr().out
   assert f"resumed from {model_dir}/ckpt-4 at step 4" in out
@@ -92,19 +92,19 @@ def test_a_nan_on_one_replica_skips_the_step_on_every_replica(mirrored_strategy,
                                                               monkeypatch):
   """2 replicas: replica 0's loss is NaN at step 1; both agree not to apply it (weights,
   momentum untouched, step counter advanced), and step 2 applies normally."""
-  real = task_lib.mask_rcnn_losses
+  real = MaskRCNN.compute_losses
   holder = {}
 
-  def poisoned(outputs, batch, global_sum=None):
-    losses = dict(real(outputs, batch, global_sum))
+  def poisoned(self, outputs, batch, global_sum=None):
+    losses = dict(real(self, outputs, batch, global_sum))
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
     bad = tf.logical_and(tf.equal(holder["trainer"].optimizer.iterations, 0), tf.equal(replica, 0))
     losses["total_loss"] += tf.where(bad, tf.constant(float("nan")), tf.constant(0.0))
     return losses
 
-  monkeypatch.setattr(task_lib, "mask_rcnn_losses", poisoned)
+  monkeypatch.setattr(MaskRCNN, "compute_losses", poisoned)
   config.parse_gin(["gin_configs/testing/tiny.gin"], ["TrainConfig.global_batch_size = 2"])
-  holder["trainer"] = t = trainer_lib.Trainer(str(tmp_path / "run"), mirrored_strategy)
+  holder["trainer"] = t = task_lib.detection_trainer(str(tmp_path / "run"), mirrored_strategy)
   step = t.task.replica_step()
   batches = iter(t.task.dataset())
   state = [

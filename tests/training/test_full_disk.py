@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from rethink_tf import config
 from rethink_tf.training import distribute
-from rethink_tf.training.trainer import Trainer
+from rethink_tf.training.task import detection_trainer
 
 from conftest import REPO_ROOT
 
@@ -77,7 +77,7 @@ def test_disk_full_during_checkpoint_write_keeps_the_previous_one_restorable(
   # The previous checkpoint restores into the model: every object of the checkpoint matched
   # (restore_or_initialize asserts it) and the optimizer is back at step 5.
   config.parse_gin(["gin_configs/testing/tiny.gin"])
-  trainer = Trainer(copy, distribute.get_strategy("one_device"))
+  trainer = detection_trainer(copy, distribute.get_strategy("one_device"))
   assert trainer.restore_or_initialize() == 5
   assert int(trainer.optimizer.iterations.numpy()) == 5
   assert all(np.isfinite(v.numpy()).all() for v in trainer.model.variables)

@@ -11,7 +11,7 @@ import tensorflow as tf
 from rethink_tf import config
 from rethink_tf.tools import launch_local
 from rethink_tf.training import distribute
-from rethink_tf.training.trainer import Trainer
+from rethink_tf.training.task import detection_trainer
 
 from conftest import REPO_ROOT
 
@@ -35,7 +35,7 @@ def _start_from(model_dir, start_prefix):
 
 def test_two_workers_equal_one_process(tmp_path):
   config.parse_gin(["gin_configs/testing/tiny.gin"])
-  init = Trainer(str(tmp_path / "init"), distribute.get_strategy("one_device"))
+  init = detection_trainer(str(tmp_path / "init"), distribute.get_strategy("one_device"))
   start = init.checkpointer.manager.save(checkpoint_number=0)
   single_dir, multi_dir = str(tmp_path / "single"), str(tmp_path / "multi")
   _start_from(single_dir, start)

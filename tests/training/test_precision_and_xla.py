@@ -10,14 +10,14 @@ import tf_keras
 from rethink_tf import config
 from rethink_tf.layers.norm import GroupNorm
 from rethink_tf.training import distribute
-from rethink_tf.training.trainer import Trainer
+from rethink_tf.training.task import detection_trainer
 
 from conftest import TINY_CASCADE_KEYPOINTS, copy_weights, run_steps
 
 
 def _trainer(tmp_path, name, params=()):
   config.parse_gin(["gin_configs/testing/tiny.gin"], list(params))
-  return Trainer(str(tmp_path / name), distribute.get_strategy("one_device"))
+  return detection_trainer(str(tmp_path / name), distribute.get_strategy("one_device"))
 
 
 def test_xla_train_loop_matches_the_plain_step(tmp_path):
@@ -61,9 +61,9 @@ def test_mixed_precision_step(precision, compute, tmp_path):
   assert all(
       v.dtype == tf.float32
       for v in model.variables
-      if v is not getattr(model, "cascade_active", None))  # the cascade's on/off flag is bool
-  for layer in (model.box_predictor.cls_score, model.box_predictor.bbox_pred,
-                model.mask_head.predictor, model.rpn_head.objectness, model.rpn_head.deltas):
+      if v is not getattr(model.roi_heads, "cascade_active", None))  # the cascade's on/off flag is bool
+  for layer in (model.roi_heads.box_predictor.cls_score, model.roi_heads.box_predictor.bbox_pred,
+                model.roi_heads.branch("mask").predictor, model.rpn_head.objectness, model.rpn_head.deltas):
     assert layer.compute_dtype == "float32", layer.name
   assert isinstance(t.optimizer,
                     tf_keras.mixed_precision.LossScaleOptimizer) == (precision == "mixed_float16")

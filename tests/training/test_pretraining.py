@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from rethink_tf import config
 from rethink_tf.data import synthetic, synthetic_classification
-from rethink_tf.modeling import init as init_lib
+from rethink_tf.checkpoint import init as init_lib
 from rethink_tf.modeling.build import build_model
 from rethink_tf.tools import compare_curves
 from rethink_tf.training import pretraining

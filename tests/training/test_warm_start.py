@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 from rethink_tf import config
-from rethink_tf.modeling.warm_start import checkpoint_keys
+from rethink_tf.checkpoint.warm_start import checkpoint_keys
 from rethink_tf.training import distribute
-from rethink_tf.training.trainer import Trainer
+from rethink_tf.training.task import detection_trainer
 
 
 def test_plain_checkpoint_continues_as_cascade(tiny_reference_run, tmp_path, capsys):
@@ -19,10 +19,10 @@ def test_plain_checkpoint_continues_as_cascade(tiny_reference_run, tmp_path, cap
   assert r.returncode == 0, r.stderr[-2000:]
   ckpt = str(model_dir / "ckpt-10")
   config.parse_gin(["gin_configs/testing/tiny.gin"], [
-      "build_model.cascade_ious = (0.5, 0.6, 0.7)", "TrainConfig.cascade_start_step = 12",
+      "build_model.cascade_ious = (0.5, 0.6, 0.7)", "build_model.cascade_start_step = 12",
       f"TrainConfig.warm_start_checkpoint = '{ckpt}'"
   ])
-  t = Trainer(str(tmp_path / "cascade"), distribute.get_strategy("one_device"))
+  t = detection_trainer(str(tmp_path / "cascade"), distribute.get_strategy("one_device"))
   assert t.restore_or_initialize() == 10
   assert int(t.optimizer.iterations.numpy()) == 10
   out = capsys.readouterr().out
@@ -52,13 +52,13 @@ def test_plain_checkpoint_continues_as_cascade(tiny_reference_run, tmp_path, cap
 def test_a_missing_warm_start_checkpoint_is_named(tmp_path):
   config.parse_gin(["gin_configs/testing/tiny.gin"],
                    [f"TrainConfig.warm_start_checkpoint = '{tmp_path}/nothing/ckpt-5'"])
-  t = Trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
+  t = detection_trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
   with pytest.raises(FileNotFoundError, match="nothing/ckpt-5.index does not exist"):
     t.restore_or_initialize()
 
 
 def test_a_cascade_start_step_without_cascade_stages_is_refused(tmp_path):
-  from rethink_tf.run_config import ConfigError
-  config.parse_gin(["gin_configs/testing/tiny.gin"], ["TrainConfig.cascade_start_step = 5"])
+  from rethink_tf.errors import ConfigError
+  config.parse_gin(["gin_configs/testing/tiny.gin"], ["build_model.cascade_start_step = 5"])
   with pytest.raises(ConfigError, match="cascade_start_step = 5 but the model has no cascade"):
-    Trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))
+    detection_trainer(str(tmp_path / "run"), distribute.get_strategy("one_device"))

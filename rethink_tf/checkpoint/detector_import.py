@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from rethink_tf.modeling import weight_import
+from rethink_tf.checkpoint import weight_import
 
 # Buffers and optimizer state that are not weights of the detector.
 IGNORED_SUFFIXES = ("_momentum", "num_batches_tracked")
@@ -281,8 +281,8 @@ def assign(model, tensors: Dict[str, np.ndarray], fmt: str, block_counts, path: 
          scheme,
          out_perm=_permute_deltas)
 
-  stages = [(model.box_head, model.box_predictor)] + list(
-      zip(model.cascade_box_heads, model.cascade_box_predictors))
+  stages = [(model.roi_heads.box_head, model.roi_heads.box_predictor)] + list(
+      zip(model.roi_heads.cascade_box_heads, model.roi_heads.cascade_box_predictors))
   for k, (head, predictor) in enumerate(stages):
     box = (f"roi_heads.box_head.{k}." if len(stages) > 1 else "roi_heads.box_head.") if d2 else ""
     pred = (f"roi_heads.box_predictor.{k}." if len(stages) > 1 else "roi_heads.box_predictor.") \
@@ -294,7 +294,7 @@ def assign(model, tensors: Dict[str, np.ndarray], fmt: str, block_counts, path: 
     channels = head.convs[-1].filters if head.convs else None
     for i, (fc, name) in enumerate(zip(head.fcs, fc_names)):
       if i == 0:
-        size = model.box_pool_size
+        size = model.roi_heads.poolers["box"][0]
         in_c = channels or fc.kernel.shape[0] // (size * size)
         a.conv(fc,
                name,
@@ -304,11 +304,11 @@ def assign(model, tensors: Dict[str, np.ndarray], fmt: str, block_counts, path: 
         a.conv(fc, name, scheme)
     _assign_predictor(a, predictor, pred, scheme)
   if len(stages) > 1:  # a trained Cascade R-CNN: every stage takes part in inference
-    model.cascade_active.assign(True)
-    a.assigned.add(model.cascade_active.ref())
+    model.roi_heads.cascade_active.assign(True)
+    a.assigned.add(model.roi_heads.cascade_active.ref())
 
-  if model.mask_head is not None:
-    mh = model.mask_head
+  if model.roi_heads.branch("mask") is not None:
+    mh = model.roi_heads.branch("mask")
     prefix = "roi_heads.mask_head." if d2 else ""
     name = "mask_fcn" if d2 else ("_mask_fcn" if mh.convs[0].norm is not None else "_[mask]_fcn")
     for unit, conv, norm in head_units(mh, prefix, scheme, name):
@@ -319,8 +319,8 @@ def assign(model, tensors: Dict[str, np.ndarray], fmt: str, block_counts, path: 
            scheme,
            out_perm=(lambda x, axis: _background_first(x, axis, 1)) if d2 else None)
 
-  if model.keypoint_head is not None:
-    kh = model.keypoint_head
+  if model.roi_heads.branch("keypoint") is not None:
+    kh = model.roi_heads.branch("keypoint")
     for unit, conv, norm in head_units(kh, "roi_heads.keypoint_head.", scheme, "conv_fcn"):
       a.conv_norm(unit, conv, norm, scheme)
     a.conv(kh.score_lowres, "roi_heads.keypoint_head.score_lowres", scheme)

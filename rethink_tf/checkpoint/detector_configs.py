@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import yaml
 
-from rethink_tf.modeling.resnet import BLOCK_COUNTS
+from rethink_tf.modeling.backbone.resnet import BLOCK_COUNTS
 
 FORMATS = ("detectron2", "detectron")
 

@@ -12,10 +12,11 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras
 
-from rethink_tf import run_config
+from rethink_tf.checkpoint import init as init_lib
+from rethink_tf.checkpoint import legacy_layout
 from rethink_tf.data import categories
 from rethink_tf.data.input_pipeline import InputConfig
-from rethink_tf.modeling import init as init_lib
+from rethink_tf.errors import ConfigError
 from rethink_tf.modeling.build import build_model
 
 
@@ -72,25 +73,29 @@ def build_detector(cfg: InputConfig,
 
 def _validate_for_training(model, cfg: InputConfig):
   mode, checkpoint, convention = init_choice()
-  num_keypoints = model.keypoint_head.num_keypoints if model.keypoint_head is not None else 0
-  if num_keypoints != len(cfg.keypoint_names):
-    raise run_config.ConfigError(
-        f"build_model.num_keypoints = {num_keypoints} but InputConfig.keypoint_names names "
+  model.check_data(cfg)  # each RoI branch against the data it trains on
+  if cfg.keypoint_names and model.roi_heads.branch("keypoint") is None:
+    raise ConfigError(
+        "build_model.num_keypoints = 0 but InputConfig.keypoint_names names "
         f"{len(cfg.keypoint_names)} keypoints: bind both (the head's outputs are the data's "
         "keypoints)")
   if model.box_plus_one:
-    raise run_config.ConfigError(
+    raise ConfigError(
         "build_model.box_plus_one (Detectron's \"+1\" box widths) is for converted Detectron "
         "models at inference: training encodes continuous boxes; leave it False to train")
   init_lib.validate(mode, model.backbone.norm, model.backbone.freeze_at, checkpoint)
-  if convention and convention.get("stride_in_1x1", False) != model.backbone.stride_in_1x1:
-    raise init_lib.InitError(
-        f"{checkpoint} was converted with stride_in_1x1={convention['stride_in_1x1']} but the "
-        f"model binds build_model.stride_in_1x1 = {model.backbone.stride_in_1x1}")
+  # The backbone's layout choices (ResNet's stride_in_1x1) must be the converted weights'.
+  wanted = model.backbone.weight_convention()
+  for key in sorted(set(wanted) | {"stride_in_1x1"}) if convention else ():
+    if convention.get(key, False) != wanted.get(key, False):
+      raise init_lib.InitError(
+          f"{checkpoint} was converted with {key}={convention.get(key, False)} but the model "
+          f"binds build_model.{key} = {wanted.get(key, False)}")
 
 
 def _restore(model, checkpoint: str):
-  status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+  root = legacy_layout.restore_root(model, checkpoint)
+  status = tf.train.Checkpoint(model=root).restore(checkpoint).expect_partial()
   try:
     status.assert_existing_objects_matched()
   except AssertionError as e:

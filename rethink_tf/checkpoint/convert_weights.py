@@ -1,9 +1,9 @@
 r"""Converts public ImageNet ResNet/ResNeXt/VGG-16 weights into a checkpoint for `pretrained`.
 
-  python -m rethink_tf.modeling.convert_weights --format=torchvision|detectron|keras \
+  python -m rethink_tf.checkpoint.convert_weights --format=torchvision|detectron|keras \
       --input=PATH --output=CKPT_PREFIX --depth=50 [--groups=32 --width_per_group=8] \
       --norm=GN|BN|FrozenBN [--check_input=X.npy --check_output=FEATS.npz]
-  python -m rethink_tf.modeling.convert_weights --arch=vgg16 --norm=None \
+  python -m rethink_tf.checkpoint.convert_weights --arch=vgg16 --norm=None \
       --format=torchvision|detectron --input=PATH --output=CKPT_PREFIX
 
 VGG-16 checkpoints hold the conv body and fc6/fc7 (the original Faster R-CNN's RoI head,
@@ -27,11 +27,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from rethink_tf.modeling import init as init_lib  # noqa: E402
-from rethink_tf.modeling import weight_import  # noqa: E402
-from rethink_tf.modeling.resnet import ResNet  # noqa: E402
-from rethink_tf.modeling.roi_heads import BoxHead  # noqa: E402
-from rethink_tf.modeling.vgg import VGG16  # noqa: E402
+from rethink_tf.checkpoint import init as init_lib  # noqa: E402
+from rethink_tf.checkpoint import weight_import  # noqa: E402
+from rethink_tf.modeling.backbone.resnet import ResNet  # noqa: E402
+from rethink_tf.modeling.roi_heads.box import BoxHead  # noqa: E402
+from rethink_tf.modeling.backbone.vgg import VGG16  # noqa: E402
 
 # Pixel conventions of each source (0-255 inputs).
 CONVENTIONS = {

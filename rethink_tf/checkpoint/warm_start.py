@@ -13,6 +13,8 @@ from typing import Dict, List
 
 import tensorflow as tf
 
+from rethink_tf.checkpoint import legacy_layout
+
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
 
 
@@ -47,7 +49,8 @@ def warm_start(model, checkpoint: str) -> Dict[str, List[str]]:
   reader = tf.train.load_checkpoint(checkpoint)
   shapes = reader.get_variable_to_shape_map()
   report = {"restored": [], "shape_mismatch": [], "new": []}
-  for key, var in checkpoint_keys(model, "model").items():
+  root = legacy_layout.restore_root(model, checkpoint)
+  for key, var in checkpoint_keys(root, "model").items():
     short = key[len("model/"):-len("/.ATTRIBUTES/VARIABLE_VALUE")]
     if key not in shapes:
       report["new"].append(short)

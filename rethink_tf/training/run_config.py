@@ -1,17 +1,18 @@
-"""The run guard: one model_dir, one operative config; and ConfigError, the error of every
-configuration mistake found before training starts.
+"""The run guard: one model_dir, one operative config.
 
 A run resumed in its model_dir must be the same experiment: `check_run_config` compares the
 operative config saved with the run to the one about to train and lists every binding that
 changed. Only bindings that decide when to log, evaluate, save or stop may change freely.
 """
 
+import os
 import re
 from typing import Dict, List, Tuple
 
+import gin
+import tensorflow as tf
 
-class ConfigError(ValueError):
-  """A configuration mistake, found before training starts; the message says what to do."""
+from rethink_tf.errors import ConfigError
 
 
 # Bindings a resumed run may change without --allow_config_change: they decide when to log,
@@ -64,3 +65,26 @@ def check_run_config(previous: str, current: str, model_dir: str,
         "a new --model_dir, or pass --allow_config_change to continue this run with the new "
         "values (recorded in config_changes.txt).")
   return changes
+
+
+OPERATIVE_CONFIG_FILE = "operative_config.gin"
+CONFIG_CHANGES_FILE = "config_changes.txt"
+
+
+def verify_resume(model_dir: str, allow_change: bool, is_chief: bool = True):
+  """Before a run in `model_dir` is restored: raises ConfigError when the run saved there was
+  configured differently from the gin config about to train, unless `allow_change`; allowed
+  changes are printed and appended to `config_changes.txt` (by the chief)."""
+  path = os.path.join(model_dir, OPERATIVE_CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path) as f:
+    previous = f.read()
+  changes = check_run_config(previous, gin.operative_config_str(), model_dir, allow_change)
+  if changes and is_chief:
+    latest = tf.train.latest_checkpoint(model_dir)
+    lines = [f"config changed when resuming from {latest} (--allow_config_change):"]
+    lines += [f"  {k}: {a} -> {b}" for k, a, b in changes]
+    print("\n".join(lines), flush=True)
+    with open(os.path.join(model_dir, CONFIG_CHANGES_FILE), "a") as f:
+      f.write("\n".join(lines) + "\n")

@@ -11,6 +11,7 @@ import tensorflow as tf
 import tf_keras
 
 from rethink_tf.layers.conv_norm import ConvNorm
+from rethink_tf.modeling import backbone as backbone_lib
 
 BLOCK_COUNTS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
@@ -143,6 +144,10 @@ class ResNet(tf_keras.Model):
         for b in blocks:
           b.trainable = False
 
+  def weight_convention(self):
+    """Pretrained weights must have their stride where this model has it."""
+    return {"stride_in_1x1": bool(self.stride_in_1x1)}
+
   def call(self, images, training=None) -> Dict[int, tf.Tensor]:
     x = self.stem(images, training=training)
     x = self.stem_pool(self.stem_pad(x))
@@ -159,3 +164,17 @@ class ResNet(tf_keras.Model):
 
   def get_config(self):
     return dict(self._cfg)
+
+
+@backbone_lib.register("resnet")
+def build_resnet(s: backbone_lib.BackboneSettings) -> ResNet:
+  return ResNet(depth=s.depth,
+                groups=s.groups,
+                width_per_group=s.width_per_group,
+                norm=s.norm,
+                freeze_at=s.freeze_at,
+                width_multiplier=s.width_multiplier,
+                block_counts=s.block_counts,
+                stride_in_1x1=s.stride_in_1x1,
+                gn_num_groups=s.gn_num_groups,
+                name="backbone")

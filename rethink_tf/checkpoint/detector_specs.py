@@ -9,7 +9,7 @@ from typing import Dict
 
 import numpy as np
 
-from rethink_tf.modeling.detector_configs import (
+from rethink_tf.checkpoint.detector_configs import (
     DetectorSpec,
     SpecError,
     config_value,
@@ -17,7 +17,7 @@ from rethink_tf.modeling.detector_configs import (
     infer_block_counts,
     require_choice,
 )
-from rethink_tf.modeling.resnet import BLOCK_COUNTS
+from rethink_tf.modeling.backbone.resnet import BLOCK_COUNTS
 
 # ---------------------------------------------------------------------------------------------
 # detectron2.

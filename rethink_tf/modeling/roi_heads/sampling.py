@@ -1,11 +1,10 @@
 """Fast R-CNN training targets: match proposals to GT, sample a fixed number of RoIs per image,
-encode class-specific box targets and crop mask targets. All static-shape.
+encode class-specific box targets. All static-shape (the branches crop their own targets).
 """
 
 import tensorflow as tf
 
 from rethink_tf.layers import box_ops
-from rethink_tf.layers.roi_align import roi_align_flat
 
 ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # Detectron BBOX_REG_WEIGHTS
 
@@ -31,12 +30,13 @@ def sample_rois(proposals,
     crowd_boxes: [B, C, 4]; crowd_valid [B, C]: RoIs inside crowd regions are not sampled.
     seeds: optional [B, 2] int stateless seeds, one per image (static B); without them the
       sampling draws from TF's global random state.
-    box_weights: the box coding's (wy, wx, wh, ww) (Cascade R-CNN's stage 1 may differ).
+    box_weights: the box coding's (wy, wx, wh, ww) (a multi-stage box head's first stage may
+      differ).
   Returns dict:
     rois [B, S, 4]; classes [B, S] int32 (0 = background); box_targets [B, S, 4];
     weights [B, S] float (1 for sampled slots); is_fg [B, S] bool; gt_index [B, S] int32.
     Foreground RoIs come first, so the first `num_samples * positive_fraction` slots hold
-    every foreground RoI (used for the mask head).
+    every foreground RoI (the branches' RoIs).
   """
   boxes = tf.concat([proposals, gt_boxes], axis=1)
   valid = tf.concat([proposal_valid, gt_valid], axis=1)
@@ -93,36 +93,3 @@ def _per_image_uniform(seeds, like):
     if mult:
       x = (x * mult) & mask
   return tf.cast(tf.bitwise.right_shift(x, 8), tf.float32) / float(1 << 24)
-
-
-def mask_targets(rois, gt_index, gt_boxes, gt_masks, output_size: int = 28):
-  """Crops box-relative GT masks to the RoIs.
-
-  Args:
-    rois: [B, R, 4] foreground RoIs; gt_index: [B, R] matched GT index.
-    gt_boxes: [B, M, 4]; gt_masks: [B, M, S, S] float GT masks relative to their own box.
-  Returns:
-    [B, R, output_size, output_size] float {0, 1} targets.
-  """
-  b, r = tf.shape(rois)[0], tf.shape(rois)[1]
-  size = gt_masks.shape[2]
-  g = tf.gather(gt_boxes, gt_index, batch_dims=1)
-  gh = tf.maximum(g[..., 2] - g[..., 0], 1e-6) / size
-  gw = tf.maximum(g[..., 3] - g[..., 1], 1e-6) / size
-  # The RoI in the GT mask's own pixel grid; RoIAlign (not crop_and_resize, which XLA lacks
-  # and which samples at corners) resamples it with pixel-centre alignment.
-  rel = tf.stack([(rois[..., 0] - g[..., 0]) / gh, (rois[..., 1] - g[..., 1]) / gw,
-                  (rois[..., 2] - g[..., 0]) / gh, (rois[..., 3] - g[..., 1]) / gw],
-                 axis=-1)
-  flat = tf.reshape(tf.cast(gt_masks, tf.float32), [b, -1, 1])
-  full = lambda v: tf.fill([b, r], v)
-  crops = roi_align_flat(flat,
-                         gt_index * size * size,
-                         full(size),
-                         full(size),
-                         full(1.0),
-                         rel,
-                         output_size,
-                         sampling_ratio=2,
-                         aligned=True)
-  return tf.stop_gradient(tf.cast(crops[..., 0] >= 0.5, tf.float32))

@@ -89,7 +89,7 @@ def restore_pretrained(model, checkpoint: str):
   restore_backbone(model.backbone, checkpoint)
   names = [n for n, _ in tf.train.list_variables(checkpoint)]
   if any(n.startswith("box_head/") for n in names):
-    status = tf.train.Checkpoint(box_head=model.box_head).read(checkpoint)
+    status = tf.train.Checkpoint(box_head=model.roi_heads.box_head).read(checkpoint)
     try:
       status.assert_existing_objects_matched()
     except AssertionError as e:

@@ -1,6 +1,6 @@
 r"""Converts a trained detectron2 or Detectron Mask R-CNN into a checkpoint of this project.
 
-  python -m rethink_tf.modeling.convert_detector --format=detectron2|detectron \
+  python -m rethink_tf.checkpoint.convert_detector --format=detectron2|detectron \
       --input=model_final.pkl [--config=config.yaml] [--categories=instances.json] --output=DIR
 
 Writes, all at once (nothing is left in DIR when the conversion fails):
@@ -35,7 +35,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from rethink_tf import config  # noqa: E402
 from rethink_tf.data import categories as categories_lib  # noqa: E402
-from rethink_tf.modeling import detector_configs, detector_import, detector_specs  # noqa: E402
+from rethink_tf.checkpoint import detector_configs, detector_import, detector_specs  # noqa: E402
 from rethink_tf.modeling.build import build_model  # noqa: E402
 
 MODEL_GIN = "model.gin"
@@ -99,7 +99,7 @@ def convert(fmt: str, input_path: str, output: str, config_path=None, categories
                if fmt == "detectron2" else detector_specs.detectron_spec)
   spec = make_spec(cfg, tensors, where)
   classes = class_categories(spec.num_classes, categories_path)
-  header = (f"# {fmt} detector converted by rethink_tf.modeling.convert_detector from "
+  header = (f"# {fmt} detector converted by rethink_tf.checkpoint.convert_detector from "
             f"{os.path.basename(input_path)}" +
             (f" ({os.path.basename(config_path)})" if config_path else "") +
             "\n# Evaluate: python -m rethink_tf.evaluate --gin_file=THIS_FILE "

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tf_keras
 
 from rethink_tf.layers.conv_norm import msra_fan_out
+from rethink_tf.modeling import backbone as backbone_lib
 
 # (channels, convs) per block conv1..conv5.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -41,7 +42,6 @@ class VGG16(tf_keras.layers.Layer):
     self._cfg = dict(freeze_at=freeze_at, width_multiplier=width_multiplier)
     self.freeze_at = freeze_at
     self.norm = None
-    self.stride_in_1x1 = False  # read by the init guard rails; no bottlenecks here
     self.blocks = []
     for b, (channels, count) in enumerate(VGG16_BLOCKS):
       convs = [
@@ -58,6 +58,9 @@ class VGG16(tf_keras.layers.Layer):
     self.pool = tf_keras.layers.MaxPool2D(2, 2, padding="valid")
     self.out_channels = {OUTPUT_LEVEL: int(512 * width_multiplier)}
 
+  def weight_convention(self):
+    return {}
+
   def call(self, images, training=None) -> Dict[int, tf.Tensor]:
     x = images
     for b, convs in enumerate(self.blocks):
@@ -71,3 +74,11 @@ class VGG16(tf_keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), **self._cfg}
+
+
+@backbone_lib.register("vgg16")
+def build_vgg16(s: backbone_lib.BackboneSettings) -> VGG16:
+  return VGG16(freeze_at=s.freeze_at,
+               width_multiplier=s.width_multiplier,
+               norm=s.norm,
+               name="backbone")
