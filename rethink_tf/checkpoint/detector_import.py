@@ -282,7 +282,8 @@ def assign(model, tensors: Dict[str, np.ndarray], fmt: str, block_counts, path: 
          out_perm=_permute_deltas)
 
   stages = [(model.roi_heads.box_head, model.roi_heads.box_predictor)] + list(
-      zip(model.roi_heads.cascade_box_heads, model.roi_heads.cascade_box_predictors))
+      zip(getattr(model.roi_heads, "cascade_box_heads", []),
+          getattr(model.roi_heads, "cascade_box_predictors", [])))
   for k, (head, predictor) in enumerate(stages):
     box = (f"roi_heads.box_head.{k}." if len(stages) > 1 else "roi_heads.box_head.") if d2 else ""
     pred = (f"roi_heads.box_predictor.{k}." if len(stages) > 1 else "roi_heads.box_predictor.") \

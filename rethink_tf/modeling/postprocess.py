@@ -23,7 +23,7 @@ def class_boxes(proposals,
   Args:
     proposals: [B, N, 4]; proposal_valid: [B, N] bool.
     class_logits: [B, N, K]; box_deltas: [B, N, K, 4] class-specific or [B, N, 1, 4]
-      class-agnostic (Cascade R-CNN); image_size: [B, 2] (h, w).
+      class-agnostic; image_size: [B, 2] (h, w).
   Returns:
     (boxes [B, N, K-1, 4] clipped, in resized-image pixels; probs [B, N, K-1], zero for invalid
     proposals). Background (index 0) is dropped.

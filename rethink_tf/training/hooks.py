@@ -252,8 +252,9 @@ class Progress(Hook):
   losses it is given, LR, steps/s, images/s and ETA; writes them as TensorBoard scalars under
   `train/` (each loss as `<scalar_prefix><name>`)."""
 
-  def __init__(self, every_steps: int, scalar_prefix: str = "losses/"):
+  def __init__(self, every_steps: int, scalar_prefix: str = "losses/", first_step: bool = True):
     self.every_steps, self.scalar_prefix = every_steps, scalar_prefix
+    self.first_step = first_step  # also log the run's first step (its rate includes tracing)
 
   def before_train(self):
     t = self.trainer
@@ -270,7 +271,7 @@ class Progress(Hook):
     self._steps_window += done
     first = step - done == t.start_step
     if not bool(result.applied) or not (step % self.every_steps == 0 or step == t.end_step or
-                                        first):
+                                        (first and self.first_step)):
       return
     values = {k: float(v) for k, v in result.losses.items()}
     sps = self._steps_window / max(time.time() - self._t_window, 1e-9)

@@ -294,7 +294,7 @@ def pretrain(model_dir: str,
   hooks = [
       hooks_lib.DivergenceGuard(
           0, advice="lower PretrainConfig.base_lr or lengthen PretrainConfig.warmup_steps"),
-      hooks_lib.Progress(cfg.log_every_steps, scalar_prefix=""),
+      hooks_lib.Progress(cfg.log_every_steps, scalar_prefix="", first_step=False),
       hooks_lib.Checkpointer(cfg.checkpoint_every_steps, keep=2),
       ValidationAccuracy(cfg.eval_every_steps, val_x, val_y),
   ]

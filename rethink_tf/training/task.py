@@ -204,7 +204,7 @@ class DetectionTask:
         decay = opt_lib.weight_decay_loss(decay_vars)
         for variables, gate in gated_decay:
           if variables:
-            decay += opt_lib.weight_decay_loss(variables) * gate
+            decay += opt_lib.weight_decay_loss(variables) * gate()
         losses["weight_decay_loss"] = decay / replicas
         loss = losses["total_loss"] + losses["weight_decay_loss"]
         if loss_scaled:

@@ -22,13 +22,13 @@ from rethink_tf import config
 from rethink_tf.data import synthetic
 from rethink_tf.layers.box_ops import pairwise_iou
 from rethink_tf.layers.roi_align import assign_levels
-from rethink_tf.modeling import (
+from rethink_tf.checkpoint import (
     convert_detector,
     detector_configs,
     detector_import,
     detector_specs,
-    postprocess,
 )
+from rethink_tf.modeling import postprocess
 
 from conftest import REPO_ROOT, TESTDATA, served_coco_results
 

@@ -2,10 +2,14 @@
 it writes, and the detector that init mode `pretrained` builds from them."""
 
 import json
+import re
+import signal
+import subprocess
 
 import numpy as np
 import tensorflow as tf
 
+from conftest import REPO_ROOT, TINY_PRETRAIN
 from rethink_tf import config
 from rethink_tf.data import synthetic, synthetic_classification
 from rethink_tf.checkpoint import init as init_lib
@@ -61,3 +65,38 @@ def test_pretraining_writes_a_backbone_the_detector_restores(tiny_pretrained_run
 
   # Running the stage again does nothing: the metadata file marks a complete checkpoint.
   assert pretraining.pretrain(str(pre_dir)) == meta
+
+
+def test_pretraining_saves_on_sigterm_and_resumes_there(tmp_path):
+  """Pre-training runs on the generic loop: a SIGTERM saves the step reached and stops; the
+  same command resumes there and finishes."""
+  pre_dir = tmp_path / "pretrain"
+  command = TINY_PRETRAIN + [
+      f"--model_dir={pre_dir}", "--gin_param=PretrainConfig.checkpoint_every_steps=100"
+  ]
+  proc = subprocess.Popen(command,
+                          cwd=REPO_ROOT,
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE,
+                          text=True)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith("step 10/30"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out, err = proc.communicate(timeout=600)
+  out = "".join(lines) + out
+  assert proc.returncode == 0, err[-3000:]
+  m = re.search(r"preempted \(SIGTERM\) at step (\d+): saved (\S+);", out)
+  assert m, out[-3000:]
+  step = int(m.group(1))
+  assert 10 <= step < 30 and m.group(2) == f"{pre_dir}/ckpt-{step}"
+  assert not (pre_dir / "backbone.json").exists()
+
+  r = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"resumed from {pre_dir}/ckpt-{step}" in r.stdout
+  assert f"step {step + 1}/30" in r.stdout or "step 30/30" in r.stdout
+  meta = json.loads((pre_dir / "backbone.json").read_text())
+  assert meta["steps"] == 30 and meta["images_seen"] == 30 * 16

@@ -191,4 +191,4 @@ class CascadeRoIHeads(RoIHeads):
   def decay_groups(self):
     """The later stages' weight decay waits for them to start training (their gradients are
     zero before; decay alone would shrink their initialization)."""
-    return [(self.later_stage_variables(), tf.cast(self.cascade_active, tf.float32))]
+    return [(self.later_stage_variables(), lambda: tf.cast(self.cascade_active, tf.float32))]

@@ -242,7 +242,7 @@ class RoIHeads(tf_keras.layers.Layer):
     """Steps from `step` to the next step `set_step` changes something, or None."""
     return None
 
-  def decay_groups(self) -> List[Tuple[List[tf.Variable], Optional[tf.Tensor]]]:
-    """(variables, gate) pairs whose weight decay is multiplied by the gate (a float scalar
-    tensor); variables in none of them are decayed ungated."""
+  def decay_groups(self) -> List[Tuple[List[tf.Variable], Callable[[], tf.Tensor]]]:
+    """(variables, gate) pairs whose weight decay is multiplied by `gate()` (a float scalar,
+    read in the training step); variables in none of them are decayed ungated."""
     return []
