@@ -197,7 +197,8 @@ def our_coco_train(batch, canvas, norm="BN"):
   from rethink_tf.training import distribute
   from rethink_tf.training.task import detection_trainer
   our_gin(COCO_CANVAS, batch, norm, extra=coco_shaped_gin(canvas))
-  trainer = detection_trainer(tempfile.mkdtemp(prefix="bench_"), distribute.get_strategy("one_device"))
+  trainer = detection_trainer(tempfile.mkdtemp(prefix="bench_"),
+                              distribute.get_strategy("one_device"))
   train_fn = trainer.task.train_function()
   iterator = iter(trainer.task.dataset())
   one = tf.constant(1)
@@ -412,9 +413,9 @@ def eval_subset(num_images: int) -> Tuple[str, str]:
 def our_eval(size, batch, num_images, norm="BN"):
   """One evaluation pass: inference, masks pasted and RLE-encoded, COCOeval box + mask."""
   from rethink_tf.data.input_pipeline import InputConfig
+  from rethink_tf.detector import apply_input_convention
   from rethink_tf.evaluation.evaluator import run_evaluation
   from rethink_tf.modeling.build import build_model
-  from rethink_tf.detector import apply_input_convention
   pattern, ann = eval_subset(num_images)
   our_gin(size, batch, norm)
   cfg = apply_input_convention(InputConfig(val_pattern=pattern, val_annotations=ann))

@@ -15,12 +15,13 @@ from typing import Dict, Sequence
 
 import gin
 
+from rethink_tf.checkpoint import init  # noqa: F401
+
 # Imported for their gin registrations (training.schedules comes with training.optimizer).
 from rethink_tf.data import input_pipeline, synthetic  # noqa: F401
-from rethink_tf.evaluation import tta  # noqa: F401
-from rethink_tf.checkpoint import init  # noqa: F401
-from rethink_tf.modeling import build  # noqa: F401
 from rethink_tf.errors import ConfigError  # noqa: F401 (raised here, caught by callers)
+from rethink_tf.evaluation import tta  # noqa: F401
+from rethink_tf.modeling import build  # noqa: F401
 from rethink_tf.training import optimizer, pretraining, study_plan, train_config  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

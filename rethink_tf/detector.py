@@ -48,7 +48,7 @@ def build_detector(cfg: InputConfig,
                    **model_overrides) -> tf_keras.Model:
   """Builds `build_model` for `cfg` (classes, padded size) with every variable created.
 
-  training: validate the init mode (guard rails of `modeling/init.py`), the keypoint count
+  training: validate the init mode (guard rails of `checkpoint/init.py`), the keypoint count
     and the box convention before any step; raises ConfigError / InitError.
   checkpoint: restore this checkpoint after building (inference); its `categories.json`, when
     present, must name `cfg.category_ids`. Raises ValueError when it does not hold the

@@ -21,11 +21,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from rethink_tf import config  # noqa: E402
-from rethink_tf.flags import define_common_flags  # noqa: E402
 from rethink_tf.checkpoint.init import InitError  # noqa: E402
+from rethink_tf.evaluation.evaluator import final_summary  # noqa: E402
+from rethink_tf.flags import define_common_flags  # noqa: E402
 from rethink_tf.training import distribute  # noqa: E402
 from rethink_tf.training.input_damage import DamagedInputError  # noqa: E402
-from rethink_tf.evaluation.evaluator import final_summary  # noqa: E402
 from rethink_tf.training.task import detection_trainer  # noqa: E402
 from rethink_tf.training.trainer import CheckpointWriteError  # noqa: E402
 

@@ -83,10 +83,8 @@ def test_build_is_generated_from_the_import_graph():
   modules = {gen_build.module_name(f): f for f in gen_build.python_files()}
   deps = gen_build.imported_modules("rethink_tf/training/trainer.py", modules)
   assert "rethink_tf.training.hooks" in deps and "rethink_tf.training.task" not in deps
-  assert {"rethink_tf.training.task", "rethink_tf.training.trainer"
-         } <= gen_build.imported_modules("rethink_tf/training/task.py", modules) | {
-             "rethink_tf.training.task"
-         }
+  assert {"rethink_tf.training.task", "rethink_tf.training.trainer"} <= gen_build.imported_modules(
+      "rethink_tf/training/task.py", modules) | {"rethink_tf.training.task"}
   # A test depends on the programs it runs in a subprocess (directly or through conftest's).
   assert "rethink_tf.evaluation.coco_evaluator" in gen_build.imported_modules(
       "tests/evaluation/test_coco_evaluator.py", modules)

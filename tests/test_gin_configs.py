@@ -8,8 +8,8 @@ import gin
 import pytest
 
 from rethink_tf import config
-from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.checkpoint import init as init_lib
+from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.training.schedules import nx_schedule
 from rethink_tf.training.train_config import TrainConfig
 

@@ -242,11 +242,13 @@ def test_preset_family_trains_one_step(family, tmp_path):
   assert int(t.optimizer.iterations.numpy()) == 1
   # Every trainable backbone/RPN/box variable moved (the mask head may see no foreground RoI
   # in one 64 px image, then only its kernels move, by weight decay).
-  for layer in (model.backbone, model.rpn_head, model.roi_heads.box_head, model.roi_heads.box_predictor):
+  for layer in (model.backbone, model.rpn_head, model.roi_heads.box_head,
+                model.roi_heads.box_predictor):
     for v in layer.trainable_variables:
       assert not np.array_equal(before[v.ref()], v.numpy()), v.name
   if name.startswith("vgg16"):
-    assert model.fpn is None and model.roi_heads.branch("mask") is None and model.backbone.norm is None
+    assert model.fpn is None and model.roi_heads.branch(
+        "mask") is None and model.backbone.norm is None
     frozen = [
         v for b in model.backbone.blocks[:model.backbone.freeze_at] for c in b for v in c.variables
     ]

@@ -10,9 +10,8 @@ import subprocess
 import pytest
 
 from rethink_tf import config
-from rethink_tf.training import run_config
 from rethink_tf.data.input_pipeline import InputConfig
-from rethink_tf.training import distribute
+from rethink_tf.training import distribute, run_config
 from rethink_tf.training.task import detection_trainer
 
 from conftest import REPO_ROOT, TINY_TRAIN
@@ -108,7 +107,8 @@ def test_a_model_dir_with_another_config_is_refused_then_allowed(tmp_path, tiny_
 
   # Allowed: the changes are printed and recorded, the run resumes (here at its end).
   config.parse_gin([TINY], ["nx_schedule.base_lr_per_16 = 0.04", "InputConfig.flip = False"])
-  detection_trainer(str(model_dir), distribute.get_strategy("one_device"), allow_config_change=True).train()
+  detection_trainer(str(model_dir), distribute.get_strategy("one_device"),
+                    allow_config_change=True).train()
   out = capsys.readouterr().out
   assert re.search(
       r"config changed when resuming from .*ckpt-20 \(--allow_config_change\):\n"

@@ -19,7 +19,7 @@ Then, with a data gin file for the dataset to evaluate on:
 
 detectron2 numbers its classes 0..K-1 in the order of the dataset's sorted category ids
 (COCO's 80 unless --categories gives the training annotations); Detectron the same, after its
-background class 0. The names and layouts mapped: `modeling/detector_import.py`; the
+background class 0. The names and layouts mapped: `checkpoint/detector_import.py`; the
 conventions each binding in model.gin carries: docs/architecture.md.
 """
 
@@ -34,8 +34,8 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from rethink_tf import config  # noqa: E402
-from rethink_tf.data import categories as categories_lib  # noqa: E402
 from rethink_tf.checkpoint import detector_configs, detector_import, detector_specs  # noqa: E402
+from rethink_tf.data import categories as categories_lib  # noqa: E402
 from rethink_tf.modeling.build import build_model  # noqa: E402
 
 MODEL_GIN = "model.gin"

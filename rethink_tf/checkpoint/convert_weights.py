@@ -30,8 +30,8 @@ from absl import app, flags  # noqa: E402
 from rethink_tf.checkpoint import init as init_lib  # noqa: E402
 from rethink_tf.checkpoint import weight_import  # noqa: E402
 from rethink_tf.modeling.backbone.resnet import ResNet  # noqa: E402
-from rethink_tf.modeling.roi_heads.box import BoxHead  # noqa: E402
 from rethink_tf.modeling.backbone.vgg import VGG16  # noqa: E402
+from rethink_tf.modeling.roi_heads.box import BoxHead  # noqa: E402
 
 # Pixel conventions of each source (0-255 inputs).
 CONVENTIONS = {

@@ -15,6 +15,7 @@ import tensorflow as tf
 from official.vision.dataloaders import tf_example_decoder
 
 from rethink_tf.data import canvases as canvas_lib
+from rethink_tf.data import keypoints as keypoint_lib
 from rethink_tf.data.image_preprocessing import (
     RESIZE_METHODS,
     decode_image,
@@ -23,10 +24,9 @@ from rethink_tf.data.image_preprocessing import (
     resize_for_model,
     resized_size,
 )
-from rethink_tf.layers.roi_align import roi_align_flat
-from rethink_tf.layers import anchors as anchor_lib
-from rethink_tf.data import keypoints as keypoint_lib
 from rethink_tf.errors import ConfigError
+from rethink_tf.layers import anchors as anchor_lib
+from rethink_tf.layers.roi_align import roi_align_flat
 
 # torchvision/detectron2 ImageNet statistics (RGB, 0-255); detectron2's scratch configs use them.
 PIXEL_MEAN = (123.675, 116.28, 103.53)

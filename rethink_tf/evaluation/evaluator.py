@@ -7,11 +7,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
+from rethink_tf import run_files
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.evaluation import coco_evaluator
 from rethink_tf.evaluation.tta import TestTimeAugmentation, detect_tta
 from rethink_tf.modeling import postprocess
-from rethink_tf import run_files
 
 # Boxes to input-image pixels and masks to RLE strings, compiled (one trace per batch shape):
 # eagerly, the per-detection loop would dispatch every op of every mask from Python.

@@ -192,7 +192,8 @@ def build_model(num_classes: int = 81,
                      name="keypoint_head",
                      **kw))
   plus_one = 1.0 if box_plus_one else 0.0
-  heads_kwargs = dict(roi_levels=list(range(min_level, min(max_level, 5) + 1)),
+  heads_kwargs = dict(roi_levels=list(range(min_level,
+                                            min(max_level, 5) + 1)),
                       samples_per_image=roi_samples_per_image,
                       positive_fraction=roi_positive_fraction,
                       branch_rois_per_image=mask_rois_per_image,
@@ -247,9 +248,7 @@ def build_model(num_classes: int = 81,
 def build_backbone() -> backbone_lib.Backbone:
   """The backbone `build_model` builds under the current gin bindings, alone (pre-training
   trains it as a classifier, so its checkpoint fits the detector)."""
-  settings = {
-      k: p.default for k, p in inspect.signature(build_model).parameters.items()
-  }
+  settings = {k: p.default for k, p in inspect.signature(build_model).parameters.items()}
   settings.update(gin.get_bindings("build_model"))
   fields = [f.name for f in dataclasses.fields(backbone_lib.BackboneSettings)]
   return backbone_lib.build(settings["backbone"],

@@ -33,28 +33,12 @@ class MaskRCNN(tf_keras.Model):
   them into losses); `call(training=False)` returns detections (see `detect`).
   """
 
-  def __init__(self,
-               backbone,
-               fpn,
-               rpn_head,
-               roi_heads,
-               *,
-               num_classes: int,
-               image_size: Sequence[int],
-               min_level: int,
-               max_level: int,
-               aspect_ratios: Sequence[float],
-               anchor_size: float,
-               anchor_scales: Sequence[float],
-               anchor_offset: float,
-               rpn_topk_train: Tuple[int, int],
-               rpn_topk_test: Tuple[int, int],
-               rpn_nms_threshold: float,
-               box_plus_one: bool,
-               detections_per_image: int,
-               score_threshold: float,
-               nms_threshold: float,
-               **kwargs):
+  def __init__(self, backbone, fpn, rpn_head, roi_heads, *, num_classes: int,
+               image_size: Sequence[int], min_level: int, max_level: int,
+               aspect_ratios: Sequence[float], anchor_size: float, anchor_scales: Sequence[float],
+               anchor_offset: float, rpn_topk_train: Tuple[int, int],
+               rpn_topk_test: Tuple[int, int], rpn_nms_threshold: float, box_plus_one: bool,
+               detections_per_image: int, score_threshold: float, nms_threshold: float, **kwargs):
     super().__init__(**kwargs)
     # Under a mixed-precision policy Keras would cast every float input to the compute dtype;
     # boxes and sizes must stay float32 (bf16 cannot hold 800 px to the pixel). The backbone
@@ -140,8 +124,8 @@ class MaskRCNN(tf_keras.Model):
 
     global_sum: sums a count over all replicas (None: this replica is the whole batch).
     """
-    rpn_cls, rpn_box = rpn_losses(outputs["rpn_scores"], outputs["rpn_deltas"],
-                                  batch["rpn_labels"], batch["rpn_box_targets"], global_sum)
+    rpn_cls, rpn_box = rpn_losses(outputs["rpn_scores"], outputs["rpn_deltas"], batch["rpn_labels"],
+                                  batch["rpn_box_targets"], global_sum)
     losses = dict(rpn_cls_loss=rpn_cls, rpn_box_loss=rpn_box)
     losses.update(self.roi_heads.losses(outputs, global_sum))
     losses["total_loss"] = tf.add_n(list(losses.values()))

@@ -118,12 +118,12 @@ def export(checkpoint: str,
                   "probability": "float32 probability"
               }[mask_output], "limits":
                   dataclasses.asdict(limits), "mask_resolution":
-                      (2 * model.roi_heads.poolers["mask"][0] if model.roi_heads.branch("mask") is not None else None),
-              "preprocessing":
-                  preprocessing, "canvas":
-                      (f"fixed {cfg.padded_size[0]}x{cfg.padded_size[1]}" if fixed_canvas else
-                       f"fit: each request padded to its largest resized image, rounded up "
-                       f"to {cfg.size_divisibility}")
+                      (2 * model.roi_heads.poolers["mask"][0]
+                       if model.roi_heads.branch("mask") is not None else None), "preprocessing":
+                           preprocessing,
+              "canvas": (f"fixed {cfg.padded_size[0]}x{cfg.padded_size[1]}" if fixed_canvas else
+                         f"fit: each request padded to its largest resized image, rounded up "
+                         f"to {cfg.size_divisibility}")
           },
           f,
           indent=1)

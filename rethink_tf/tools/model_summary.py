@@ -46,17 +46,20 @@ def summarize(model) -> dict:
   modules = {"backbone": _count(model.backbone.variables)}
   if model.fpn is not None:
     modules["fpn"] = _count(model.fpn.variables)
+  heads = model.roi_heads
   modules.update(rpn=_count(model.rpn_head.variables),
-                 box_head=_count(model.roi_heads.box_head.variables),
-                 box_predictor=_count(model.roi_heads.box_predictor.variables))
-  if model.roi_heads.branch("mask") is not None:
-    modules.update(_head_and_predictor("mask", model.roi_heads.branch("mask"), model.roi_heads.branch("mask").predictor))
-  for k, (head, predictor) in enumerate(zip(model.roi_heads.cascade_box_heads, model.roi_heads.cascade_box_predictors)):
+                 box_head=_count(heads.box_head.variables),
+                 box_predictor=_count(heads.box_predictor.variables))
+  mask = heads.branch("mask")
+  if mask is not None:
+    modules.update(_head_and_predictor("mask", mask, mask.predictor))
+  later = zip(getattr(heads, "cascade_box_heads", []), getattr(heads, "cascade_box_predictors", []))
+  for k, (head, predictor) in enumerate(later):
     modules[f"box_head_stage{k + 2}"] = _count(head.variables)
     modules[f"box_predictor_stage{k + 2}"] = _count(predictor.variables)
-  if model.roi_heads.branch("keypoint") is not None:
-    modules.update(
-        _head_and_predictor("keypoint", model.roi_heads.branch("keypoint"), model.roi_heads.branch("keypoint").score_lowres))
+  keypoint = heads.branch("keypoint")
+  if keypoint is not None:
+    modules.update(_head_and_predictor("keypoint", keypoint, keypoint.score_lowres))
   return {
       "modules": modules, "total": _count(model.variables),
       "trainable": _count(model.trainable_variables)

@@ -296,8 +296,7 @@ def format_losses(values: Dict[str, float]) -> str:
   """'loss 2.8570 (rpn_cls 0.693 rpn_box 0.012 ...)': the total (`total_loss`, else the first
   value) then every other term, without its `_loss` suffix."""
   total_key = "total_loss" if "total_loss" in values else next(iter(values))
-  terms = " ".join(f"{k[:-5] if k.endswith('_loss') else k} {v:.3f}"
-                   for k, v in values.items()
+  terms = " ".join(f"{k[:-5] if k.endswith('_loss') else k} {v:.3f}" for k, v in values.items()
                    if k != total_key)
   return f"loss {values[total_key]:.4f}" + (f" ({terms})" if terms else "")
 

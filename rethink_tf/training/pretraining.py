@@ -138,8 +138,7 @@ class ClassificationTask:
   """The classifier of `backbone`, its optimizer, data and step under `strategy` (the task
   interface of `trainer.py`); the loss is the global batch's mean cross-entropy."""
 
-  def __init__(self, strategy: tf.distribute.Strategy, cfg: PretrainConfig, backbone,
-               train_data):
+  def __init__(self, strategy: tf.distribute.Strategy, cfg: PretrainConfig, backbone, train_data):
     self.strategy, self.cfg = strategy, cfg
     self.backbone, self.train_data = backbone, train_data
     if cfg.batch_size % strategy.num_replicas_in_sync:
@@ -196,8 +195,8 @@ class ClassificationTask:
     def replica_step(images, labels):
       with tf.GradientTape() as tape:
         logits = model(images, training=True)
-        ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels, logits)) / cfg.batch_size
+        ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels,
+                                                                          logits)) / cfg.batch_size
         loss = ce + opt_lib.weight_decay_loss(decay_vars, cfg.weight_decay) / replicas
       grads = tape.gradient(loss, model.trainable_variables)
       finite = divergence.all_finite(loss, grads)

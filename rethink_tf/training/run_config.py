@@ -14,7 +14,6 @@ import tensorflow as tf
 
 from rethink_tf.errors import ConfigError
 
-
 # Bindings a resumed run may change without --allow_config_change: they decide when to log,
 # evaluate, save or stop, not what is trained, or how to go on past a damaged step or record
 # (a run stopped by one is resumed with the skip turned on).

@@ -72,8 +72,9 @@ class DetectionTask:
     grouped = [(vs, gate) for vs, gate in self.model.decay_groups()]
     in_group = {id(v) for vs, _ in grouped for v in vs}
     self.decay_vars = [v for v in decayed if id(v) not in in_group]
-    self.gated_decay = [([v for v in decayed if id(v) in {id(u) for u in vs}], gate)
-                        for vs, gate in grouped]
+    self.gated_decay = [
+        ([v for v in decayed if id(v) in {id(u) for u in vs}], gate) for vs, gate in grouped
+    ]
     # Steps completed by the running compiled call (not checkpointed): after an input error
     # inside the call, the weights are those of step + this.
     self.steps_in_call = tf.Variable(0, trainable=False, name="steps_in_call")
@@ -319,12 +320,13 @@ def _abbreviate(names, limit: int = 4) -> str:
   return "[" + ", ".join(items[:limit]) + (", ..." if len(items) > limit else "") + "]"
 
 
-def detection_trainer(model_dir: str,
-                      strategy: tf.distribute.Strategy,
-                      config: Optional[TrainConfig] = None,
-                      input_config: Optional[InputConfig] = None,
-                      allow_config_change: bool = False,
-                      extra_hooks: Sequence[hooks_lib.Hook] = ()) -> Trainer:
+def detection_trainer(
+    model_dir: str,
+    strategy: tf.distribute.Strategy,
+    config: Optional[TrainConfig] = None,
+    input_config: Optional[InputConfig] = None,
+    allow_config_change: bool = False,
+    extra_hooks: Sequence[hooks_lib.Hook] = ()) -> Trainer:
   """The gin-bound detection run in `model_dir`: its task with the default hooks (then
   `extra_hooks`) on the generic loop."""
   cfg = config or TrainConfig()

@@ -45,7 +45,7 @@ class TrainConfig:
     # one, or once more than this many were skipped (counted over the whole run).
     self.skip_nonfinite_steps = skip_nonfinite_steps
     # A new run (no checkpoint in model_dir yet) starts from another run's checkpoint: the
-    # variables that fit are restored, the others keep their init (modeling/warm_start.py);
+    # variables that fit are restored, the others keep their init (checkpoint/warm_start.py);
     # with warm_start_keeps_step the schedule continues at that checkpoint's step (e.g. a
     # plain run's step 135k continued with more box stages).
     self.warm_start_checkpoint = warm_start_checkpoint

@@ -8,13 +8,14 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from conftest import TESTDATA
 from rethink_tf import config
 from rethink_tf.checkpoint import legacy_layout
 from rethink_tf.evaluation.evaluator import run_evaluation
 from rethink_tf.inference import build_for_inference
 from rethink_tf.training import distribute
 from rethink_tf.training.task import detection_trainer
+
+from conftest import TESTDATA
 
 LEGACY = os.path.join(TESTDATA, "legacy_checkpoint")
 PARAMS = [

@@ -38,8 +38,9 @@ class _GroundTruthKeypointDetector:
   pipeline's resized pixels: scale 0.5) as its detection."""
 
   anchor_kwargs = dict(min_level=2, max_level=6, aspect_ratios=(1.0,), anchor_size=4.0)
-  mask_head = None
-  keypoint_head = "present"
+
+  class roi_heads:  # a keypoint branch, no mask branch  # noqa: N801
+    branch = staticmethod(lambda kind: "present" if kind == "keypoint" else None)
 
   def __init__(self, box_xywh, keypoints):
     x, y, w, h = box_xywh

@@ -10,8 +10,8 @@ from rethink_tf import config
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.layers import box_ops
 from rethink_tf.modeling import postprocess
-from rethink_tf.modeling.roi_heads import cascade
 from rethink_tf.modeling.build import build_model
+from rethink_tf.modeling.roi_heads import cascade
 
 
 def test_later_stage_labels_at_its_iou_with_its_box_coding():
@@ -69,7 +69,8 @@ def _stage_scores(model, feats, image_size):
   for k in range(model.roi_heads.num_stages):
     head, predictor = model.roi_heads.stage(k)
     if k:
-      rois = cascade.refine_boxes(rois, deltas, model.roi_heads.cascade_box_weights[k - 1], image_size)
+      rois = cascade.refine_boxes(rois, deltas, model.roi_heads.cascade_box_weights[k - 1],
+                                  image_size)
     logits, deltas = predictor(head(model.roi_heads.pool_rois(feats, rois, "box", training=False)))
     out.append(
         postprocess.class_boxes(rois, valid, logits, deltas, image_size,
@@ -120,7 +121,8 @@ def test_inactive_cascade_is_its_first_stage_and_active_averages_the_stages():
   for k in (2, 3):
     assert losses[f"fast_rcnn_cls_loss_stage{k}"] > 0
   assert all(
-      np.any(grads[v.ref()].numpy()) for v in model.roi_heads.cascade_box_predictors[1].trainable_variables)
+      np.any(grads[v.ref()].numpy())
+      for v in model.roi_heads.cascade_box_predictors[1].trainable_variables)
   boxes, probs = model.box_predictions(feats, image_size)
   np.testing.assert_allclose(boxes.numpy(), stages[2][0].numpy(), atol=1e-4)
   mean = sum(p.numpy() for _, p in stages) / 3

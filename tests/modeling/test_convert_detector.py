@@ -19,15 +19,15 @@ import yaml
 from pycocotools import mask as mask_utils
 
 from rethink_tf import config
-from rethink_tf.data import synthetic
-from rethink_tf.layers.box_ops import pairwise_iou
-from rethink_tf.layers.roi_align import assign_levels
 from rethink_tf.checkpoint import (
     convert_detector,
     detector_configs,
     detector_import,
     detector_specs,
 )
+from rethink_tf.data import synthetic
+from rethink_tf.layers.box_ops import pairwise_iou
+from rethink_tf.layers.roi_align import assign_levels
 from rethink_tf.modeling import postprocess
 
 from conftest import REPO_ROOT, TESTDATA, served_coco_results
@@ -113,14 +113,18 @@ def test_stages_equal_detectron2(model, stages):
                                              f"{p} RPN deltas")
     proposals = tf.constant(_xyxy_to_yxyx(stages[f"{p}/proposals/boxes"])[None])
     pooled = model.roi_heads.pool_rois(feats, proposals, "box", training=False)
-    logits, box_deltas = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled, training=False))
+    logits, box_deltas = model.roi_heads.box_predictor(
+        model.roi_heads.box_head(pooled, training=False))
     ref = stages[f"{p}/box_head/class_logits"]  # background last
     worst["class logits"] = _close(logits.numpy()[0], np.roll(ref, 1, axis=1), f"{p} logits")
     ref = stages[f"{p}/box_head/box_deltas"].reshape(-1, 3, 4)[..., [1, 0, 3, 2]]
     worst["box deltas"] = _close(box_deltas.numpy()[0, :, 1:], ref, f"{p} box deltas")
     boxes = tf.constant(_xyxy_to_yxyx(stages[f"{p}/detections/boxes"])[None])
-    mask_logits = model.roi_heads.branch("mask")(model.roi_heads.pool_rois(feats, boxes, "mask", training=False),
-                                  training=False).numpy()[0]
+    mask_logits = model.roi_heads.branch("mask")(model.roi_heads.pool_rois(feats,
+                                                                           boxes,
+                                                                           "mask",
+                                                                           training=False),
+                                                 training=False).numpy()[0]
     ref = stages[f"{p}/mask_head/mask_logits"].transpose(0, 2, 3, 1)
     worst["mask logits"] = _close(mask_logits[..., 1:], ref, f"{p} mask logits")
   print("stage maxima (relative):", {k: f"{v:.1e}" for k, v in worst.items()})
@@ -548,7 +552,7 @@ def test_cascade_and_keypoint_heads_convert_by_detectron2_names(tmp_path, catego
                                 d2["roi_heads.box_head.fc1.bias"] + 2)
   x = rng.normal(size=(64, 14, 14)).astype(np.float32)
   ours = model.roi_heads.branch("keypoint")(tf.constant(x.transpose(1, 2, 0)[None, None]),
-                             training=False).numpy()[0, 0]  # [K, 56, 56]
+                                            training=False).numpy()[0, 0]  # [K, 56, 56]
   t = lambda n: tensors[f"roi_heads.keypoint_head.{n}"]
   h = np.maximum(_conv2d(x, t("conv_fcn1.weight"), 1) + t("conv_fcn1.bias")[:, None, None], 0)
   h = np.maximum(_conv2d(h, t("conv_fcn2.weight"), 1) + t("conv_fcn2.bias")[:, None, None], 0)

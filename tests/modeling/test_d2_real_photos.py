@@ -15,12 +15,12 @@ import tensorflow as tf
 from pycocotools import mask as mask_utils
 
 from rethink_tf import config
+from rethink_tf.checkpoint import convert_detector
 from rethink_tf.data import synthetic
 from rethink_tf.data.image_preprocessing import decode_image, resize_for_model
 from rethink_tf.data.input_pipeline import make_dataset
 from rethink_tf.evaluation.evaluator import predict_coco_results
 from rethink_tf.inference import build_for_inference, resolve_checkpoint
-from rethink_tf.checkpoint import convert_detector
 
 from conftest import TESTDATA
 

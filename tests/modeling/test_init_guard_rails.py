@@ -4,10 +4,10 @@ import pytest
 import tensorflow as tf
 
 from rethink_tf import config
-from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.checkpoint import init as init_lib
-from rethink_tf.detector import build_detector
 from rethink_tf.checkpoint.init import InitError, InitMode
+from rethink_tf.data.input_pipeline import InputConfig
+from rethink_tf.detector import build_detector
 from rethink_tf.modeling.backbone.resnet import ResNet
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rethink_tf.evaluation.coco_evaluator import detections_to_coco, evaluate, load_coco
 from rethink_tf.data import keypoints as kp_flip
+from rethink_tf.evaluation.coco_evaluator import detections_to_coco, evaluate, load_coco
 from rethink_tf.modeling.roi_heads import keypoint as kp
 
 S = 56

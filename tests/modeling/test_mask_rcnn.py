@@ -10,9 +10,8 @@ import tensorflow as tf
 from rethink_tf import config
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
 from rethink_tf.layers import anchors as anchor_lib
-from rethink_tf.modeling import mask_rcnn
-from rethink_tf.modeling.roi_heads import mask as mask_branch
 from rethink_tf.modeling.build import build_model
+from rethink_tf.modeling.roi_heads import mask as mask_branch
 
 TINY = "gin_configs/testing/tiny.gin"
 CLASSES = 4  # background + the 3 synthetic shapes

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rethink_tf.modeling.fpn import FPN
 from rethink_tf.modeling.backbone.resnet import ResNet
+from rethink_tf.modeling.fpn import FPN
 
 
 def test_resnet50_parameter_count_equals_torchvision():

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from rethink_tf import config
-from rethink_tf.training import distribute
 from rethink_tf.modeling.mask_rcnn import MaskRCNN
+from rethink_tf.training import distribute
 from rethink_tf.training import task as task_lib
 
 # Loops of up to 4 steps, checkpoints at 4 and 8, logs every 5: the first poisoned step (3)

@@ -58,12 +58,11 @@ def test_mixed_precision_step(precision, compute, tmp_path):
   assert tf_keras.mixed_precision.global_policy().name == "float32"  # restored after build
   model = t.model
   assert model.backbone.stem.conv.compute_dtype == compute.name
-  assert all(
-      v.dtype == tf.float32
-      for v in model.variables
-      if v is not getattr(model.roi_heads, "cascade_active", None))  # the cascade's on/off flag is bool
+  assert all(v.dtype == tf.float32 for v in model.variables if v is not getattr(
+      model.roi_heads, "cascade_active", None))  # the cascade's on/off flag is bool
   for layer in (model.roi_heads.box_predictor.cls_score, model.roi_heads.box_predictor.bbox_pred,
-                model.roi_heads.branch("mask").predictor, model.rpn_head.objectness, model.rpn_head.deltas):
+                model.roi_heads.branch("mask").predictor, model.rpn_head.objectness,
+                model.rpn_head.deltas):
     assert layer.compute_dtype == "float32", layer.name
   assert isinstance(t.optimizer,
                     tf_keras.mixed_precision.LossScaleOptimizer) == (precision == "mixed_float16")

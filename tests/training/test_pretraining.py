@@ -9,13 +9,14 @@ import subprocess
 import numpy as np
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TINY_PRETRAIN
 from rethink_tf import config
-from rethink_tf.data import synthetic, synthetic_classification
 from rethink_tf.checkpoint import init as init_lib
+from rethink_tf.data import synthetic, synthetic_classification
 from rethink_tf.modeling.build import build_model
 from rethink_tf.tools import compare_curves
 from rethink_tf.training import pretraining
+
+from conftest import REPO_ROOT, TINY_PRETRAIN
 
 
 def test_classification_set_is_seeded_balanced_and_not_the_detection_classes():

@@ -11,7 +11,7 @@ first stage until that step (the paper adds cascade late in training); the train
 generic step hook calls `set_step`, which turns the later stages on.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras

@@ -24,6 +24,7 @@ from rethink_tf.layers.conv_norm import ConvNorm, msra_fan_out
 from rethink_tf.modeling.losses import merge_rois, normalizer
 from rethink_tf.modeling.roi_heads.standard import RoIBranch
 
+
 def keypoint_targets(keypoints: tf.Tensor, rois_yxyx: tf.Tensor,
                      heatmap_size: int) -> Tuple[tf.Tensor, tf.Tensor]:
   """Heatmap targets of the keypoints matched to each RoI.
@@ -177,8 +178,7 @@ class KeypointHead(RoIBranch):
     s = tf.shape(logits)
     return dict(keypoint_loss=keypoint_loss(
         merge_rois(logits), tf.reshape(outputs["keypoint_targets"], [s[0] * s[1], s[2]]),
-        tf.reshape(weights, [s[0] * s[1], s[2]]), normalizer(tf.reduce_sum(weights),
-                                                             global_sum)))
+        tf.reshape(weights, [s[0] * s[1], s[2]]), normalizer(tf.reduce_sum(weights), global_sum)))
 
   def predict(self, pool, feats, det, plus_one):
     """keypoints [B, D, K, 3] (x, y, score; resized-image pixels) of det's boxes."""

@@ -68,6 +68,7 @@ class MaskHead(RoIBranch):
 
   def get_config(self):
     return {**super().get_config(), **self._cfg}
+
   def train_outputs(self, pool, feats, rois, sampled, batch):
     """mask_logits [B, R, M, M] of each RoI's class, mask_targets [B, R, M, M] cropped from
     its GT mask, mask_weights [B, R] (1 for foreground RoIs)."""
@@ -108,8 +109,7 @@ def mask_loss(mask_logits, mask_targets, mask_weights, global_sum: Reducer = Non
   bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=mask_targets,
                                                 logits=tf.cast(mask_logits, tf.float32))
   per_roi = tf.reduce_mean(bce, axis=[2, 3])
-  return tf.reduce_sum(per_roi * mask_weights) / normalizer(tf.reduce_sum(mask_weights),
-                                                            global_sum)
+  return tf.reduce_sum(per_roi * mask_weights) / normalizer(tf.reduce_sum(mask_weights), global_sum)
 
 
 def mask_targets(rois, gt_index, gt_boxes, gt_masks, output_size: int = 28):
