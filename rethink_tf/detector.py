@@ -11,6 +11,7 @@ from typing import Optional
 
 import tensorflow as tf
 import tf_keras
+from absl import logging
 
 from rethink_tf.checkpoint import init as init_lib
 from rethink_tf.checkpoint import legacy_layout
@@ -34,10 +35,8 @@ def apply_input_convention(cfg: InputConfig) -> InputConfig:
     cfg.channel_order = convention["channel_order"]
     cfg.pixel_mean = tuple(convention["pixel_mean"])
     cfg.pixel_std = tuple(convention["pixel_std"])
-    print(
-        f"input convention of {checkpoint}: {convention['channel_order']}, mean "
-        f"{convention['pixel_mean']}, std {convention['pixel_std']}",
-        flush=True)
+    logging.info(f"input convention of {checkpoint}: {convention['channel_order']}, mean "
+                 f"{convention['pixel_mean']}, std {convention['pixel_std']}")
   return cfg
 
 
@@ -101,5 +100,4 @@ def _restore(model, checkpoint: str):
   except AssertionError as e:
     raise ValueError(f"checkpoint {checkpoint} does not hold this model's variables (was it "
                      f"trained with the same gin files?): {str(e)[:500]}") from e
-  print(f"restored {os.path.basename(checkpoint)} from {os.path.dirname(checkpoint) or '.'}",
-        flush=True)
+  logging.info(f"restored {os.path.basename(checkpoint)} from {os.path.dirname(checkpoint) or '.'}")

@@ -19,7 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from rethink_tf import config  # noqa: E402
+from rethink_tf import (
+    config,  # noqa: E402
+    console,  # noqa: E402
+)
 from rethink_tf.data import damaged_records  # noqa: E402
 from rethink_tf.evaluation.evaluator import run_evaluation  # noqa: E402
 from rethink_tf.evaluation.tta import TestTimeAugmentation  # noqa: E402
@@ -30,6 +33,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
   try:
     config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)

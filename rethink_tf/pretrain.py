@@ -23,9 +23,12 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from rethink_tf import config  # noqa: E402
+from rethink_tf import (
+    config,  # noqa: E402
+    console,  # noqa: E402
+)
 from rethink_tf.training.pretraining import pretrain  # noqa: E402
 from rethink_tf.training.trainer import CheckpointWriteError  # noqa: E402
 
@@ -33,8 +36,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
-  logging.set_verbosity(logging.WARNING)
   if not FLAGS.model_dir:
     sys.exit("--model_dir is required")
   try:

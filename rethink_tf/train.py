@@ -18,9 +18,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from rethink_tf import config  # noqa: E402
+from rethink_tf import (
+    config,  # noqa: E402
+    console,  # noqa: E402
+)
 from rethink_tf.checkpoint.init import InitError  # noqa: E402
 from rethink_tf.evaluation.evaluator import final_summary  # noqa: E402
 from rethink_tf.flags import define_common_flags  # noqa: E402
@@ -33,8 +36,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
-  logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep TF's INFO out
   if not FLAGS.model_dir:
     sys.exit("--model_dir is required")
   if FLAGS.cpu_devices:

@@ -33,6 +33,32 @@ def _fresh_gin_config():
   gin.clear_config()
 
 
+@pytest.fixture(autouse=True)
+def _library_logs_to_stdout():
+  """The library's absl log lines, as plain lines on the test's stdout (as the programs show
+  them: `rethink_tf/console.py`), so capsys reads them."""
+  import logging
+
+  from absl import logging as absl_logging
+
+  class ToStdout(logging.Handler):
+
+    def emit(self, record):
+      sys.stdout.write(self.format(record) + "\n")
+
+  handler = ToStdout()
+  handler.setFormatter(logging.Formatter("%(message)s"))
+  logger = absl_logging.get_absl_logger()
+  level, propagate = logger.level, logger.propagate
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+  yield
+  logger.removeHandler(handler)
+  logger.setLevel(level)
+  logger.propagate = propagate
+
+
 @pytest.fixture(scope="session")
 def testdata():
   return TESTDATA

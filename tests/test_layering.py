@@ -12,7 +12,7 @@ from conftest import REPO_ROOT
 
 # Lowest first. Packages of one layer are peers: neither imports the other.
 LAYERS = (
-    ("errors", "run_files"),  # what everything raises and writes
+    ("errors", "run_files", "console"),  # what everything raises, writes and how it logs
     ("layers",),  # tensor ops: boxes, anchors, RoIAlign, NMS, norms
     ("data", "modeling"),  # the input pipeline; the architecture
     ("checkpoint",),  # initialization, warm start, weight import and conversion

@@ -31,9 +31,12 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from rethink_tf import config  # noqa: E402
+from rethink_tf import (
+    config,  # noqa: E402
+    console,  # noqa: E402
+)
 from rethink_tf.checkpoint import detector_configs, detector_import, detector_specs  # noqa: E402
 from rethink_tf.data import categories as categories_lib  # noqa: E402
 from rethink_tf.modeling.build import build_model  # noqa: E402
@@ -143,8 +146,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
-  logging.set_verbosity(logging.WARNING)  # TF's INFO lines about checkpoint sharding are noise
   try:
     prefix, count, model = convert(FLAGS.format, FLAGS.input, FLAGS.output, FLAGS.config,
                                    FLAGS.categories)

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from rethink_tf import console  # noqa: E402
 from rethink_tf.checkpoint import init as init_lib  # noqa: E402
 from rethink_tf.checkpoint import weight_import  # noqa: E402
 from rethink_tf.modeling.backbone.resnet import ResNet  # noqa: E402
@@ -157,6 +158,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
   backbone = convert(FLAGS.format, FLAGS.input, FLAGS.output, FLAGS.depth, FLAGS.groups,
                      FLAGS.width_per_group, FLAGS.norm, FLAGS.stride_in_1x1, FLAGS.arch)

@@ -28,9 +28,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import app, flags, logging
 from PIL import Image
 
+from rethink_tf import console
 from rethink_tf.data import coco_validation as validation
 
 
@@ -141,10 +142,8 @@ def convert(annotations: str,
     for k, image_id in enumerate(ids):
       if verbose and k and (k % PROGRESS_EVERY == 0):
         rate = k / max(time.time() - t0, 1e-9)
-        print(
-            f"{k}/{len(ids)} images, {rate:.1f} images/s, ETA "
-            f"{(len(ids) - k) / rate / 60:.1f} min, {len(report)} problem(s) so far",
-            flush=True)
+        logging.info(f"{k}/{len(ids)} images, {rate:.1f} images/s, ETA "
+                     f"{(len(ids) - k) / rate / 60:.1f} min, {len(report)} problem(s) so far")
       ex = image_example(images[image_id], by_image.get(image_id, []), image_dir, categories,
                          report, counts)
       if ex is not None:
@@ -178,7 +177,7 @@ def convert(annotations: str,
         indent=1)
   os.replace(report_path + ".tmp", report_path)
   if verbose:
-    print(report.summary(), flush=True)
+    logging.info(report.summary())
   return result
 
 
@@ -199,6 +198,7 @@ def define_flags():
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
   try:
     counts = convert(FLAGS.annotations,

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import gin
 import numpy as np
+from absl import logging
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
@@ -367,10 +368,9 @@ class SyntheticDataset:
                                      os.path.join(self.root, split),
                                      self.num_shards,
                                      strict=True)  # generated data has no excuse
-      print(
+      logging.info(
           f"synthetic {split}: {counts['images']} images, {counts['instances']} instances, "
-          f"{counts['crowd']} crowd regions -> {self.root} ({time.time() - t:.1f}s)",
-          flush=True)
+          f"{counts['crowd']} crowd regions -> {self.root} ({time.time() - t:.1f}s)")
       with open(done, "w") as f:
         json.dump(self.params, f)
     if all(os.path.exists(os.path.join(self.root, f"DONE-{s}")) for s in ("train", "val")):

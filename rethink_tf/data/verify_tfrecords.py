@@ -23,6 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from rethink_tf import console  # noqa: E402
+
 # Features every record must have, and the per-instance ones that must have equal counts.
 REQUIRED = ("image/encoded", "image/height", "image/width", "image/source_id")
 PER_INSTANCE = ("image/object/bbox/ymin", "image/object/bbox/xmin", "image/object/bbox/ymax",
@@ -112,6 +114,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
   try:
     shards, records, problems = verify(FLAGS.pattern)

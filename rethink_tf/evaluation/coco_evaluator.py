@@ -13,11 +13,12 @@ import json
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from rethink_tf import console
 from rethink_tf.layers.box_ops import yxyx_to_coco_xywh
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
@@ -68,7 +69,7 @@ def evaluate(gt: COCO,
     ev.accumulate()
     ev.summarize()
   if verbose:
-    print(out.getvalue())
+    logging.info(out.getvalue())
   return {k: float(v) for k, v in zip(names, ev.stats)}
 
 
@@ -118,6 +119,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
   stats = evaluate(load_coco(FLAGS.annotations), FLAGS.detections, FLAGS.iou_type)
   print(json.dumps(stats))

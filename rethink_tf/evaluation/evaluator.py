@@ -6,6 +6,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from rethink_tf import run_files
 from rethink_tf.data.input_pipeline import InputConfig, make_dataset
@@ -157,7 +158,7 @@ class EvalProgress:
       line += f", ETA {_minutes(max(self.total - done, 0) / max(rate, 1e-9))}"
     elif final:
       line += f", done in {_minutes(now - self.start)}"
-    print(line, flush=True)
+    logging.info(line)
 
 
 def _minutes(seconds: float) -> str:

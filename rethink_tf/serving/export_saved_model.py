@@ -25,13 +25,18 @@ import sys
 import tempfile
 from typing import Optional
 
+from absl import logging
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gin  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from rethink_tf import config  # noqa: E402
+from rethink_tf import (
+    config,  # noqa: E402
+    console,  # noqa: E402
+)
 from rethink_tf.data import categories, synthetic  # noqa: E402
 from rethink_tf.inference import build_for_inference, resolve_checkpoint  # noqa: E402
 from rethink_tf.serving.detection_server import SIGNATURES, DetectionServer  # noqa: E402
@@ -76,10 +81,8 @@ def export(checkpoint: str,
   names, missing = categories.category_names(cfg.category_ids, label_map, cfg.val_annotations,
                                              known)
   if missing:
-    print(
-        f"warning: no names for category ids {missing}; their names are the ids (pass "
-        "--label_map)",
-        flush=True)
+    logging.warning(f"warning: no names for category ids {missing}; their names are the ids (pass "
+                    "--label_map)")
   version = int(version) if version is not None else next_version(export_dir)
   final = os.path.join(export_dir, str(version))
   if os.path.exists(final):
@@ -152,8 +155,8 @@ def export(checkpoint: str,
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
-  logging.set_verbosity(logging.WARNING)  # TF's INFO lines about renamed captures are noise
   config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
   if FLAGS.batch_size == "dynamic":
     batch = None

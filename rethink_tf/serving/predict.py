@@ -12,6 +12,8 @@ and matplotlib (not this project), like any client of the SavedModel.
 import json
 import os
 
+from absl import logging
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import matplotlib  # noqa: E402
@@ -21,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from rethink_tf import console  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -129,14 +133,14 @@ def run(model, image_paths, output: str, min_score: float = 0.5, json_path=None)
                                4), "box_yxyx": [round(float(v), 2) for v in det["boxes"][i]]
             } for i in kept]
     })
-    print(f"{path}: {len(kept)} detections >= {min_score:g}" + "".join(
+    logging.info(f"{path}: {len(kept)} detections >= {min_score:g}" + "".join(
         f"\n  {d['name']} {d['score']:.3f} {d['box_yxyx']}" for d in report[-1]["detections"]))
   for ax in list(axes.flat)[n:]:
     ax.axis("off")
   fig.tight_layout()
   fig.savefig(output, dpi=100)
   plt.close(fig)
-  print(f"wrote {output}")
+  logging.info(f"wrote {output}")
   if json_path:
     with open(json_path, "w") as f:
       json.dump(report, f, indent=1)
@@ -144,6 +148,7 @@ def run(model, image_paths, output: str, min_score: float = 0.5, json_path=None)
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
   run(tf.saved_model.load(resolve_version(FLAGS.saved_model)), FLAGS.image, FLAGS.output,
       FLAGS.min_score, FLAGS.json)

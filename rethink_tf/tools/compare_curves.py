@@ -30,6 +30,8 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 
+from rethink_tf import console  # noqa: E402
+
 X_AXES = ("iterations", "images", "images_incl_pretraining")
 
 
@@ -230,8 +232,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
-  logging.set_verbosity(logging.WARNING)
   runs = []
   try:
     for spec in FLAGS.run:

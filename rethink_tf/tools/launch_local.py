@@ -19,7 +19,9 @@ import sys
 import threading
 from typing import List, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
+
+from rethink_tf import console
 
 FLAGS = flags.FLAGS
 
@@ -92,11 +94,12 @@ def launch(command: Sequence[str], num_workers: int, env=None) -> int:
     pump.join(timeout=5)
   failed = [(i, c) for i, c in enumerate(codes) if c]
   for i, c in failed:
-    print(f"worker {i} exited with code {c}", file=sys.stderr)
+    logging.error(f"worker {i} exited with code {c}")
   return failed[0][1] if failed else 0
 
 
 def main(argv):
+  console.show_library_logs()
   command = argv[1:]
   if not command:
     sys.exit("usage: python -m rethink_tf.tools.launch_local --num_workers=N -- COMMAND ...")

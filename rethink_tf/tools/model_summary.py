@@ -18,7 +18,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from rethink_tf import config  # noqa: E402
+from rethink_tf import (
+    config,  # noqa: E402
+    console,  # noqa: E402
+)
 from rethink_tf.data.input_pipeline import InputConfig  # noqa: E402
 from rethink_tf.modeling.build import build_model  # noqa: E402
 
@@ -79,6 +82,7 @@ def build_and_summarize(size: int = 128) -> dict:
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
   # Not finalized: a summary builds the architecture and needs no %gin.REQUIRED value (the
   # pretrained checkpoint of init/pretrained.gin).

@@ -35,10 +35,13 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+from absl import logging
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
+from rethink_tf import console  # noqa: E402
 from rethink_tf.tools.study_report import TIMES_FILE, write_report  # noqa: E402
 from rethink_tf.training import study_plan  # noqa: E402
 from rethink_tf.training.study_plan import Segment, StudyConfig  # noqa: E402
@@ -206,7 +209,7 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
   progress = {"steps": 0, "seconds": 0.0}  # of the segments completed by this invocation
 
   def run_pretrain():
-    print(f"[pretrain] {python} -m rethink_tf.pretrain -> {pre_dir}", flush=True)
+    logging.info(f"[pretrain] {python} -m rethink_tf.pretrain -> {pre_dir}")
     t = time.time()
     _run([python, "-m", "rethink_tf.pretrain", f"--model_dir={pre_dir}"] +
          [f"--gin_file={f}" for f in cfg.pretrain_gin_files] +
@@ -227,8 +230,7 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
       left = sum(remaining[j] for j in range(len(segments)) if j not in done)
     eta = f", study ETA {left * rate / max(1, jobs) / 60:.0f} min" if rate else ""
     target = f"step {seg.stop_at}" if seg.stop_at else "the end"
-    print(f"[{i + 1}/{len(segments)}] {seg.run} to {target} ({remaining[i]} steps){eta}",
-          flush=True)
+    logging.info(f"[{i + 1}/{len(segments)}] {seg.run} to {target} ({remaining[i]} steps){eta}")
     t = time.time()
     log_path = os.path.join(output_dir, "logs", f"{seg.run}.log")
     _run(_segment_command(cfg, seg, model_dir, checkpoint, python), log_path, f"segment {seg.run}",
@@ -315,7 +317,7 @@ def run_study(cfg: StudyConfig, output_dir: str, python: str = sys.executable, j
   if _CHILDREN.stopping.is_set():
     raise StudyStopped(f"stopped by SIGTERM after {(time.time() - t_study) / 60:.1f} min; the "
                        "running stages saved a checkpoint: run the same command to resume")
-  print(f"study runs complete ({(time.time() - t_study) / 60:.1f} min this invocation)", flush=True)
+  logging.info(f"study runs complete ({(time.time() - t_study) / 60:.1f} min this invocation)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -325,8 +327,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  console.show_library_logs()
   del argv
-  logging.set_verbosity(logging.WARNING)
   from rethink_tf import config
   gin_files = list(FLAGS.gin_file) + ([QUICK_GIN] if FLAGS.quick else [])
   config.parse_gin(gin_files, FLAGS.gin_param)

@@ -5,6 +5,7 @@ import os
 from typing import Dict
 
 import tensorflow as tf
+from absl import logging
 
 from rethink_tf import run_files
 from rethink_tf.evaluation import evaluator, visualize
@@ -45,5 +46,5 @@ class Evaluation(Hook):
     writer.flush()
     run_files.append_line(os.path.join(t.model_dir, EVAL_METRICS_FILE),
                           json.dumps({"step": step, **metrics}))
-    print(f"eval @ step {step}: {evaluator.format_metrics(metrics)}", flush=True)
+    logging.info(f"eval @ step {step}: {evaluator.format_metrics(metrics)}")
     return metrics

@@ -22,6 +22,7 @@ from typing import Dict, Optional
 
 import gin
 import tensorflow as tf
+from absl import logging
 
 from rethink_tf import run_files
 from rethink_tf.training import distribute, divergence
@@ -140,10 +141,8 @@ class Checkpointer(Hook):
       self.save(step)
       t.preempted = True
       saved = self.manager.latest_checkpoint if t.is_chief else "the chief's checkpoint"
-      print(
-          f"preempted (SIGTERM) at step {step}: saved {saved}; run the same command "
-          "again to resume",
-          flush=True)
+      logging.info(f"preempted (SIGTERM) at step {step}: saved {saved}; run the same command "
+                   "again to resume")
     elif step % self.every_steps == 0 or step == t.end_step:
       self.save(step)
 
@@ -220,7 +219,7 @@ class ModelSteps(Hook):
     model = self._model()
     change = model.set_step(step) if model is not None else None
     if change:
-      print(change, flush=True)
+      logging.info(change)
 
 
 class DivergenceGuard(Hook):
@@ -244,7 +243,7 @@ class DivergenceGuard(Hook):
       tf.summary.scalar("skipped_nonfinite_steps", skipped)
     if skipped > self.allowed:
       raise FloatingPointError(message)
-    print(f"warning: {message}", flush=True)
+    logging.warning(f"warning: {message}")
 
 
 class Progress(Hook):
@@ -258,7 +257,7 @@ class Progress(Hook):
 
   def before_train(self):
     t = self.trainer
-    print(f"{t.task.describe()}; {t.strategy.num_replicas_in_sync} replica(s)", flush=True)
+    logging.info(f"{t.task.describe()}; {t.strategy.num_replicas_in_sync} replica(s)")
     self._t_start = self._t_window = time.time()
     self._steps_window = 0
 
@@ -285,10 +284,9 @@ class Progress(Hook):
       tf.summary.scalar("learning_rate", lr)
       tf.summary.scalar("steps_per_sec", sps)
       tf.summary.scalar("images_per_sec", images)
-    print(
+    logging.info(
         f"step {step}/{t.end_step} | {format_losses(values)} | lr {lr:.5f} | {sps:.2f} steps/s "
-        f"{images:.1f} img/s | ETA {format_eta((t.end_step - step) / max(rate, 1e-9))}",
-        flush=True)
+        f"{images:.1f} img/s | ETA {format_eta((t.end_step - step) / max(rate, 1e-9))}")
     self._t_window, self._steps_window = time.time(), 0
 
 

@@ -13,6 +13,7 @@ import os
 from typing import List
 
 import tensorflow as tf
+from absl import logging
 
 from rethink_tf.data import damaged_records
 from rethink_tf.data.verify_tfrecords import Problem
@@ -86,13 +87,13 @@ class SkipDamagedRecords(Hook):
       directory = os.path.join(t.model_dir, f".{task_type}_{task_id}_{REPAIRED_DIR}")
     t.task.train_files, self.skipped = damaged_records.repair(files, directory)
     for p in self.skipped:
-      print(f"skipping damaged record: {damaged_records.describe(p)}", flush=True)
-    print(f"skip_damaged_records: {self._summary(len(files))}", flush=True)
+      logging.info(f"skipping damaged record: {damaged_records.describe(p)}")
+    logging.info(f"skip_damaged_records: {self._summary(len(files))}")
     self._scalar(t.start_step)
 
   def after_train(self):
     if self._enabled():
-      print(f"skip_damaged_records: {self._summary()}", flush=True)
+      logging.info(f"skip_damaged_records: {self._summary()}")
       self._scalar(self.trainer.end_step)
 
   def _summary(self, shards=None) -> str:

@@ -21,6 +21,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from absl import logging
 
 from rethink_tf.checkpoint import init as init_lib
 from rethink_tf.data import synthetic_classification
@@ -177,7 +178,7 @@ class ClassificationTask:
     latest = tf.train.latest_checkpoint(model_dir)
     if latest:
       self.checkpoint.restore(latest).assert_existing_objects_matched()
-      print(f"resumed from {latest}", flush=True)
+      logging.info(f"resumed from {latest}")
     return int(self.optimizer.iterations.numpy())
 
   def dataset(self, start_step: int = 0):
@@ -258,7 +259,7 @@ class ValidationAccuracy(hooks_lib.Hook):
       top1 = _accuracy(t.model, self.images, self.labels)
       with t.summary_writer("eval").as_default(step=step):
         tf.summary.scalar("top1", top1)
-      print(f"pretrain step {step}: validation top-1 {top1:.3f}", flush=True)
+      logging.info(f"pretrain step {step}: validation top-1 {top1:.3f}")
       t.metrics = {"top1": top1}
 
 
@@ -274,19 +275,17 @@ def pretrain(model_dir: str,
   if os.path.exists(meta_path):
     with open(meta_path) as f:
       meta = json.load(f)
-    print(f"{meta_path} exists: pre-training already complete ({meta['images_seen']} images)",
-          flush=True)
+    logging.info(
+        f"{meta_path} exists: pre-training already complete ({meta['images_seen']} images)")
     return meta
   os.makedirs(model_dir, exist_ok=True)
   tf_keras.utils.set_random_seed(cfg.seed)
   t = time.time()
   train_x, train_y = synthetic_classification.generate(cfg.num_train, cfg.seed, cfg.image_size)
   val_x, val_y = synthetic_classification.generate(cfg.num_val, cfg.seed + 1, cfg.image_size)
-  print(
-      f"synthetic classification set: {cfg.num_train} train / {cfg.num_val} val images, "
-      f"{len(synthetic_classification.CLASS_NAMES)} classes, {cfg.image_size} px "
-      f"({time.time() - t:.1f}s)",
-      flush=True)
+  logging.info(f"synthetic classification set: {cfg.num_train} train / {cfg.num_val} val images, "
+               f"{len(synthetic_classification.CLASS_NAMES)} classes, {cfg.image_size} px "
+               f"({time.time() - t:.1f}s)")
   with strategy.scope():
     backbone = build_backbone()
   task = ClassificationTask(strategy, cfg, backbone, (train_x, train_y))
@@ -323,8 +322,7 @@ def pretrain(model_dir: str,
   with open(meta_path + ".tmp", "w") as f:
     json.dump(meta, f, indent=1)
   os.replace(meta_path + ".tmp", meta_path)
-  print(
+  logging.info(
       f"wrote {os.path.join(model_dir, BACKBONE_PREFIX)} (validation top-1 {val_top1:.3f}, "
-      f"{meta['images_seen']} images seen)",
-      flush=True)
+      f"{meta['images_seen']} images seen)")
   return meta

@@ -11,6 +11,7 @@ from typing import Dict, List, Tuple
 
 import gin
 import tensorflow as tf
+from absl import logging
 
 from rethink_tf.errors import ConfigError
 
@@ -84,6 +85,6 @@ def verify_resume(model_dir: str, allow_change: bool, is_chief: bool = True):
     latest = tf.train.latest_checkpoint(model_dir)
     lines = [f"config changed when resuming from {latest} (--allow_config_change):"]
     lines += [f"  {k}: {a} -> {b}" for k, a, b in changes]
-    print("\n".join(lines), flush=True)
+    logging.info("\n".join(lines))
     with open(os.path.join(model_dir, CONFIG_CHANGES_FILE), "a") as f:
       f.write("\n".join(lines) + "\n")

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras
+from absl import logging
 
 from rethink_tf import run_files
 from rethink_tf.checkpoint import init as init_lib
@@ -142,27 +143,25 @@ class DetectionTask:
                           skipped_nonfinite_steps=self.skipped_steps).restore(
                               latest).assert_existing_objects_matched()
       step = int(self.optimizer.iterations.numpy())
-      print(f"resumed from {latest} at step {step}", flush=True)
+      logging.info(f"resumed from {latest} at step {step}")
       return step
     if self.cfg.warm_start_checkpoint:
       return self._warm_start(self.cfg.warm_start_checkpoint)
     if self.init_mode is init_lib.InitMode.PRETRAINED:
       init_lib.restore_pretrained(self.model, self.init_checkpoint)
-      print(f"initialized the backbone from {self.init_checkpoint}", flush=True)
+      logging.info(f"initialized the backbone from {self.init_checkpoint}")
     else:
-      print("training from scratch (random initialization)", flush=True)
+      logging.info("training from scratch (random initialization)")
     return 0
 
   def _warm_start(self, checkpoint: str) -> int:
     report = warm_start_lib.warm_start(self.model, run_files.resolve_checkpoint(checkpoint))
     step = report["step"] if self.cfg.warm_start_keeps_step else 0
     self.optimizer.iterations.assign(step)
-    print(
-        f"warm start from {checkpoint}: restored {len(report['restored'])} variables; "
-        f"kept initialized: {len(report['new'])} new "
-        f"{_abbreviate(report['new'])} and {len(report['shape_mismatch'])} of another "
-        f"shape {_abbreviate(report['shape_mismatch'])}; starting at step {step}",
-        flush=True)
+    logging.info(f"warm start from {checkpoint}: restored {len(report['restored'])} variables; "
+                 f"kept initialized: {len(report['new'])} new "
+                 f"{_abbreviate(report['new'])} and {len(report['shape_mismatch'])} of another "
+                 f"shape {_abbreviate(report['shape_mismatch'])}; starting at step {step}")
     return step
 
   def dataset(self, start_step: int = 0) -> tf.distribute.DistributedDataset:

@@ -19,6 +19,7 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
+from absl import logging
 
 from rethink_tf.training import distribute
 from rethink_tf.training import hooks as hooks_lib
@@ -97,8 +98,8 @@ class Trainer:
         hook.before_train()
       step = self.start_step
       if step >= self.end_step:
-        print(f"nothing to do: checkpoint is at step {step}, the run ends at {self.end_step}",
-              flush=True)
+        logging.info(
+            f"nothing to do: checkpoint is at step {step}, the run ends at {self.end_step}")
         return None
       iterator = iter(self.task.dataset(start_step=step))
       train_loop = self.task.train_function()
