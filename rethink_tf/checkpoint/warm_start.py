@@ -9,7 +9,7 @@ RPN, mask head, stage-1 box head and classifier carry over; the class-specific b
 """
 
 import collections
-from typing import Dict, List
+from typing import Any, Dict
 
 import tensorflow as tf
 
@@ -42,7 +42,7 @@ def checkpoint_keys(root, prefix: str) -> Dict[str, tf.Variable]:
   return keys
 
 
-def warm_start(model, checkpoint: str) -> Dict[str, List[str]]:
+def warm_start(model, checkpoint: str) -> Dict[str, Any]:
   """Assigns every model variable whose key and shape `checkpoint` (written by the trainer:
   `model/...`) holds. Returns {"restored": keys, "shape_mismatch": keys, "new": keys} and
   "step" (the checkpoint's optimizer step, or 0)."""

@@ -127,7 +127,7 @@ class BatchNorm(tf_keras.layers.BatchNormalization):
 
 def get_norm(norm: Optional[str],
              channels: int,
-             name: str = None,
+             name: Optional[str] = None,
              num_groups: int = 32) -> Optional[tf_keras.layers.Layer]:
   """Returns the normalization layer for `norm` over `channels` channels, or None.
 

@@ -7,7 +7,7 @@ conv5 (the paper's no-normalization experiment).
 
 import dataclasses
 import inspect
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import gin
 
@@ -132,7 +132,7 @@ def build_model(num_classes: int = 81,
     raise ConfigError(
         f"build_model.cascade_start_step = {cascade_start_step} but the model has no cascade "
         "stages: bind build_model.cascade_ious = (0.5, 0.6, 0.7)")
-  kw = dict(gn_num_groups=gn_num_groups)
+  kw: Dict[str, Any] = dict(gn_num_groups=gn_num_groups)
   body = backbone_lib.build(
       backbone,
       backbone_lib.BackboneSettings(norm=norm,
@@ -192,19 +192,19 @@ def build_model(num_classes: int = 81,
                      name="keypoint_head",
                      **kw))
   plus_one = 1.0 if box_plus_one else 0.0
-  heads_kwargs = dict(roi_levels=list(range(min_level,
-                                            min(max_level, 5) + 1)),
-                      samples_per_image=roi_samples_per_image,
-                      positive_fraction=roi_positive_fraction,
-                      branch_rois_per_image=mask_rois_per_image,
-                      box_pooler=(box_pool_size, box_sampling_ratio),
-                      pooler_kwargs=dict(aligned=roi_align_aligned,
-                                         level_epsilon=roi_level_epsilon,
-                                         box_plus_one=plus_one,
-                                         max_adaptive_samples=max_adaptive_samples),
-                      box_plus_one=plus_one,
-                      roi_chunk_mb=roi_chunk_mb,
-                      name="roi_heads")
+  heads_kwargs: Dict[str, Any] = dict(roi_levels=list(range(min_level,
+                                                            min(max_level, 5) + 1)),
+                                      samples_per_image=roi_samples_per_image,
+                                      positive_fraction=roi_positive_fraction,
+                                      branch_rois_per_image=mask_rois_per_image,
+                                      box_pooler=(box_pool_size, box_sampling_ratio),
+                                      pooler_kwargs=dict(aligned=roi_align_aligned,
+                                                         level_epsilon=roi_level_epsilon,
+                                                         box_plus_one=plus_one,
+                                                         max_adaptive_samples=max_adaptive_samples),
+                                      box_plus_one=plus_one,
+                                      roi_chunk_mb=roi_chunk_mb,
+                                      name="roi_heads")
   if cascade:
     later = [(box_head(f"box_head_stage{k + 1}"),
               BoxPredictor(num_classes, class_agnostic=True, name=f"box_predictor_stage{k + 1}"))

@@ -1,6 +1,6 @@
 """Feature Pyramid Network P2-P6 (Lin et al. 2017; Detectron/detectron2 layout)."""
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import tensorflow as tf
 import tf_keras
@@ -31,7 +31,10 @@ class FPN(tf_keras.layers.Layer):
                      max_level=max_level)
     self.min_level, self.max_level = min_level, max_level
     self.backbone_levels = list(range(min_level, min(max_level, 5) + 1))
-    kw = dict(norm=norm, gn_num_groups=gn_num_groups, activation=None, kernel_init="xavier")
+    kw: Dict[str, Any] = dict(norm=norm,
+                              gn_num_groups=gn_num_groups,
+                              activation=None,
+                              kernel_init="xavier")
     # Lists, indexed like backbone_levels: checkpoints cannot hold int-keyed dicts of layers.
     self.lateral = [
         ConvNorm(out_channels, 1, **kw, name=f"lateral_p{l}") for l in self.backbone_levels

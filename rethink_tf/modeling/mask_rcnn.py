@@ -4,7 +4,7 @@ Without a mask branch the same class is Faster R-CNN; without an FPN the RPN and
 read the backbone's single output level (the original Faster R-CNN on VGG-16 conv5).
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -53,13 +53,13 @@ class MaskRCNN(tf_keras.Model):
     # 1.0 or 0.0, added to widths in box coding, clipping, NMS and level assignment.
     self.box_plus_one = 1.0 if box_plus_one else 0.0
     # The input pipeline labels anchors with the same arguments (one source of truth).
-    self.anchor_kwargs = dict(min_level=min_level,
-                              max_level=max_level,
-                              aspect_ratios=tuple(aspect_ratios),
-                              anchor_size=anchor_size,
-                              anchor_scales=tuple(anchor_scales),
-                              offset=anchor_offset,
-                              detectron_rounding=bool(box_plus_one))
+    self.anchor_kwargs: Dict[str, Any] = dict(min_level=min_level,
+                                              max_level=max_level,
+                                              aspect_ratios=tuple(aspect_ratios),
+                                              anchor_size=anchor_size,
+                                              anchor_scales=tuple(anchor_scales),
+                                              offset=anchor_offset,
+                                              detectron_rounding=bool(box_plus_one))
     self.anchors = anchor_lib.multilevel_anchors(self.image_size, **self.anchor_kwargs)
     self.rpn_topk = {True: tuple(rpn_topk_train), False: tuple(rpn_topk_test)}
     self.rpn_nms_threshold = rpn_nms_threshold

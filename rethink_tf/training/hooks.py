@@ -18,7 +18,7 @@ import re
 import signal
 import threading
 import time
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import gin
 import tensorflow as tf
@@ -42,7 +42,7 @@ class CheckpointWriteError(OSError):
 class Hook:
   """Base class: every method does nothing. `trainer` is set by the Trainer (`bind`)."""
 
-  trainer = None
+  trainer: Any = None  # the Trainer (trainer.py imports this module)
 
   def bind(self, trainer):
     """Called once by the Trainer that runs this hook."""

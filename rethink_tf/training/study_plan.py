@@ -208,7 +208,8 @@ def dependencies(segments: Sequence[Segment]) -> List[Tuple[int, ...]]:
   """For each segment, the indices of the segments it waits for (-1: the pre-training stage).
   A segment follows the previous segment of its run; a fork follows the segment that brought
   its source run to the fork step (whose directory it copies)."""
-  deps, last_of_run = [], {}
+  deps: List[Tuple[int, ...]] = []
+  last_of_run: Dict[str, int] = {}
   for i, seg in enumerate(segments):
     d = []
     if seg.fork_from is not None:
@@ -225,7 +226,8 @@ def dependencies(segments: Sequence[Segment]) -> List[Tuple[int, ...]]:
 def segment_steps(cfg: StudyConfig, segments: Sequence[Segment]) -> List[int]:
   """Training steps of each segment of a full run of the plan (a fork starts at its source's
   step)."""
-  position, steps = {}, []
+  position: Dict[Optional[str], int] = {}
+  steps: List[int] = []
   for seg in segments:
     start = position.get(seg.run, position.get(seg.fork_from, 0))
     end = seg.stop_at or cfg.schedule(seg.num_x).total_steps

@@ -311,7 +311,7 @@ class DetectionTask:
 
 def _abbreviate(names, limit: int = 4) -> str:
   """Groups names by their first two path components: '[a/b (3), c/d (1)]'."""
-  groups = {}
+  groups: Dict[str, int] = {}
   for n in names:
     key = "/".join(n.split(" ")[0].split("/")[:2])
     groups[key] = groups.get(key, 0) + 1

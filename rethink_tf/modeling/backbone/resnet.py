@@ -5,7 +5,7 @@ one `norm` argument. `width_multiplier` and `block_counts` shrink the network fo
 the CPU demo; the paper's models use the defaults.
 """
 
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras
@@ -45,7 +45,7 @@ class Bottleneck(tf_keras.layers.Layer):
                      norm=norm,
                      gn_num_groups=gn_num_groups,
                      stride_in_1x1=stride_in_1x1)
-    kw = dict(norm=norm, gn_num_groups=gn_num_groups)
+    kw: Dict[str, Any] = dict(norm=norm, gn_num_groups=gn_num_groups)
     s1, s3 = (strides, 1) if stride_in_1x1 else (1, strides)
     self.conv1 = ConvNorm(bottleneck_channels, 1, strides=s1, **kw, name="conv1")
     self.conv2 = ConvNorm(bottleneck_channels, 3, strides=s3, groups=groups, **kw, name="conv2")
@@ -109,7 +109,7 @@ class ResNet(tf_keras.Model):
                          "bind `block_counts` for a custom depth.")
       block_counts = BLOCK_COUNTS[depth]
     m = width_multiplier
-    kw = dict(norm=norm, gn_num_groups=gn_num_groups)
+    kw: Dict[str, Any] = dict(norm=norm, gn_num_groups=gn_num_groups)
     stem_channels = int(64 * m)
     self.stem = ConvNorm(stem_channels, 7, strides=2, **kw, name="stem")
     self.stem_pool = tf_keras.layers.MaxPool2D(3, 2, padding="valid", name="stem_pool")

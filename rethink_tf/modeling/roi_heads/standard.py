@@ -228,8 +228,11 @@ class RoIHeads(tf_keras.layers.Layer):
   def branch_outputs(self, kind: str, feats, boxes, classes=None) -> Dict[str, tf.Tensor]:
     """The outputs of branch `kind` alone for boxes [B, D, 4] of classes [B, D] (test-time
     augmentation merges boxes first)."""
+    branch = self.branch(kind)
+    if branch is None:
+      raise ValueError(f"the RoI heads have no {kind!r} branch (they have {self.branch_kinds})")
     det = {"boxes": boxes, "classes": classes}
-    return self.branch(kind).predict(self.pool_rois, feats, det, self.plus_one())
+    return branch.predict(self.pool_rois, feats, det, self.plus_one())
 
   # Step-driven behaviour (none here; see the subclasses).
 
