@@ -30,7 +30,7 @@ from rethink_tf.modeling.build import build_backbone
 from rethink_tf.training import distribute, divergence
 from rethink_tf.training import hooks as hooks_lib
 from rethink_tf.training import optimizer as opt_lib
-from rethink_tf.training.trainer import Trainer
+from rethink_tf.training.trainer import Trainer, in_graph_loop
 
 BACKBONE_PREFIX = "backbone"
 
@@ -221,26 +221,7 @@ class ClassificationTask:
           replicas)
       return values, applied
 
-    @tf.function
-    def train_loop(iterator, num_steps):
-      values = {k: tf.constant(0.0) for k in ("loss", "top1")}
-
-      def more(done, applied, values):
-        return tf.logical_and(done < num_steps, applied)
-
-      def one_step(done, applied, values):
-        values, applied = global_step(next(iterator))
-        with tf.control_dependencies([applied] + list(values.values())):
-          counted = steps_in_call.assign(done + 1)
-        with tf.control_dependencies([counted]):
-          return done + 1, tf.identity(applied), values
-
-      with tf.control_dependencies([steps_in_call.assign(0)]):
-        start = tf.identity(0)
-      done, applied, values = tf.while_loop(more, one_step, (start, tf.constant(True), values))
-      return values, done, applied
-
-    return train_loop
+    return in_graph_loop(global_step, self.loss_keys, steps_in_call)
 
 
 class ValidationAccuracy(hooks_lib.Hook):

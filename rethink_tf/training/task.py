@@ -24,7 +24,7 @@ from rethink_tf.training import hooks as hooks_lib
 from rethink_tf.training import optimizer as opt_lib
 from rethink_tf.training.schedules import nx_schedule
 from rethink_tf.training.train_config import TrainConfig
-from rethink_tf.training.trainer import Trainer
+from rethink_tf.training.trainer import Trainer, in_graph_loop
 
 
 class DetectionTask:
@@ -70,7 +70,7 @@ class DetectionTask:
     # Weight decay in the groups the model declares is gated (a part that starts training
     # late keeps its initialization until then); the rest is decayed ungated.
     decayed = opt_lib.decayed_variables(self.model)
-    grouped = [(vs, gate) for vs, gate in self.model.decay_groups()]
+    grouped = self.model.decay_groups()
     in_group = {id(v) for vs, _ in grouped for v in vs}
     self.decay_vars = [v for v in decayed if id(v) not in in_group]
     self.gated_decay = [
@@ -242,34 +242,7 @@ class DetectionTask:
     """
     if len(self.input_cfg.canvas_list()) > 1:
       return self._per_canvas_train_function()
-    loss_keys, global_step = self.loss_keys, self._global_step()
-    steps_in_call = self.steps_in_call
-
-    # No autograph: the loop is an explicit tf.while_loop, and the model's code has no
-    # tensor-dependent Python control flow, so nothing needs converting. Converting the whole
-    # model recursively made up most of the time to trace the step (10 of 15 s for the tiny
-    # test model, profiled with cProfile).
-    @tf.function(autograph=False)
-    def train_loop(iterator, num_steps):
-      losses: Dict[str, tf.Tensor] = {k: tf.constant(0.0) for k in loss_keys}
-
-      def more(done, applied, losses):
-        return tf.logical_and(done < num_steps, applied)
-
-      def one_step(done, applied, losses):
-        losses, applied = global_step(next(iterator))
-        # Counted once the step's results exist (the body's outputs wait for its updates).
-        with tf.control_dependencies([applied] + list(losses.values())):
-          counted = steps_in_call.assign(done + 1)
-        with tf.control_dependencies([counted]):
-          return done + 1, tf.identity(applied), losses
-
-      with tf.control_dependencies([steps_in_call.assign(0)]):
-        start = tf.identity(0)
-      done, applied, losses = tf.while_loop(more, one_step, (start, tf.constant(True), losses))
-      return losses, done, applied
-
-    return train_loop
+    return in_graph_loop(self._global_step(), self.loss_keys, self.steps_in_call)
 
   def _global_step(self):
     """batch (per replica) -> (the step's global losses, bool: every replica applied it)."""

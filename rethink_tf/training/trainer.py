@@ -16,7 +16,7 @@ A task provides:
 """
 
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 from absl import logging
@@ -137,3 +137,37 @@ class Trainer:
       replacement = hook.on_error(step, error)
       if replacement is not None:
         raise replacement from None
+
+
+def in_graph_loop(global_step: Callable, loss_keys: Sequence[str], steps_in_call: tf.Variable):
+  """A task's `train_function` as one tf.function whose loop takes its batches from the
+  iterator in the graph: (iterator, num_steps) -> (the last step's {loss_keys}, steps run,
+  applied); it ends early after a step not applied. `global_step(batch) -> (losses, applied)`
+  runs one step on every replica; `steps_in_call` counts the steps of the running call.
+
+  No autograph: the loop is an explicit tf.while_loop, and the models have no
+  tensor-dependent Python control flow, so nothing needs converting (converting a whole
+  detector recursively made up most of its tracing time).
+  """
+
+  @tf.function(autograph=False)
+  def train_loop(iterator, num_steps):
+    losses: Dict[str, tf.Tensor] = {k: tf.constant(0.0) for k in loss_keys}
+
+    def more(done, applied, losses):
+      return tf.logical_and(done < num_steps, applied)
+
+    def one_step(done, applied, losses):
+      losses, applied = global_step(next(iterator))
+      # Counted once the step's results exist (the body's outputs wait for its updates).
+      with tf.control_dependencies([applied] + list(losses.values())):
+        counted = steps_in_call.assign(done + 1)
+      with tf.control_dependencies([counted]):
+        return done + 1, tf.identity(applied), losses
+
+    with tf.control_dependencies([steps_in_call.assign(0)]):
+      start = tf.identity(0)
+    done, applied, losses = tf.while_loop(more, one_step, (start, tf.constant(True), losses))
+    return losses, done, applied
+
+  return train_loop
