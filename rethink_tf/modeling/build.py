@@ -12,7 +12,8 @@ from typing import Any, Dict, Optional, Sequence
 import gin
 
 from rethink_tf.errors import ConfigError
-from rethink_tf.modeling import backbone as backbone_lib
+from rethink_tf.modeling.backbone import registry as backbone_lib
+from rethink_tf.modeling.backbone import resnet, vgg  # noqa: F401 (their registrations)
 from rethink_tf.modeling.fpn import FPN
 from rethink_tf.modeling.mask_rcnn import MaskRCNN
 from rethink_tf.modeling.roi_heads.box import BoxHead, BoxPredictor
@@ -100,7 +101,7 @@ def build_model(num_classes: int = 81,
 
   This is the gin edge: the defaults live here only; the parts below take every setting
   explicitly. A new RoI head is a `RoIBranch` module and its line in `branches` below; a new
-  backbone registers itself in `modeling/backbone/`.
+  backbone is a module in `modeling/backbone/` that registers itself, imported above.
 
   Conventions of other implementations, each a binding whose default is this project's
   (docs/architecture.md names the source line each follows; `convert_detector` sets them):

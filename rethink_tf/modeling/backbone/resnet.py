@@ -11,7 +11,7 @@ import tensorflow as tf
 import tf_keras
 
 from rethink_tf.layers.conv_norm import ConvNorm
-from rethink_tf.modeling import backbone as backbone_lib
+from rethink_tf.modeling.backbone import registry
 
 BLOCK_COUNTS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
@@ -166,8 +166,8 @@ class ResNet(tf_keras.Model):
     return dict(self._cfg)
 
 
-@backbone_lib.register("resnet")
-def build_resnet(s: backbone_lib.BackboneSettings) -> ResNet:
+@registry.register("resnet")
+def build_resnet(s: registry.BackboneSettings) -> ResNet:
   return ResNet(depth=s.depth,
                 groups=s.groups,
                 width_per_group=s.width_per_group,

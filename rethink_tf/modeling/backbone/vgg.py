@@ -12,7 +12,7 @@ import tensorflow as tf
 import tf_keras
 
 from rethink_tf.layers.conv_norm import msra_fan_out
-from rethink_tf.modeling import backbone as backbone_lib
+from rethink_tf.modeling.backbone import registry
 
 # (channels, convs) per block conv1..conv5.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -76,8 +76,8 @@ class VGG16(tf_keras.layers.Layer):
     return {**super().get_config(), **self._cfg}
 
 
-@backbone_lib.register("vgg16")
-def build_vgg16(s: backbone_lib.BackboneSettings) -> VGG16:
+@registry.register("vgg16")
+def build_vgg16(s: registry.BackboneSettings) -> VGG16:
   return VGG16(freeze_at=s.freeze_at,
                width_multiplier=s.width_multiplier,
                norm=s.norm,
