@@ -180,6 +180,14 @@ CASES = {
             "tests/training/test_warm_start.py::"
             "test_a_cascade_start_step_without_cascade_stages_is_refused",
             "cascade_start_step = 5 but the model has no cascade"),
+        Case(
+            "`SyntheticDataset` parameters the generator cannot honour (no images, a side under "
+            "32 px, a negative object count, no shard, a malformed size)",
+            "ConfigError naming the parameter and its allowed range, before anything is written; "
+            "every accepted combination generates a dataset the strict converter accepts",
+            "tests/data/test_synthetic.py::"
+            "test_parameters_it_cannot_honour_are_refused_by_name_before_writing",
+            "SyntheticDataset.num_val = 0"),
         Case("a Cascade R-CNN with one IoU", "ValueError: one IoU per stage and at least 2 stages",
              "tests/modeling/test_cascade.py::test_one_stage_cascade_is_refused",
              "at least 2 stages"),

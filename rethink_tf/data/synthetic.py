@@ -24,10 +24,14 @@ from absl import logging
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from rethink_tf.errors import ConfigError
+
 CATEGORIES = [{"id": 1, "name": "circle",
                "supercategory": "shape"}, {"id": 2, "name": "square", "supercategory": "shape"},
               {"id": 3, "name": "triangle", "supercategory": "shape"}]
 FORMAT_VERSION = 1  # bump when the generator's output changes, to invalidate caches
+# The smallest image side generated: the shapes are 10-64 px (a smaller image holds no object).
+MIN_IMAGE_SIDE = 32
 # The optional keypoint task: each shape's extreme points (its topmost, bottommost, leftmost
 # and rightmost vertex); a horizontal flip swaps the left and right ones.
 KEYPOINT_NAMES = ("top", "bottom", "left_point", "right_point")
@@ -167,11 +171,12 @@ def make_image(rng,
     if region.any():
       crowd = (kind, region)
       occupied |= region
-  n = 0 if rng.random() < empty_prob else int(rng.integers(min_obj, max_obj + 1))
+  n = 0 if rng.random() < empty_prob else int(rng.integers(min(min_obj, max_obj), max_obj + 1))
   for _ in range(n):
     for _attempt in range(20):
       kind = int(rng.integers(1, 4))
       s = float(np.exp(rng.uniform(np.log(min_size), np.log(max_size))))
+      s = min(s, 1.5 * min(h, w))  # its centre range below must not be empty (small images)
       cy, cx = rng.uniform(s / 3, h - s / 3), rng.uniform(s / 3, w - s / 3)
       poly = _shape_polygon(kind, cy, cx, s, rng.uniform(0, 2 * np.pi))
       m = _raster(poly, h, w)
@@ -297,6 +302,36 @@ def generate_split(
   return {"annotations": ann_path, "image_dir": image_dir}
 
 
+def check_parameters(num_train: int, num_val: int, image_size: int, max_objects: int,
+                     num_shards: int, image_sizes: Sequence[Sequence[int]]):
+  """Raises ConfigError naming the first `SyntheticDataset` parameter the generator cannot
+  honour; every accepted combination generates a valid dataset (`tests/data/test_synthetic.py`
+  checks it over random sizes and object counts)."""
+
+  def refuse(name, value, why):
+    raise ConfigError(f"SyntheticDataset.{name} = {value!r}: {why}")
+
+  for name, value in (("num_train", num_train), ("num_val", num_val), ("num_shards", num_shards)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      refuse(name, value, "must be a whole number of at least 1")
+  if isinstance(max_objects,
+                bool) or not isinstance(max_objects,
+                                        (int, np.integer)) or not (0 <= max_objects <= 100):
+    refuse("max_objects", max_objects, "must be a whole number from 0 to 100")
+  sides = [("image_size", image_size)] if not image_sizes else []
+  for i, hw in enumerate(image_sizes):
+    if not isinstance(hw, (list, tuple)) or len(hw) != 2:
+      refuse("image_sizes", tuple(image_sizes), f"entry {i} is not an (h, w) pair")
+    sides += [(f"image_sizes[{i}]", v) for v in hw]
+  for name, side in sides:
+    if isinstance(
+        side, bool) or not isinstance(side,
+                                      (int, np.integer)) or not (MIN_IMAGE_SIDE <= side <= 4096):
+      refuse(
+          name, side, f"image sides must be whole numbers from {MIN_IMAGE_SIDE} (the shapes "
+          "are 10-64 px) to 4096")
+
+
 def default_cache_dir() -> str:
   return os.environ.get("RETHINK_TF_CACHE",
                         os.path.join(os.path.expanduser("~"), ".cache", "rethink_tf"))
@@ -317,7 +352,14 @@ class SyntheticDataset:
                keypoints: bool = False,
                image_sizes: Sequence[Sequence[int]] = ()):
     """image_sizes: (h, w) of the images, cycled (e.g. landscape and portrait); empty: squares
-    of image_size."""
+    of image_size. Parameters it cannot honour raise ConfigError naming them, before anything
+    is written."""
+    check_parameters(num_train=num_train,
+                     num_val=num_val,
+                     image_size=image_size,
+                     max_objects=max_objects,
+                     num_shards=num_shards,
+                     image_sizes=image_sizes)
     self.params = dict(num_train=num_train,
                        num_val=num_val,
                        seed=seed,

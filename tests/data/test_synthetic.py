@@ -3,11 +3,16 @@
 import hashlib
 import json
 import os
+import re
 
+import hypothesis
 import numpy as np
+import pytest
+from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
 from rethink_tf.data import synthetic
+from rethink_tf.errors import ConfigError
 from rethink_tf.evaluation.coco_evaluator import load_coco
 
 
@@ -141,3 +146,64 @@ def test_keypoint_dataset_converts_strictly_and_feeds_the_pipeline(tmp_path):
   points, valid = batch["gt_keypoints"].numpy(), batch["gt_classes"].numpy() > 0
   assert points.shape == (4, 6, 4, 3)
   assert (points[valid][..., 2] == 2).mean() > 0.5 and (points[~valid] == 0).all()
+
+
+@hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+@hypothesis.given(h=st.integers(synthetic.MIN_IMAGE_SIDE, 160),
+                  w=st.integers(synthetic.MIN_IMAGE_SIDE, 160),
+                  max_objects=st.integers(0, 12),
+                  sizes=st.tuples(st.floats(10.0, 64.0), st.floats(10.0, 64.0)),
+                  crowd=st.sampled_from([0.0, 0.5, 1.0]),
+                  seed=st.integers(0, 2**31 - 1),
+                  keypoints=st.booleans())
+def test_every_accepted_image_is_valid(h, w, max_objects, sizes, crowd, seed, keypoints):
+  """Over image sizes, object counts and sizes (crowds included): images generate, and every
+  annotation keeps at least one pixel (polygons and crowd RLE alike)."""
+  rng = np.random.default_rng(seed)
+  img, anns = synthetic.make_image(rng, (h, w), 0 if max_objects == 0 else 1, max_objects,
+                                   min(sizes), max(sizes), crowd, 0.05, keypoints)
+  assert img.shape == (h, w, 3) and img.dtype == np.uint8
+  assert sum(not a["iscrowd"] for a in anns) <= max_objects
+  for a in anns:
+    seg = a["segmentation"]
+    rle = (mask_utils.frPyObjects(seg, h, w) if a["iscrowd"] else mask_utils.merge(
+        mask_utils.frPyObjects(seg, h, w)))
+    assert mask_utils.area(rle) >= 1, a
+    if keypoints and not a["iscrowd"]:
+      assert len(a["keypoints"]) == 3 * len(synthetic.KEYPOINT_NAMES)
+
+
+@hypothesis.settings(max_examples=3, deadline=None, derandomize=True)
+@hypothesis.given(sizes=st.lists(st.tuples(st.integers(synthetic.MIN_IMAGE_SIDE, 96),
+                                           st.integers(synthetic.MIN_IMAGE_SIDE, 96)),
+                                 min_size=1,
+                                 max_size=3),
+                  max_objects=st.integers(0, 8),
+                  seed=st.integers(0, 1000))
+def test_accepted_parameters_convert_strictly(tmp_path_factory, sizes, max_objects, seed):
+  """Whole splits of accepted parameters pass the COCO converter's strict checks."""
+  root = str(tmp_path_factory.mktemp("synthetic"))
+  ds = synthetic.SyntheticDataset(num_train=6,
+                                  num_val=2,
+                                  seed=seed,
+                                  max_objects=max_objects,
+                                  image_sizes=sizes,
+                                  num_shards=1,
+                                  cache_dir=root)
+  out = ds.prepare()
+  coco = load_coco(out["val_annotations"])
+  assert len(coco.getImgIds()) == 2
+
+
+@pytest.mark.parametrize("params, named", [
+    (dict(num_val=0), "SyntheticDataset.num_val = 0"),
+    (dict(image_size=16), "SyntheticDataset.image_size = 16"),
+    (dict(max_objects=-1), "SyntheticDataset.max_objects = -1"),
+    (dict(num_shards=0), "SyntheticDataset.num_shards = 0"),
+    (dict(image_sizes=[(64, 64), (8, 64)]), "SyntheticDataset.image_sizes[1] = 8"),
+    (dict(image_sizes=[(64,)]), "SyntheticDataset.image_sizes = "),
+])
+def test_parameters_it_cannot_honour_are_refused_by_name_before_writing(tmp_path, params, named):
+  with pytest.raises(ConfigError, match=re.escape(named)):
+    synthetic.SyntheticDataset(cache_dir=str(tmp_path / "cache"), **params)
+  assert not (tmp_path / "cache").exists()
