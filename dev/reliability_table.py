@@ -236,6 +236,11 @@ CASES = {
             ("jpeg_over_pixel_budget", "a real 8192 x 6144 JPEG (50.3 MP > 50 MP)"))
     ] + [
         Case(
+            "request: an image of extreme aspect ratio (a 1 x 20000, 20000 x 1 or 3 x 7000 PNG; a "
+            "[1, 1, 9000, 3] tensor)", "served: the short side resizes to at least one pixel "
+            "(not 0, which the resize op refuses), detections in the image's pixels",
+            "tests/export/test_export.py::test_extreme_aspect_ratios_are_served", "(1, 20000)"),
+        Case(
             "request: 65 images (over --max_batch_size 64)",
             "InvalidArgumentError naming the input, the batch size and the limit, before any "
             "image is decoded", "tests/export/test_export.py::test_bad_request_names_the_problem",

@@ -83,12 +83,14 @@ def resized_size(h,
     new = pil_resize.detectron2_output_size(h, w, short_side if short is None else short,
                                             max_long_side)
     new = tf.minimum(new, tf.constant([int(padded_size[0]), int(padded_size[1])], tf.int32))
+    new = tf.maximum(new, 1)  # a 1 x 20000 strip keeps one row (see below)
     scale = tf.cast(tf.cast(new, tf.float64) / tf.cast(tf.stack([h, w]), tf.float64), tf.float32)
     return tf.cast(new, tf.float32), scale
   if method == "opencv":
     factor, new = opencv_resize.detectron_scale(h, w, short_side if short is None else short,
                                                 max_long_side)
     new = tf.minimum(new, tf.constant([int(padded_size[0]), int(padded_size[1])], tf.int32))
+    new = tf.maximum(new, 1)
     factor = tf.cast(factor, tf.float32)
     return tf.cast(new, tf.float32), tf.stack([factor, factor])
   if method != "tensorflow":
@@ -96,8 +98,10 @@ def resized_size(h,
   short = tf.constant(float(short_side)) if short is None else short
   scale = tf.minimum(short / tf.minimum(h, w), max_long_side / tf.maximum(h, w))
   scale = tf.minimum(scale, tf.minimum(padded_size[0] / h, padded_size[1] / w))
-  new_h = tf.minimum(tf.round(h * scale), padded_size[0])
-  new_w = tf.minimum(tf.round(w * scale), padded_size[1])
+  # Every side keeps at least one pixel: an image of extreme aspect ratio (a panorama strip, a
+  # line scan) is served, its short side rounding to 1 instead of 0.
+  new_h = tf.maximum(tf.minimum(tf.round(h * scale), padded_size[0]), 1.0)
+  new_w = tf.maximum(tf.minimum(tf.round(w * scale), padded_size[1]), 1.0)
   return tf.stack([new_h, new_w]), tf.stack([scale, scale])
 
 

@@ -358,3 +358,21 @@ def test_box_only_model_with_fixed_batch(tmp_path):
   assert n.sum() > 0
   boxes = out["detection_boxes"].numpy()
   assert boxes[0, :n[0], [0, 2]].max() <= 427 and boxes[1, :n[1], [1, 3]].max() <= 640
+
+
+@pytest.mark.parametrize("height, width", [(1, 20000), (20000, 1), (3, 7000)])
+def test_extreme_aspect_ratios_are_served(loaded, height, width):
+  """Panorama strips and line scans are legal images: the short side resizes to at least one
+  pixel (not to 0, which the resize op refuses), and the answer is in the image's pixels."""
+  out = loaded.signatures["image_bytes"](image_bytes=tf.constant([declared_png(width, height)]))
+  assert tuple(out["image_size"].numpy()[0]) == (height, width)
+  n = int(out["num_detections"].numpy()[0])
+  assert 0 <= n <= MAX_DETECTIONS
+  boxes = out["detection_boxes"].numpy()[0, :n]
+  assert np.all(boxes[:, [0, 2]] <= height + 1e-3) and np.all(boxes[:, [1, 3]] <= width + 1e-3)
+
+
+def test_a_one_pixel_high_tensor_is_served(loaded):
+  out = loaded.signatures["serving_default"](images=tf.zeros([1, 1, 9000, 3], tf.uint8))
+  assert tuple(out["image_size"].numpy()[0]) == (1, 9000)
+  assert 0 <= int(out["num_detections"].numpy()[0]) <= MAX_DETECTIONS
