@@ -33,6 +33,7 @@ from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 
+from rethink_tf.data.decode_guard import guarded
 from rethink_tf.data.image_preprocessing import fit_canvas, normalize_and_pad, resize_for_model
 from rethink_tf.modeling import postprocess
 from rethink_tf.serving.request_checks import (
@@ -229,19 +230,30 @@ class DetectionServer(tf.Module):
 
   def _serve_examples(self, examples):
     rank_ok = check_rank(examples, 1, "examples", "a string vector [batch]")
-    # The serialized examples' sizes are checked before they are parsed.
-    limits = check_batch("examples",
-                         tf.shape(examples)[0], tf.strings.length(examples), self._limits)
-    with tf.control_dependencies([rank_ok] + limits):
+    with tf.control_dependencies([rank_ok]):
       examples = tf.identity(examples)
-    features = tf.io.parse_example(
-        examples, {IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value="")})
-    encoded = features[IMAGE_FEATURE]
-    return self._detect(
-        lambda i, b: decode_checked(b, i, "examples", self._limits,
-                                    f"no {IMAGE_FEATURE} feature, or an empty one",
-                                    self._pre.get("jpeg_dct_method", "")), encoded, "examples",
-        tf.cast(tf.strings.length(encoded), tf.int64))
+    spec = {IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value="")}
+
+    def decode_one(i, serialized):
+      # Parsed one by one under the guard: a record that does not parse gets a message naming
+      # its index, never ParseExample's, which quotes the record's bytes.
+      encoded, parsed = guarded(lambda s: tf.io.parse_single_example(s, spec)[IMAGE_FEATURE],
+                                serialized, tf.constant(""))
+      is_example = fail_unless(
+          parsed,
+          tf.strings.format(
+              f"examples[{{}}]: not a serialized tf.train.Example with one bytes feature "
+              f"{IMAGE_FEATURE} ({{}} bytes that do not parse as one)",
+              [i, tf.strings.length(serialized)]))
+      with tf.control_dependencies([is_example]):
+        encoded = tf.identity(encoded)
+      return decode_checked(encoded, i, "examples", self._limits,
+                            f"no {IMAGE_FEATURE} feature, or an empty one",
+                            self._pre.get("jpeg_dct_method", ""))
+
+    # The serialized examples' sizes are what the request limits count.
+    return self._detect(decode_one, examples, "examples",
+                        tf.cast(tf.strings.length(examples), tf.int64))
 
   def signatures(self, names: Sequence[str] = SIGNATURES):
     """{name: concrete function} for `tf.saved_model.save(..., signatures=...)`; each name

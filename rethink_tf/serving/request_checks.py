@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from rethink_tf.data.image_preprocessing import decode_image
+from rethink_tf.data.decode_guard import decode_or_flag
 
 # Leading bytes of the formats tf.io.decode_image reads.
 _MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n", "GIF": b"GIF8", "BMP": b"BM"}
@@ -215,10 +215,11 @@ def decode_checked(encoded,
                    jpeg_dct_method: str = ""):
   """Decodes one encoded image to uint8 [H, W, 3] after checks that name what is wrong.
 
-  TF's own decode errors ("Input is empty", "Invalid JPEG data or crop window") do not say
-  which image or why; these checks do, for the common cases: empty input, bytes of no image
-  format, a header without a size, more pixels than the budget (read from the header, before
-  decoding), and JPEG/PNG files cut short (no end-of-image marker / IEND chunk).
+  TF's own decode errors ("Input is empty", "Invalid PNG data") do not say which image or why;
+  these checks do: empty input, bytes of no image format, a header without a size, more pixels
+  than the budget (read from the header, before decoding), JPEG/PNG files cut short (no
+  end-of-image marker / IEND chunk), and then any decode failure after a valid header (a corrupt
+  payload: the decode runs `decode_guard.guarded`, so TF's error never reaches the client).
   """
 
   def message(text, *args):
@@ -248,6 +249,16 @@ def decode_checked(encoded,
       message("truncated image: a {}-byte JPEG/PNG without its end marker (file cut short?)",
               length))
   with tf.control_dependencies([is_complete, in_budget]):
-    image = decode_image(encoded, jpeg_dct_method, expand_animations=False)
-  image.set_shape([None, None, 3])
-  return image
+    image, decoded = decode_or_flag(encoded, jpeg_dct_method)
+  names = tf.gather(tf.constant(list(fmt)), tf.argmax(tf.cast(tf.stack(list(fmt.values())),
+                                                              tf.int32)))
+  # Joined, not formatted: tf.strings.format would quote the format's name.
+  is_decoded = fail_unless(
+      decoded,
+      tf.strings.join([
+          message("corrupt image: the "), names,
+          tf.strings.format(" data after a valid {} x {} header does not decode ({} bytes)",
+                            [width, height, length])
+      ]))
+  with tf.control_dependencies([is_decoded]):
+    return tf.identity(image)

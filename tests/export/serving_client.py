@@ -140,6 +140,11 @@ def main(export_dir, record_path, large_png, large_jpeg, image_paths):
 
   # Bad requests: each must raise InvalidArgumentError; the same model then serves again.
   jpeg = encoded[0]
+  png = bytearray(tf.io.encode_png(decoded[0]).numpy())
+  idat = png.index(b"IDAT") + 8
+  png[idat:idat + 64] = bytes(b ^ 0x5A for b in png[idat:idat + 64])  # header intact
+  int_image = tf.train.Example()
+  int_image.features.feature["image/encoded"].int64_list.value.append(7)
   bad = {
       "empty_string": ("image_bytes", dict(image_bytes=tf.constant([jpeg, b""]))),
       "not_an_image": ("image_bytes", dict(image_bytes=tf.constant([b"GET / HTTP/1.1\r\n" * 8]))),
@@ -152,6 +157,13 @@ def main(export_dir, record_path, large_png, large_jpeg, image_paths):
       "example_without_image":
           ("tf_example", dict(examples=tf.constant([tf.train.Example().SerializeToString()]))),
       "not_an_example": ("tf_example", dict(examples=tf.constant([b"\x00not a proto"]))),
+      # 300 random bytes: ParseExample's own error quotes them (not UTF-8).
+      "random_bytes_example":
+          ("tf_example",
+           dict(examples=tf.constant([records[0], np.random.default_rng(0).bytes(300)]))),
+      "example_with_int_image":
+          ("tf_example", dict(examples=tf.constant([int_image.SerializeToString()]))),
+      "corrupt_png_idat": ("image_bytes", dict(image_bytes=tf.constant([jpeg, bytes(png)]))),
       "png_declaring_20000x20000":
           ("image_bytes", dict(image_bytes=tf.constant([jpeg, open(large_png, "rb").read()]))),
       "jpeg_over_pixel_budget": ("image_bytes",

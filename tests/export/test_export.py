@@ -159,7 +159,13 @@ EXPECTED_ERRORS = {
     "four_channels": r"images must have 3 channels \(RGB\), got shape \[1 32 32 4\]",
     "empty_batch": r"empty batch: send at least one image",
     "example_without_image": r"examples\[0\]: no image/encoded feature",
-    "not_an_example": r"Could not parse example input",
+    "not_an_example": r"examples\[0\]: not a serialized tf.train.Example with one bytes "
+                      r"feature image/encoded \(12 bytes",
+    "random_bytes_example": r"examples\[1\]: not a serialized tf.train.Example .*\(300 bytes",
+    "example_with_int_image": r"examples\[0\]: not a serialized tf.train.Example with one bytes "
+                              r"feature image/encoded",
+    "corrupt_png_idat": r"image_bytes\[1\]: corrupt image: the PNG data after a valid 640 x 427 "
+                        r"header does not decode \(\d+ bytes\)",
     "png_declaring_20000x20000": r"image_bytes\[1\]: 20000 x 20000 pixels \(400000000\), over "
                                  r"the limit of 50000000 pixels per image \(export flag "
                                  r"--max_image_pixels\)",
@@ -175,6 +181,8 @@ def test_bad_request_names_the_problem(client_report, case):
   error = client_report["errors"][case]
   assert error["raised"] == "InvalidArgumentError", error
   assert re.search(EXPECTED_ERRORS[case], error["full"]), error["full"]
+  # Printable text only: never the request's bytes.
+  assert all(c.isprintable() or c in "\n\t" for c in error["full"]), error["full"]
 
 
 def test_model_serves_correctly_after_bad_requests(client_report):
