@@ -45,11 +45,13 @@ def main(argv):
   tta = TestTimeAugmentation() if FLAGS.tta else None
   try:
     metrics = run_evaluation(model, cfg, tta=tta, results_path=FLAGS.results_file)
-  except tf.errors.DataLossError as e:  # a damaged validation record: name it, no traceback
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    if not damaged_records.is_damaged_input(e):
+      raise
+    # A damaged validation record: name it, no traceback.
     found = damaged_records.locate(sorted(tf.io.gfile.glob(cfg.val_pattern)), e)
     where = "; ".join(damaged_records.describe(p) for p in found) or (
-        f"a shard matching {cfg.val_pattern!r} "
-        f"({(getattr(e, 'message', None) or str(e)).splitlines()[0]})")
+        f"a shard matching {cfg.val_pattern!r} ({damaged_records.error_text(e)})")
     sys.exit(f"error: unreadable validation data: {where}; replace the shard "
              f"(rethink-tf-verify-tfrecords --pattern='{cfg.val_pattern}' lists every damaged "
              "record)")

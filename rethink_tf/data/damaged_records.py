@@ -7,7 +7,10 @@ is bad) or its start + 12 (its data is bad), and names no file. It cannot go on 
 shard, so a deterministic input stream dies at the same record after every restart.
 
 - `locate(files, error)`: the shard and record an error came from (each shard's record headers
-  walked up to N, then TF's reader over the shard that has a record there).
+  walked up to N, then TF's reader over the shard that has a record there). The input
+  pipeline's own stop for a record that reads but does not decode, or whose image is not the
+  size its features say (`input_pipeline.checked_decode`: "damaged record #ID: reason"), is
+  located by the record's fingerprint.
 - `repair(files, directory)`: for `InputConfig.skip_damaged_records`: every shard read once;
   a damaged one is replaced by a copy of its readable records (TF's reader resumed after each
   damaged record, past a bad header by the next position whose length CRC holds), and what was
@@ -27,6 +30,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from rethink_tf.data.decode_guard import DAMAGED_RECORD, damaged_record_id
 from rethink_tf.data.verify_tfrecords import (
     FOOTER_BYTES,
     HEADER_BYTES,
@@ -36,6 +40,7 @@ from rethink_tf.data.verify_tfrecords import (
 )
 
 _ERROR = re.compile(r"(corrupted|truncated) record at (\d+)")
+_DAMAGED = re.compile(DAMAGED_RECORD + r" (#\d+): ([^\]\n]*)")
 SCAN_FILE = "scan.json"
 
 
@@ -67,9 +72,29 @@ def error_offset(error: Exception) -> Optional[Tuple[str, int]]:
   return (m.group(1), int(m.group(2))) if m else None
 
 
+def is_damaged_input(error: Exception) -> bool:
+  """True for an input stream's error about a record: unreadable (TF's DataLossError) or not
+  decodable as the pipeline needs it (`checked_decode`'s stop)."""
+  return isinstance(
+      error, tf.errors.DataLossError) or (isinstance(error, tf.errors.InvalidArgumentError) and
+                                          _DAMAGED.search(_message(error)) is not None)
+
+
+def _message(error: Exception) -> str:
+  return getattr(error, "message", None) or str(error)
+
+
+def error_text(error: Exception) -> str:
+  """What an input error says about its record, in one line without TF's op noise."""
+  text = _message(error)
+  m = _DAMAGED.search(text) or _ERROR.search(text)
+  return m.group(0) if m else text.strip().splitlines()[0]
+
+
 def describe(p: Problem) -> str:
   """'SHARD: record I at byte OFFSET (what TF said)': one damaged record, for error lines."""
-  return f"{p.shard}: record {p.record} at byte {p.offset} ({p.message.split(' (')[0]})"
+  what = p.message.split(" (the reader stops")[0]
+  return f"{p.shard}: record {p.record} at byte {p.offset} ({what})"
 
 
 def _record_starts(path: str, limit: int) -> List[int]:
@@ -85,8 +110,26 @@ def _record_starts(path: str, limit: int) -> List[int]:
   return starts
 
 
+def _locate_by_id(files: Sequence[str], record_id: str, reason: str) -> List[Problem]:
+  """The records of `files` whose fingerprint is `record_id` ('#N'), with what is wrong."""
+  hits = []
+  for path in files:
+    offset = 0
+    records = tf.data.TFRecordDataset(path).map(lambda s: (damaged_record_id(s), s))
+    for index, (rid, serialized) in enumerate(records):
+      record = serialized.numpy()
+      if rid.numpy().decode() == record_id:
+        hits.append(Problem(path, offset, index, example_problem(record) or reason))
+      offset += HEADER_BYTES + len(record) + FOOTER_BYTES
+  return hits
+
+
 def locate(files: Sequence[str], error: Exception) -> List[Problem]:
-  """The damaged records that explain a reader's DataLossError, among `files` (usually one)."""
+  """The damaged records that explain an input stream's error, among `files`: a reader's
+  DataLossError or the pipeline's stop for a record that does not decode."""
+  damaged = _DAMAGED.search(_message(error))
+  if damaged:
+    return _locate_by_id(files, damaged.group(1), damaged.group(2))
   found = error_offset(error)
   if found is None:
     return []

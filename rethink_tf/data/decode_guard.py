@@ -19,6 +19,17 @@ import tensorflow as tf
 
 from rethink_tf.data.image_preprocessing import decode_image
 
+# Start of the message of a record that stops the input stream: DAMAGED_RECORD #<id>: <reason>,
+# <id> from `damaged_record_id` (`damaged_records.locate` finds the record by it).
+DAMAGED_RECORD = "damaged record"
+_ID_BUCKETS = 2**62
+
+
+def damaged_record_id(serialized):
+  """'#N': a fingerprint of a serialized record (string scalar; the same on every run)."""
+  return tf.strings.join(
+      ["#", tf.strings.as_string(tf.strings.to_hash_bucket_fast(serialized, _ID_BUCKETS))])
+
 
 def guarded(fn: Callable, inputs, fallback) -> Tuple[object, tf.Tensor]:
   """(fn(inputs), True) if fn succeeds, else (fallback, False); never raises fn's error.
@@ -44,7 +55,8 @@ def decode_or_flag(encoded, jpeg_dct_method: str = ""):
   return image, ok
 
 
-def image_problem(encoded: bytes, height: Optional[int] = None,
+def image_problem(encoded: bytes,
+                  height: Optional[int] = None,
                   width: Optional[int] = None) -> Optional[str]:
   """What keeps an encoded image from being used as its record says (eager), or None.
 

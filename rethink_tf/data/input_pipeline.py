@@ -11,11 +11,13 @@ import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import gin
+import numpy as np
 import tensorflow as tf
 from official.vision.dataloaders import tf_example_decoder
 
 from rethink_tf.data import canvases as canvas_lib
 from rethink_tf.data import keypoints as keypoint_lib
+from rethink_tf.data.decode_guard import DAMAGED_RECORD, damaged_record_id, guarded
 from rethink_tf.data.image_preprocessing import (
     RESIZE_METHODS,
     decode_image,
@@ -337,7 +339,7 @@ class Parser:
     return dict(images=images,
                 image_size=size,
                 scale=scale,
-                source_id=tf.strings.to_number(data["source_id"], tf.int64),
+                source_id=data["source_number"],
                 orig_size=tf.stack([data["height"], data["width"]]))
 
 
@@ -375,12 +377,15 @@ class _ExampleDecoder(tf_example_decoder.TfExampleDecoder):
     self._jpeg_dct_method = jpeg_dct_method
 
   def _decode_image(self, parsed_tensors):
-    image = decode_image(parsed_tensors["image/encoded"], self._jpeg_dct_method)
+    # An animated GIF trains and evaluates on its first frame, as it is served.
+    image = decode_image(parsed_tensors["image/encoded"],
+                         self._jpeg_dct_method,
+                         expand_animations=False)
     image.set_shape([None, None, 3])
     return image
 
 
-def _decoder(include_mask, num_keypoints: int = 0, jpeg_dct_method: str = ""):
+def example_decoder(include_mask, num_keypoints: int = 0, jpeg_dct_method: str = ""):
   """Model Garden's tf.Example decoder, plus `image/object/keypoints` ([N, K, 3]) when
   num_keypoints > 0."""
   decoder = _ExampleDecoder(include_mask, jpeg_dct_method)
@@ -398,6 +403,75 @@ def _decoder(include_mask, num_keypoints: int = 0, jpeg_dct_method: str = ""):
       return data
 
   return WithKeypoints()
+
+
+def _minimal_record() -> bytes:
+  """A serialized Example of a 1 x 1 image without instances: its decoded tensors stand in for
+  a record that does not decode (`checked_decode`)."""
+
+  def feature(**kw):
+    return tf.train.Feature(**kw)
+
+  png = tf.io.encode_png(tf.zeros([1, 1, 3], tf.uint8)).numpy()
+  return tf.train.Example(features=tf.train.Features(
+      feature={
+          "image/encoded": feature(bytes_list=tf.train.BytesList(value=[png])),
+          "image/source_id": feature(bytes_list=tf.train.BytesList(value=[b"0"])),
+          "image/height": feature(int64_list=tf.train.Int64List(value=[1])),
+          "image/width": feature(int64_list=tf.train.Int64List(value=[1])),
+      })).SerializeToString()
+
+
+def checked_decode(decoder, training: bool):
+  """serialized -> the decoder's dict, or a one-line InvalidArgumentError that
+  `damaged_records.locate` turns into the record's shard, index and reason.
+
+  A record that does not decode (a corrupt image or mask payload, a malformed feature, a source
+  id that is not a number at evaluation) or whose image decodes to another size than its
+  `image/height` and `image/width` (its boxes, masks and keypoints are in those coordinates)
+  stops the stream with `DAMAGED_RECORD` and the record's fingerprint; TensorFlow's own
+  errors, which name no record and may quote its bytes, are kept out by `decode_guard.guarded`.
+  Everything else is used: 1 px sides, extreme aspect ratios (`resized_size` keeps every side),
+  grayscale, RGBA, palette and 16-bit PNGs, CMYK JPEGs, animated GIFs (first frame).
+  """
+  # Eagerly, once: constants, not tensors of the graph being traced (see `Parser`).
+  fallback = {k: v.numpy() for k, v in decoder.decode(tf.constant(_minimal_record())).items()}
+
+  def decode(serialized):
+    data = dict(decoder.decode(serialized))
+    if not training:  # COCO evaluation needs numeric image ids
+      data["source_number"] = tf.strings.to_number(data["source_id"], tf.int64)
+    return data
+
+  if not training:
+    fallback["source_number"] = np.int64(0)
+
+  def checked(serialized):
+    data, ok = guarded(decode, serialized, tf.nest.map_structure(tf.constant, fallback))
+    record = tf.strings.join([DAMAGED_RECORD, " ", damaged_record_id(serialized), ": "])
+    decodes = tf.debugging.Assert(ok, [
+        tf.strings.join([
+            record, "it does not decode as a detection example (run "
+            "rethink-tf-verify-tfrecords on its shard for the reason)"
+        ])
+    ])
+    shape = tf.shape(data["image"], out_type=tf.int64)
+    # Checked only for a record that decodes (the stand-in's 1 x 1 is not its size).
+    size_ok = tf.logical_or(
+        tf.logical_not(ok),
+        tf.logical_and(tf.equal(shape[0], data["height"]), tf.equal(shape[1], data["width"])))
+    sizes = tf.debugging.Assert(size_ok, [
+        tf.strings.join([
+            record,
+            tf.strings.format(
+                "image/encoded decodes to {} x {} pixels but image/height, image/width say "
+                "{} x {}", [shape[0], shape[1], data["height"], data["width"]])
+        ])
+    ])
+    with tf.control_dependencies([decodes, sizes]):
+      return tf.nest.map_structure(tf.identity, data)
+
+  return checked
 
 
 def make_dataset(cfg: InputConfig,
@@ -442,9 +516,10 @@ def make_dataset(cfg: InputConfig,
   ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 4) if training else None)
   pipelines = input_context.num_input_pipelines if input_context else 1
   parser = Parser(cfg, anchor_kwargs, rpn_kwargs)
-  decoder = _decoder(include_mask=training,
-                     num_keypoints=len(cfg.keypoint_names) if training else 0,
-                     jpeg_dct_method=cfg.jpeg_dct_method)
+  decode = checked_decode(
+      example_decoder(include_mask=training,
+                      num_keypoints=len(cfg.keypoint_names) if training else 0,
+                      jpeg_dct_method=cfg.jpeg_dct_method), training)
   if training:
     seed = int(seed if seed is not None else tf.random.uniform([], 0, 2**31 - 1, tf.int64))
     if cfg.cache:
@@ -457,7 +532,7 @@ def make_dataset(cfg: InputConfig,
         ds = ds.skip(start_index)
       if pipelines > 1:
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
-      ds = ds.map(lambda i, s: parser.parse_train(i, decoder.decode(s), seed, canvases[0]),
+      ds = ds.map(lambda i, s: parser.parse_train(i, decode(s), seed, canvases[0]),
                   num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
     else:
@@ -474,14 +549,14 @@ def make_dataset(cfg: InputConfig,
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
 
       def parse(i, s, canvas):
-        data = decoder.decode(s)
+        data = decode(s)
         return tf.switch_case(
             canvas, [functools.partial(parser.parse_train, i, data, seed, c) for c in canvases])
 
       ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
   else:
-    ds = ds.map(lambda s: parser.parse_eval(decoder.decode(s)),
+    ds = ds.map(lambda s: parser.parse_eval(decode(s)),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     # "fit": each image is padded to its own multiple of size_divisibility, the batch to its

@@ -6,13 +6,16 @@ A bad disk or an interrupted copy leaves shards whose records fail their checksu
 the training input stream would die at the first one, at the same place after every restart.
 This reads each shard with TensorFlow's reader (which checks every record's CRCs), parses every
 record as the `tf.train.Example` our converter writes (`coco_tfrecord.py`: the image, its size
-and id, and per-instance boxes, classes and masks of equal counts), and prints one line per
+and decimal id, and per-instance boxes, classes and masks of equal counts), decodes its image
+with the input pipeline's decoder (it must decode, to the size its `image/height` and
+`image/width` say) and the rest of the record as the pipeline does, and prints one line per
 problem naming the shard and the byte offset of the record, then a summary. Exit status 1 when
 anything is wrong. TensorFlow's reader cannot continue past a damaged record, so the rest of that
 shard is reported as unread: re-copy or re-convert the shard.
 """
 
 import dataclasses
+import functools
 import os
 import re
 import sys
@@ -24,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from rethink_tf import console  # noqa: E402
+from rethink_tf.data.decode_guard import guarded, image_problem  # noqa: E402
 
 # Features every record must have, and the per-instance ones that must have equal counts.
 REQUIRED = ("image/encoded", "image/height", "image/width", "image/source_id")
@@ -67,7 +71,33 @@ def example_problem(serialized: bytes) -> Optional[str]:
   counts = {k: count(k) for k in PER_INSTANCE}
   if len(set(counts.values())) > 1:
     return f"per-instance features of different lengths {counts}"
+  if not feature["image/source_id"].bytes_list.value[:1] or not feature[
+      "image/source_id"].bytes_list.value[0].isdigit():
+    return "image/source_id is not a decimal number (evaluation reports the COCO image id)"
+  height, width = feature["image/height"].int64_list.value, feature["image/width"].int64_list.value
+  problem = image_problem(feature["image/encoded"].bytes_list.value[0],
+                          height[0] if height else None, width[0] if width else None)
+  if problem:
+    return problem
+  if not bool(_pipeline_reads(tf.constant(serialized))):
+    return ("a feature does not decode as the input pipeline reads it (image/object/mask PNGs, "
+            "boxes, labels, is_crowd or area of the wrong type)")
   return None
+
+
+@functools.lru_cache(maxsize=1)
+def _pipeline_check():
+  """serialized -> True if the training input pipeline decodes it (one traced function)."""
+  from rethink_tf.data import input_pipeline  # Model Garden's decoder: imported when needed
+  decode = input_pipeline.checked_decode(input_pipeline.example_decoder(include_mask=True),
+                                         training=True)
+  return tf.function(
+      lambda s: guarded(lambda r: tf.shape(decode(r)["image"]), s, tf.zeros([3], tf.int32))[1],
+      input_signature=[tf.TensorSpec([], tf.string)])
+
+
+def _pipeline_reads(serialized):
+  return _pipeline_check()(serialized)
 
 
 def verify_shard(path: str) -> tuple:

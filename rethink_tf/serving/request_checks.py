@@ -250,8 +250,8 @@ def decode_checked(encoded,
               length))
   with tf.control_dependencies([is_complete, in_budget]):
     image, decoded = decode_or_flag(encoded, jpeg_dct_method)
-  names = tf.gather(tf.constant(list(fmt)), tf.argmax(tf.cast(tf.stack(list(fmt.values())),
-                                                              tf.int32)))
+  names = tf.gather(tf.constant(list(fmt)),
+                    tf.argmax(tf.cast(tf.stack(list(fmt.values())), tf.int32)))
   # Joined, not formatted: tf.strings.format would quote the format's name.
   is_decoded = fail_unless(
       decoded,

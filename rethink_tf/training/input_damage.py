@@ -29,11 +29,12 @@ class DamagedInputError(RuntimeError):
 
 
 class DamagedRecordStop(Hook):
-  """Replaces a DataLossError (an unreadable training or validation record) by the one-line
-  `DamagedInputError` of `stop`."""
+  """Replaces the input stream's error about a record (unreadable, or not decodable as a
+  detection example: `damaged_records.is_damaged_input`) by the one-line `DamagedInputError`
+  of `stop`."""
 
   def on_error(self, step, error):
-    if isinstance(error, tf.errors.DataLossError):
+    if damaged_records.is_damaged_input(error):
       return stop(self.trainer, step, error)
     return None
 
@@ -51,10 +52,8 @@ def stop(trainer, step: int, error: Exception) -> DamagedInputError:
     val = damaged_records.locate(sorted(tf.io.gfile.glob(cfg.val_pattern)), error)
     if val:
       split, pattern, problems = "validation", cfg.val_pattern, val
-  found = damaged_records.error_offset(error)
   where = "; ".join(damaged_records.describe(p) for p in problems) or (
-      f"a shard matching {pattern!r}: {found[0]} record at byte {found[1]}" if found else
-      (getattr(error, "message", None) or str(error)).splitlines()[0])
+      f"a shard matching {pattern!r}: {damaged_records.error_text(error)}")
   ways = ("replace the shard, or train past damaged records with "
           "--gin_param=InputConfig.skip_damaged_records=True"
           if split == "training" else "replace the shard (evaluation never skips records)")

@@ -161,8 +161,8 @@ def main(export_dir, record_path, large_png, large_jpeg, image_paths):
       "random_bytes_example":
           ("tf_example",
            dict(examples=tf.constant([records[0], np.random.default_rng(0).bytes(300)]))),
-      "example_with_int_image":
-          ("tf_example", dict(examples=tf.constant([int_image.SerializeToString()]))),
+      "example_with_int_image": ("tf_example",
+                                 dict(examples=tf.constant([int_image.SerializeToString()]))),
       "corrupt_png_idat": ("image_bytes", dict(image_bytes=tf.constant([jpeg, bytes(png)]))),
       "png_declaring_20000x20000":
           ("image_bytes", dict(image_bytes=tf.constant([jpeg, open(large_png, "rb").read()]))),
