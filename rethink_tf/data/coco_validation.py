@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from rethink_tf.data import coco_segmentation
 from rethink_tf.data.coco_segmentation import integer_value as _int
+from rethink_tf.data.decode_guard import image_problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,9 +239,12 @@ def index_dataset(data: dict, report: Report):
 def read_image(image: dict, image_dir: str, report: Report) -> Optional[Tuple[bytes, str]]:
   """The image's encoded bytes and format ('jpeg' or 'png'), or None when it is skipped.
 
-  RGB/grayscale JPEG and PNG bytes are kept as they are; other modes (CMYK, palette, 16-bit)
-  are re-encoded as RGB JPEG, which TF decodes. The whole file is decoded once, so a
-  truncated file is caught here rather than in the training input pipeline.
+  RGB/grayscale JPEGs and PNGs of any mode (grayscale, RGBA, palette, 16-bit) are kept as they
+  are; other files (CMYK JPEGs, GIF, BMP, WebP, TIFF) are re-encoded as RGB JPEG. Pillow reads
+  a 16-bit PNG's values clipped to 255 (white) when converting, TensorFlow by their top byte,
+  so re-encoding one would write a white image. The whole file is decoded once by Pillow and
+  what is written once by the input pipeline's decoder (`decode_guard.image_problem`), so a
+  truncated file, or one only Pillow reads, is caught here rather than in training.
   """
   path = os.path.join(image_dir, image["file_name"])
   name = image_name(image)
@@ -261,12 +265,17 @@ def read_image(image: dict, image_dir: str, report: Report) -> Optional[Tuple[by
         report.add("size_mismatch", name, f"file is {h}x{w}, the JSON says "
                    f"{image['height']}x{image['width']}")
         return None
-      if (fmt == "JPEG" and mode in ("RGB", "L")) or (fmt == "PNG" and
-                                                      mode in ("RGB", "L", "RGBA")):
-        return data, fmt.lower()
-      buf = io.BytesIO()
-      im.convert("RGB").save(buf, format="JPEG", quality=95)
-      return buf.getvalue(), "jpeg"
+      if (fmt == "JPEG" and mode in ("RGB", "L")) or fmt == "PNG":
+        encoded, kept = data, fmt.lower()
+      else:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=95)
+        encoded, kept = buf.getvalue(), "jpeg"
+    problem = image_problem(encoded, h, w)
+    if problem:
+      report.add("corrupt_image", name, f"{path}: the input pipeline's decoder: {problem}")
+      return None
+    return encoded, kept
   except UnidentifiedImageError:
     report.add("corrupt_image", name, f"{path}: not a recognized image format")
     return None

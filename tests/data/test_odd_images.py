@@ -10,12 +10,11 @@ import glob
 import numpy as np
 import pytest
 import tensorflow as tf
+from odd_records import REFUSED, USABLE, expected_pixels, odd_record, write_shard
 
 from rethink_tf import config
 from rethink_tf.data import damaged_records, verify_tfrecords
 from rethink_tf.data.input_pipeline import InputConfig, checked_decode, example_decoder
-
-from odd_records import REFUSED, USABLE, expected_pixels, odd_record, write_shard
 
 # Lossy kinds: TensorFlow's and Pillow's libjpeg builds differ by a few levels.
 JPEG_TOLERANCE = {"cmyk_jpeg": (2.0, 32), "progressive_jpeg": (2.0, 32)}
