@@ -199,7 +199,9 @@ def header_size(data, formats):
 
 def image_formats(encoded):
   """{format name: bool scalar} from an encoded image's leading bytes."""
-  head = tf.strings.substr(encoded, 0, 12)
+  # Padded to 12 bytes: a substr past the end of a shorter file fails with a message that
+  # quotes the file's bytes.
+  head = tf.strings.join([tf.strings.substr(encoded, 0, 12), b"\0" * 12])
   fmt = {k: tf.strings.substr(head, 0, len(v)) == v for k, v in _MAGIC.items()}
   fmt["WEBP"] = tf.logical_and(
       tf.strings.substr(head, 0, 4) == b"RIFF",

@@ -164,6 +164,7 @@ def main(export_dir, record_path, large_png, large_jpeg, image_paths):
       "example_with_int_image": ("tf_example",
                                  dict(examples=tf.constant([int_image.SerializeToString()]))),
       "corrupt_png_idat": ("image_bytes", dict(image_bytes=tf.constant([jpeg, bytes(png)]))),
+      "one_byte_file": ("image_bytes", dict(image_bytes=tf.constant([b"\xff"]))),
       "png_declaring_20000x20000":
           ("image_bytes", dict(image_bytes=tf.constant([jpeg, open(large_png, "rb").read()]))),
       "jpeg_over_pixel_budget": ("image_bytes",

@@ -164,6 +164,7 @@ EXPECTED_ERRORS = {
     "random_bytes_example": r"examples\[1\]: not a serialized tf.train.Example .*\(300 bytes",
     "example_with_int_image": r"examples\[0\]: not a serialized tf.train.Example with one bytes "
                               r"feature image/encoded",
+    "one_byte_file": r"image_bytes\[0\]: not an image \(1 bytes",
     "corrupt_png_idat": r"image_bytes\[1\]: corrupt image: the PNG data after a valid 640 x 427 "
                         r"header does not decode \(\d+ bytes\)",
     "png_declaring_20000x20000": r"image_bytes\[1\]: 20000 x 20000 pixels \(400000000\), over "
