@@ -53,9 +53,12 @@ CASES = {
             "tests/data/test_coco_validation.py::test_written_masks_equal_pycocotools_decoding",
             "_pycocotools_mask"),
         Case(
-            "grayscale, CMYK and RGBA images, ids beyond int32, images without annotations",
-            "converted (CMYK re-encoded as RGB JPEG); ids kept exactly",
-            "tests/data/test_coco_tfrecord.py::"
+            "grayscale, CMYK, RGBA, palette and 16-bit images, GIF, BMP and WebP files, ids "
+            "beyond int32, images without annotations",
+            "converted: PNGs of every mode kept as they are (a 16-bit PNG decodes to its top "
+            "byte; Pillow would clip it to white), CMYK JPEGs, GIF, BMP and WebP re-encoded as RGB "
+            "JPEG; every written image decoded once by the input pipeline's decoder (one it cannot "
+            "read is `corrupt_image`); ids kept exactly", "tests/data/test_coco_tfrecord.py::"
             "test_grayscale_cmyk_png_64bit_ids_and_empty_images", "2**40"),
     ],
     "Training run (`python -m rethink_tf.train`)": [
@@ -123,6 +126,37 @@ CASES = {
             "the next record is found by its length CRC: only the damaged record is lost",
             "tests/training/test_damaged_input.py::"
             "test_a_damaged_header_is_skipped_and_reading_resumes_after_it", "corrupted record at"),
+        Case(
+            "odd images inside intact training or validation records: 1 x 1, 2 x 4000, "
+            "grayscale, RGBA, palette and 16-bit PNGs, CMYK and progressive JPEGs, an animated "
+            "GIF, BMP, WebP", "used: each decodes as Pillow decodes it (a 16-bit image to its top "
+            "byte, an animation to its first frame) and trains and evaluates",
+            "tests/data/test_odd_images.py::test_a_legal_image_decodes_as_pillow_decodes_it",
+            "expected_pixels("),
+        Case(
+            "a record whose image payload is corrupt (header intact), or whose image decodes to "
+            "another size than its `image/height`/`image/width`, in a training shard",
+            "exit 1 with one line: `unreadable training data: SHARD: record I at byte OFFSET "
+            "(image/encoded decodes to 64 x 72 pixels but image/height, image/width say 64 x "
+            "64); checkpoint ...` and the two ways on; with `skip_damaged_records` each is "
+            "skipped, printed and counted, and every other odd image is trained on",
+            "tests/training/test_odd_images_training.py::"
+            "test_training_stops_at_an_unusable_image_then_skips_it", "skipping damaged record: "),
+        Case(
+            "the same in a validation shard (`rethink_tf.evaluate`)",
+            "exit 1 with one line: `unreadable validation data: SHARD: record I at byte OFFSET "
+            "(REASON); replace the shard`", "tests/training/test_odd_images_training.py::"
+            "test_evaluation_stops_at_an_unusable_validation_image",
+            "error: unreadable validation data: "),
+        Case(
+            "fuzzed records through the input pipeline's decode path: images of every format and "
+            "size (1 px to 1:20000) whole, cut short, with flipped or appended bytes; random "
+            "bytes; features of the wrong type or count (hypothesis, 60 examples; `-m slow`: "
+            "600)", "each decoded at the size its features say, or refused with the one-line "
+            "`damaged record #ID: REASON` that names the record; every refused record is one "
+            "`verify_tfrecords` lists (so skipping drops it)",
+            "tests/export/test_fuzz.py::test_fuzz_input_pipeline_decode",
+            "assert example_problem(record) is not None"),
         Case(
             "checking shards before a long run: `rethink-tf-verify-tfrecords --pattern=GLOB`",
             "every record read (CRCs) and parsed; one line per problem `SHARD: record I at byte "
@@ -222,9 +256,21 @@ CASES = {
             "InvalidArgumentError naming the input and the problem; the model serves the "
             "next request correctly",
             "tests/export/test_export.py::test_bad_request_names_the_problem", f'"{case}"')
-        for case in ("empty_string", "not_an_image", "truncated_jpeg", "wrong_dtype", "wrong_rank",
-                     "zero_size_image", "four_channels", "empty_batch", "example_without_image",
-                     "not_an_example")
+        for case in ("empty_string", "not_an_image", "one_byte_file", "truncated_jpeg",
+                     "corrupt_png_idat", "wrong_dtype", "wrong_rank", "zero_size_image",
+                     "four_channels", "empty_batch", "example_without_image", "not_an_example",
+                     "random_bytes_example", "example_with_int_image")
+    ] + [
+        Case(
+            "fuzzed requests to all three signatures: encoded images of every format TensorFlow "
+            "reads at sizes from 1 px to 1:20000, whole, cut short, with flipped or appended "
+            "bytes; Examples of random bytes, wrong feature types and counts; uint8 tensors of "
+            "random rank and shape (hypothesis, 130 requests; `-m slow`: 1300)",
+            "each served (detections inside the image) or refused with an InvalidArgumentError "
+            "naming the input and its batch index, in printable text; nothing else; the same "
+            "loaded model then answers a normal image exactly as before",
+            "tests/export/test_fuzz.py::test_served_detections_are_unchanged_after_the_fuzz",
+            "assert_array_equal(after[k], v"),
     ] + [
         Case(
             f"request: {what}", "refused before decoding (the size is read from the encoded "
