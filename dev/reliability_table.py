@@ -152,7 +152,7 @@ CASES = {
             "fuzzed records through the input pipeline's decode path: images of every format and "
             "size (1 px to 1:20000) whole, cut short, with flipped or appended bytes; random "
             "bytes; features of the wrong type or count (hypothesis, 60 examples; `-m slow`: "
-            "600)", "each decoded at the size its features say, or refused with the one-line "
+            "3000)", "each decoded at the size its features say, or refused with the one-line "
             "`damaged record #ID: REASON` that names the record; every refused record is one "
             "`verify_tfrecords` lists (so skipping drops it)",
             "tests/export/test_fuzz.py::test_fuzz_input_pipeline_decode",
@@ -265,7 +265,7 @@ CASES = {
             "fuzzed requests to all three signatures: encoded images of every format TensorFlow "
             "reads at sizes from 1 px to 1:20000, whole, cut short, with flipped or appended "
             "bytes; Examples of random bytes, wrong feature types and counts; uint8 tensors of "
-            "random rank and shape (hypothesis, 130 requests; `-m slow`: 1300)",
+            "random rank and shape (hypothesis, 130 requests; `-m slow`: 6500)",
             "each served (detections inside the image) or refused with an InvalidArgumentError "
             "naming the input and its batch index, in printable text; nothing else; the same "
             "loaded model then answers a normal image exactly as before",
