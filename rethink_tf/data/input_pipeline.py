@@ -122,8 +122,9 @@ class InputConfig:
     # fewer images over for the largest canvas; its records are held in memory, undecoded).
     self.canvas_block_steps = int(canvas_block_steps)
     self.shuffle_buffer, self.cache = shuffle_buffer, cache
-    # Train past training records that fail their checksum, are cut short or do not parse
-    # (`damaged_records.repair`: counted and reported); by default such a record stops the run.
+    # Train past training records that fail their checksum, are cut short, do not parse, or
+    # whose image does not decode or is not the size its features say (`damaged_records.repair`:
+    # counted and reported); by default such a record stops the run.
     self.skip_damaged_records = skip_damaged_records
     # Keypoint R-CNN: the names of the K keypoints per instance (their left_/right_ prefixes
     # drive the flip's swap); empty: the records' keypoints are not read.

@@ -74,15 +74,14 @@ def example_problem(serialized: bytes) -> Optional[str]:
   if not feature["image/source_id"].bytes_list.value[:1] or not feature[
       "image/source_id"].bytes_list.value[0].isdigit():
     return "image/source_id is not a decimal number (evaluation reports the COCO image id)"
-  height, width = feature["image/height"].int64_list.value, feature["image/width"].int64_list.value
-  problem = image_problem(feature["image/encoded"].bytes_list.value[0],
-                          height[0] if height else None, width[0] if width else None)
-  if problem:
-    return problem
-  if not bool(_pipeline_reads(tf.constant(serialized))):
-    return ("a feature does not decode as the input pipeline reads it (image/object/mask PNGs, "
-            "boxes, labels, is_crowd or area of the wrong type)")
-  return None
+  # One decode for a sound record; the image alone is decoded again only to say what is wrong.
+  if bool(_pipeline_reads(tf.constant(serialized))):
+    return None
+  height = (feature["image/height"].int64_list.value or [None])[0]
+  width = (feature["image/width"].int64_list.value or [None])[0]
+  problem = image_problem(feature["image/encoded"].bytes_list.value[0], height, width)
+  return problem or ("a feature does not decode as the input pipeline reads it (image/object/mask "
+                     "PNGs, boxes, labels, is_crowd or area of the wrong type)")
 
 
 @functools.lru_cache(maxsize=1)

@@ -69,8 +69,8 @@ def encode(fmt: str, height: int, width: int, seed: int) -> bytes:
   pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8)
   image = Image.fromarray(pixels)
   buf = io.BytesIO()
-  if fmt.startswith("jpeg"):
-    image.save(buf, "JPEG", quality=90, progressive=fmt == "jpeg_progressive")
+  if fmt.startswith("jpeg"):  # Pillow cannot write tall progressive JPEGs of noise
+    return tf.io.encode_jpeg(pixels, quality=90, progressive=fmt == "jpeg_progressive").numpy()
   elif fmt == "png_16":
     Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(buf, "PNG")
   elif fmt.startswith("png"):
