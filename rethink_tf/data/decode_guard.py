@@ -7,7 +7,8 @@ UTF-8: TensorFlow's Python layer then raises UnicodeDecodeError in the client). 
 such an op inside a one-element `tf.data` pipeline whose `ignore_errors` drops the element when
 the op fails, so the graph gets a flag instead of the error, whatever the error was, and the
 caller raises its own message naming the input and the reason. It costs one small dataset per
-call (measured on the export benchmark: within noise of the unguarded decode).
+call: served latency and training input throughput were within run-to-run noise of the
+unguarded decode.
 
 `image_problem` is the same decode run eagerly on a record's bytes, for the tools that check
 records before a run (`verify_tfrecords`, `damaged_records.repair`, the COCO converter).
