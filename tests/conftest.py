@@ -84,6 +84,20 @@ TINY_TRAIN = [sys.executable, "-m", "rethink_tf.train", "--gin_file=gin_configs/
 TINY_REFERENCE_ARGS = ["--gin_param=TrainConfig.eval_every_steps=10"]
 
 
+def run_tiny_evaluate(model_dir, val_pattern):
+  """`rethink_tf.evaluate` of the tiny config's run in `model_dir` on `val_pattern`'s shards:
+  the completed process."""
+  import subprocess
+  return subprocess.run([
+      sys.executable, "-m", "rethink_tf.evaluate", "--gin_file=gin_configs/testing/tiny.gin",
+      f"--model_dir={model_dir}", f"--gin_param=InputConfig.val_pattern='{val_pattern}'"
+  ],
+                        cwd=REPO_ROOT,
+                        capture_output=True,
+                        text=True,
+                        timeout=600)
+
+
 @pytest.fixture(scope="session")
 def tiny_reference_run(tmp_path_factory):
   """One uninterrupted tiny training run, shared by the tests that need a trained model:

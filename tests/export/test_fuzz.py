@@ -196,15 +196,26 @@ def _check_served(out, index: int, size=None):
                                            1e-3) and np.all(boxes[:, [1, 3]] <= w + 1e-3)
 
 
-def _fuzz_image_bytes(served, sent):
-  fmt, size, kind, data = sent
-  COUNTS["image_bytes"]["tried"] += 1
-  loaded = served["loaded"]
-  out = _answer(
-      "image_bytes", lambda: loaded.signatures["image_bytes"]
-      (image_bytes=tf.constant([served["image"], data])), r"image_bytes\[1\]: ")
+def _send_after_a_normal_one(served, signature: str, data: bytes):
+  """Sends [a normal input, data] to `signature` (image_bytes or tf_example); its outputs, or
+  None when refused (the message must name index 1)."""
+  COUNTS[signature]["tried"] += 1
+  key, name, normal = {
+      "image_bytes": ("image_bytes", "image_bytes", served["image"]),
+      "tf_example": ("examples", "examples", served["record"])
+  }[signature]
+  batch = tf.constant([normal, data])
+  out = _answer(signature, lambda: served["loaded"].signatures[signature](**{key: batch}),
+                name + r"\[1\]: ")
   if out is not None:
     _check_served(out, 0)
+  return out
+
+
+def _fuzz_image_bytes(served, sent):
+  fmt, size, kind, data = sent
+  out = _send_after_a_normal_one(served, "image_bytes", data)
+  if out is not None:
     size = size if fmt != "webp" else tuple(min(s, MAX_SIDE["webp"]) for s in size)
     _check_served(out, 1, size if kind in ("whole", "appended") else None)
   elif kind == "whole":
@@ -212,14 +223,8 @@ def _fuzz_image_bytes(served, sent):
 
 
 def _fuzz_tf_example(served, sent):
-  kind, data = sent
-  COUNTS["tf_example"]["tried"] += 1
-  loaded = served["loaded"]
-  out = _answer(
-      "tf_example", lambda: loaded.signatures["tf_example"]
-      (examples=tf.constant([served["record"], data])), r"examples\[1\]: ")
+  out = _send_after_a_normal_one(served, "tf_example", sent[1])
   if out is not None:
-    _check_served(out, 0)
     _check_served(out, 1)
 
 

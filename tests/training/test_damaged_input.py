@@ -16,7 +16,7 @@ from rethink_tf.data import damaged_records, verify_tfrecords
 from rethink_tf.data.input_pipeline import InputConfig
 from rethink_tf.training.input_damage import SKIPPED_SCALAR
 
-from conftest import REPO_ROOT, TINY_TRAIN
+from conftest import REPO_ROOT, TINY_TRAIN, run_tiny_evaluate
 
 
 def _write(path, records):
@@ -160,7 +160,6 @@ def test_a_damaged_header_is_skipped_and_reading_resumes_after_it(shards, tmp_pa
 
 def test_evaluation_names_a_damaged_validation_record(shards, tiny_reference_run, tmp_path):
   """`rethink_tf.evaluate` on a validation shard with a flipped byte: one line naming it."""
-  import sys
   model_dir, r = tiny_reference_run
   assert r.returncode == 0, r.stderr[-2000:]
   config.parse_gin(["gin_configs/testing/tiny.gin"])
@@ -172,14 +171,7 @@ def test_evaluation_names_a_damaged_validation_record(shards, tiny_reference_run
   data = bytearray(open(path, "rb").read())
   data[offsets[5] + 40] ^= 0x01
   open(path, "wb").write(bytes(data))
-  e = subprocess.run([
-      sys.executable, "-m", "rethink_tf.evaluate", "--gin_file=gin_configs/testing/tiny.gin",
-      f"--model_dir={model_dir}", f"--gin_param=InputConfig.val_pattern='{path}'"
-  ],
-                     cwd=REPO_ROOT,
-                     capture_output=True,
-                     text=True,
-                     timeout=600)
+  e = run_tiny_evaluate(model_dir, path)
   assert e.returncode == 1 and "Traceback" not in e.stderr, e.stderr[-3000:]
   assert e.stderr.strip().splitlines()[-1].startswith(
       f"error: unreadable validation data: {path}: record 5 at byte {offsets[5]} (corrupted "

@@ -7,7 +7,6 @@ record the same way."""
 import glob
 import re
 import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
@@ -17,7 +16,7 @@ from rethink_tf import config
 from rethink_tf.data import verify_tfrecords
 from rethink_tf.data.input_pipeline import InputConfig
 
-from conftest import REPO_ROOT, TINY_TRAIN
+from conftest import REPO_ROOT, TINY_TRAIN, run_tiny_evaluate
 
 REASONS = {
     "corrupt_payload": r"image/encoded \(\d+ bytes\) does not decode \(corrupt or cut short\)",
@@ -100,14 +99,7 @@ def test_evaluation_stops_at_an_unusable_validation_image(odd_shards, tiny_refer
   val[5] = odd_record(val[5], "size_mismatch")
   path = str(tmp_path / "val-00000-of-00001")
   offsets = write_shard(path, val)
-  e = subprocess.run([
-      sys.executable, "-m", "rethink_tf.evaluate", "--gin_file=gin_configs/testing/tiny.gin",
-      f"--model_dir={model_dir}", f"--gin_param=InputConfig.val_pattern='{path}'"
-  ],
-                     cwd=REPO_ROOT,
-                     capture_output=True,
-                     text=True,
-                     timeout=600)
+  e = run_tiny_evaluate(model_dir, path)
   assert e.returncode == 1 and "Traceback" not in e.stderr, e.stderr[-3000:]
   line = e.stderr.strip().splitlines()[-1]
   print(line)
